@@ -1,0 +1,105 @@
+"""The attack interface: what the server observes, what an attack returns, and the base class."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from gradleak.fl.client import ClientSetup, SharedUpdate
+from gradleak.threat import Knowledge, ThreatModel
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything the server may use: the update, the global model and what the threat grants.
+
+    There is deliberately no field for the victim's images. ``labels`` is set only when the threat
+    model grants the label multiset, ``client`` only with client training details (level 3),
+    ``bn_statistics`` only with BN statistics (level 4). The protocol and the BN mode are part of
+    the training code the server ships, hence basic information. Build it with :func:`observe`.
+    """
+
+    model: nn.Module
+    update: SharedUpdate
+    threat: ThreatModel
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    protocol: str
+    bn_mode: str
+    labels: torch.Tensor | None = None
+    client: ClientSetup | None = None
+    bn_statistics: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @property
+    def num_samples(self) -> int:
+        return self.update.num_samples
+
+
+def observe(*, model: nn.Module, update: SharedUpdate, threat: ThreatModel, setup: ClientSetup,
+            labels: torch.Tensor, input_shape: tuple[int, int, int],
+            num_classes: int) -> Observation:
+    """What the server sees of a client round, filtered by the threat model."""
+    return Observation(
+        model=model,
+        update=update,
+        threat=threat,
+        input_shape=input_shape,
+        num_classes=num_classes,
+        protocol=setup.protocol,
+        bn_mode=setup.bn_mode,
+        labels=labels.clone() if threat.grants(Knowledge.LABELS) else None,
+        client=setup if threat.grants(Knowledge.CLIENT_TRAINING) else None,
+        bn_statistics=update.bn_statistics if threat.grants(Knowledge.BN_STATISTICS) else None,
+    )
+
+
+@dataclass
+class Reconstruction:
+    """An attack's output.
+
+    ``images``: best reconstruction ``[N, C, H, W]`` in [0, 1]; ``candidates``: one batch per
+    attack initialisation ``[I, N, C, H, W]``, the best first; ``losses``: final gradient loss
+    per initialisation (same order); ``labels``: the labels the attack used or inferred.
+    """
+
+    images: torch.Tensor
+    candidates: torch.Tensor
+    losses: list[float]
+    labels: list[int]
+    iterations: int
+    label_source: str
+    history: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AttackInfo:
+    """The paper's Tab. 7 columns for one attack."""
+
+    paper: str
+    strategy: str  # GIA-O, GIA-L or GIA-A
+    server: str = "honest-but-curious"
+    capability: str = "passive"
+    goal: str = "data and labels"
+    modality: str = "image"
+
+
+class Attack:
+    """Base class: declare ``requires`` and ``info``; call the attack like a function."""
+
+    name: ClassVar[str]
+    info: ClassVar[AttackInfo]
+    requires: ClassVar[frozenset[Knowledge]] = frozenset({Knowledge.BASIC})
+
+    def needs(self) -> frozenset[Knowledge]:
+        """Knowledge needed with the current settings (subclasses add setting-dependent needs)."""
+        return self.requires
+
+    def __call__(self, obs: Observation, *, seed: int = 0, progress: bool = False) -> Reconstruction:
+        obs.threat.require(self.needs(), who=f"attack {self.name!r}")
+        return self.run(obs, seed=seed, progress=progress)
+
+    def run(self, obs: Observation, *, seed: int, progress: bool) -> Reconstruction:
+        raise NotImplementedError

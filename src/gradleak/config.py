@@ -1,0 +1,299 @@
+"""The Scenario config: a dataclass tree, YAML files and dotted ``key=value`` overrides.
+
+Every key is validated when it is set; an unknown key or a bad value raises one
+:class:`GradleakError` naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gradleak.errors import GradleakError
+
+
+def _opt(default: Any, *, choices: tuple | None = None, minimum: float | None = None,
+         help: str = "") -> Any:
+    meta = {"choices": choices, "minimum": minimum, "help": help}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _opt("skimage", help="dataset name, see `gradleak datasets`")
+    resolution: int = _opt(32, minimum=4, help="image side in pixels")
+    num_samples: int = _opt(1, minimum=1, help="N: samples held by the victim client")
+    root: str | None = _opt(None, help="folder with the dataset files")
+    download: bool = _opt(False, help="download missing files (needs internet)")
+    split: str = _opt("train", choices=("train", "test"))
+    indices: list[int] | None = _opt(None, help="explicit victim sample indices")
+    distinct_labels: bool = _opt(True, help="draw victim samples with distinct labels when possible")
+
+
+@dataclass
+class ModelConfig:
+    name: str = _opt("convnet", help="model name, see `gradleak models`")
+    width: int = _opt(32, minimum=1, help="ConvNet base channel count")
+    depth: int = _opt(3, minimum=1, help="ConvNet number of conv layers")
+    norm: str = _opt("batch", choices=("batch", "group", "none"))
+    bias: bool = _opt(True)
+    activation: str = _opt("relu", choices=("relu", "leaky_relu", "sigmoid", "tanh", "none"))
+    dropout: float = _opt(0.0, minimum=0.0)
+    pooling: str = _opt("max", choices=("max", "avg", "none"))
+    kernel_size: int = _opt(3, minimum=1)
+    padding: int = _opt(1, minimum=0)
+    hidden: list[int] = _opt([512, 256], help="MLP hidden widths")
+    init: str = _opt("default", choices=("default", "uniform"),
+                     help="'uniform' is DLG's U(-0.5, 0.5) init")
+    checkpoint: str | None = _opt(None, help="state_dict file of a trained global model")
+
+
+@dataclass
+class ClientConfig:
+    protocol: str = _opt("fedsgd", choices=("fedsgd", "fedavg"))
+    local_epochs: int = _opt(1, minimum=1, help="E")
+    batch_size: int | None = _opt(None, minimum=1, help="B; null means all N samples")
+    lr: float = _opt(0.1, minimum=0.0, help="local SGD learning rate")
+    bn_mode: str = _opt("eval", choices=("eval", "train"))
+
+
+@dataclass
+class AttackConfig:
+    name: str = _opt("ig", help="attack name, see `gradleak attacks`")
+    iterations: int = _opt(2000, minimum=1)
+    lr: float = _opt(0.1, minimum=0.0)
+    tv: float = _opt(1e-4, minimum=0.0, help="total-variation prior weight")
+    restarts: int = _opt(1, minimum=1)
+    labels: str = _opt("known", choices=("known", "idlg", "yin"))
+    init: str = _opt("randn", choices=("randn", "rand", "gray"))
+    lr_decay: bool = _opt(True, help="step decay x0.1 at 3/8, 5/8, 7/8 of the run")
+
+
+@dataclass
+class ThreatConfig:
+    knows_priors: bool = _opt(True, help="level 1: image priors such as total variation")
+    knows_data_distribution: bool = _opt(False, help="level 2: auxiliary data / generator")
+    knows_client_config: bool = _opt(False, help="level 3: E, B, lr, N of the client")
+    knows_bn_statistics: bool = _opt(False, help="level 4: the client's BN batch statistics")
+    malicious: bool = _opt(False, help="level 5: the server may craft model parameters")
+    knows_labels: bool = _opt(True, help="the victim's label multiset is known")
+
+
+@dataclass
+class DefenseConfig:
+    name: str = _opt("none", help="defense name, see `gradleak defenses`")
+
+
+@dataclass
+class MetricsConfig:
+    lpips_net: str = _opt("alex", choices=("alex", "vgg"))
+    psnr_threshold: float = _opt(18.0, help="a sample leaks if PSNR >= this ...")
+    lpips_threshold: float = _opt(0.1, help="... and LPIPS <= this (paper App. C)")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    threat: ThreatConfig = field(default_factory=ThreatConfig)
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    seed: int = _opt(0, minimum=0)
+    device: str = _opt("cpu", help="torch device, e.g. cpu or cuda")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """Stable short hash of the resolved config (for run ids and result stores)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --- setting and validating keys -------------------------------------------------------------
+
+
+def _describe(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Return ``value`` as ``tp`` or raise TypeError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg)
+            except TypeError:
+                continue
+        raise TypeError
+    if tp is type(None):
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
+            return None
+        raise TypeError
+    if origin is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, (list, tuple)):
+            raise TypeError
+        (inner,) = typing.get_args(tp)
+        return [_coerce(v, inner) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise TypeError
+    if tp is int:
+        if isinstance(value, bool):
+            raise TypeError
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise TypeError from None
+        raise TypeError
+    if tp is float:
+        if isinstance(value, bool):
+            raise TypeError
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise TypeError from None
+        raise TypeError
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise TypeError
+    raise TypeError
+
+
+def _section_fields(obj: Any) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(obj)}
+
+
+def valid_keys(cfg: Config | None = None) -> list[str]:
+    """All dotted keys a Config accepts."""
+    cfg = cfg or Config()
+    keys = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += [f"{f.name}.{sub.name}" for sub in dataclasses.fields(value)]
+        else:
+            keys.append(f.name)
+    return keys
+
+
+def set_key(cfg: Config, key: str, value: Any) -> None:
+    """Set dotted ``key`` to ``value`` (a string from the command line, or a YAML value)."""
+    parts = key.split(".")
+    target: Any = cfg
+    for depth, part in enumerate(parts):
+        fields = _section_fields(target) if dataclasses.is_dataclass(target) else {}
+        if part not in fields:
+            raise GradleakError(
+                f"unknown config key {key!r}; allowed keys: {', '.join(valid_keys(cfg))}"
+            )
+        if depth < len(parts) - 1:
+            target = getattr(target, part)
+            continue
+        f = fields[part]
+        if dataclasses.is_dataclass(getattr(target, part)):
+            raise GradleakError(f"config key {key!r} is a section; set one of its keys instead")
+        hints = typing.get_type_hints(type(target))
+        tp = hints[part]
+        if isinstance(value, str) and typing.get_origin(tp) is not list and tp is not str:
+            parsed = yaml.safe_load(value) if value.strip() else value
+        else:
+            parsed = value
+        try:
+            coerced = _coerce(parsed, tp)
+        except TypeError:
+            raise GradleakError(
+                f"bad value {value!r} for {key}: expected {_describe(tp)}"
+            ) from None
+        choices = f.metadata.get("choices")
+        if choices and coerced not in choices:
+            raise GradleakError(
+                f"bad value {value!r} for {key}; allowed: {', '.join(map(str, choices))}"
+            )
+        minimum = f.metadata.get("minimum")
+        if minimum is not None and coerced is not None:
+            items = coerced if isinstance(coerced, list) else [coerced]
+            if any(v < minimum for v in items):
+                raise GradleakError(f"bad value {value!r} for {key}: must be >= {minimum}")
+        setattr(target, part, coerced)
+        return
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out += _flatten(v, key + ".")
+        else:
+            out.append((key, v))
+    return out
+
+
+def parse_override(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise GradleakError(f"bad override {item!r}: expected key=value, e.g. attack.iterations=500")
+    key, value = item.split("=", 1)
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                *, base: dict[str, Any] | None = None) -> Config:
+    """Defaults, then an optional ``base`` dict, then a YAML file, then dotted overrides."""
+    cfg = Config()
+    for key, value in _flatten(base or {}):
+        set_key(cfg, key, value)
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise GradleakError(f"config file {str(p)!r} does not exist")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise GradleakError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
+        if not isinstance(tree, dict):
+            raise GradleakError(f"config file {str(p)!r} must hold a mapping of sections")
+        for key, value in _flatten(tree):
+            set_key(cfg, key, value)
+    for item in overrides:
+        set_key(cfg, *parse_override(item))
+    return cfg
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    """Rebuild a Config from ``Config.to_dict()`` output (validated like any other input)."""
+    return load_config(base=tree)

@@ -1,0 +1,66 @@
+"""Model registry: ``build_model(cfg, ...)`` returns a :class:`Classifier` on images in [0, 1].
+
+Each builder is ``builder(cfg: ModelConfig, *, num_classes, channels, resolution) -> nn.Module``
+and is registered with ``@register_model(name)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gradleak.config import ModelConfig
+from gradleak.errors import GradleakError
+from gradleak.models.base import Classifier
+from gradleak.registry import Registry
+
+MODELS: Registry = Registry("model")
+
+
+def register_model(name: str):
+    return MODELS.register(name)
+
+
+def build_model(cfg: ModelConfig, *, num_classes: int, channels: int, resolution: int,
+                mean: tuple[float, ...], std: tuple[float, ...]) -> Classifier:
+    """Build ``cfg.name``, apply ``cfg.init`` and load ``cfg.checkpoint`` if given."""
+    builder = MODELS.get(cfg.name)
+    net = builder(cfg, num_classes=num_classes, channels=channels, resolution=resolution)
+    model = Classifier(net, mean=mean, std=std)
+    if cfg.init == "uniform":
+        _uniform_init(model)
+    if cfg.checkpoint:
+        load_checkpoint(model, cfg.checkpoint)
+    return model
+
+
+def _uniform_init(model: nn.Module, bound: float = 0.5) -> None:
+    """DLG's initialisation (Zhu et al. 2019): every weight and bias ~ U(-bound, bound)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(-bound, bound)
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    p = Path(path)
+    if not p.is_file():
+        raise GradleakError(f"model.checkpoint {str(p)!r} does not exist")
+    state = torch.load(p, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise GradleakError(f"model.checkpoint {str(p)!r} does not fit model: {first}") from None
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+from gradleak.models import convnet, lenet, mlp, resnet  # noqa: E402,F401
+
+__all__ = ["MODELS", "Classifier", "build_model", "count_parameters", "register_model"]

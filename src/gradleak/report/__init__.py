@@ -1,0 +1,1 @@
+"""Reports: image grids and audit summaries rendered from stored results."""
