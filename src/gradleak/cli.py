@@ -135,7 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may sit between options (`attack --quiet a=1 --out X b=2`): collect them all.
+    args, extra = parser.parse_known_args(argv)
+    for item in extra:
+        if item.startswith("-") or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized argument: {item}")
+        args.overrides.append(item)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

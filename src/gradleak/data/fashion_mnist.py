@@ -1,4 +1,4 @@
-"""Fashion-MNIST from its idx files (gzip or plain), e.g. as Debian's dataset-fashion-mnist ships."""
+"""Fashion-MNIST read from its idx files (gzip or plain), e.g. Debian's dataset-fashion-mnist."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ def load_square(path: str | Path, resolution: int) -> torch.Tensor:
                            box=(left, top, left + s, top + s))
             arr = np.asarray(im, dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError) as exc:
-        raise GradleakError(f"cannot read image {path}: {exc}; remove or replace the file") from None
+        raise GradleakError(f"cannot read image {path}: {exc}; remove or replace it") from None
     return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
 
 

