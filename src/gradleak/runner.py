@@ -66,7 +66,8 @@ def run_scenario(cfg: Config, *, progress: bool = False) -> RunOutput:
 
     model = build_model(cfg.model, num_classes=dataset.num_classes, channels=dataset.channels,
                         resolution=dataset.resolution, mean=dataset.mean, std=dataset.std)
-    model = model.to(device)
+    model = attack.prepare_model(model, input_shape=tuple(images.shape[1:]),
+                                 num_classes=dataset.num_classes, seed=cfg.seed).to(device)
     update = client_update(model, images.to(device), labels.to(device), setup, seed=cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     shared = build_defense(cfg.defense)(update, generator=generator)

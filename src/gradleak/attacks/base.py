@@ -97,6 +97,12 @@ class Attack:
         """Knowledge needed with the current settings (subclasses add setting-dependent needs)."""
         return self.requires
 
+    def prepare_model(self, model: nn.Module, *, input_shape: tuple[int, int, int],
+                      num_classes: int, seed: int) -> nn.Module:
+        """The global model the server sends to the client. Honest servers send it unchanged; a
+        malicious attack (level 5) may return a crafted or modified model here."""
+        return model
+
     def __call__(self, obs: Observation, *, seed: int = 0, progress: bool = False) -> Reconstruction:
         obs.threat.require(self.needs(), who=f"attack {self.name!r}")
         return self.run(obs, seed=seed, progress=progress)
