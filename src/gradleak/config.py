@@ -77,6 +77,18 @@ class AttackConfig:
     labels: str = _opt("known", choices=("known", "idlg", "yin"))
     init: str = _opt("randn", choices=("randn", "rand", "gray"))
     lr_decay: bool = _opt(True, help="step decay x0.1 at 3/8, 5/8, 7/8 of the run")
+    distance: str = _opt("cosine", choices=("cosine", "l2"), help="gradient distance")
+    distance_scale: float = _opt(1.0, minimum=0.0, help="weight of the gradient distance")
+    optimizer: str = _opt("adam", choices=("adam", "lbfgs"))
+    signed: bool = _opt(True, help="Adam on the sign of the image gradient (Geiping et al.)")
+    box: bool = _opt(True, help="clamp images to [0, 1] after each step")
+    l2: float = _opt(0.0, minimum=0.0, help="image L2-norm prior weight")
+    bn: float = _opt(0.0, minimum=0.0, help="BN-statistics prior weight (GradInversion)")
+    bn_source: str = _opt("client", choices=("client", "running"),
+                          help="BN prior targets: the client's batch statistics (level 4) or the "
+                               "model's running statistics")
+    layers: list[str] | None = _opt(None, help="match only parameters with these name prefixes")
+    learn_labels: bool = _opt(False, help="optimise soft labels jointly (DLG)")
 
 
 @dataclass
@@ -92,6 +104,16 @@ class ThreatConfig:
 @dataclass
 class DefenseConfig:
     name: str = _opt("none", help="defense name, see `gradleak defenses`")
+    bits: int = _opt(4, minimum=1, help="qsgd: bits of the magnitude index, s = 2^bits - 1")
+    levels: int | None = _opt(None, minimum=1, help="qsgd: s quantisation levels, overrides bits")
+    sparsity: float = _opt(0.9, minimum=0.0, help="topk: fraction of entries zeroed, in [0, 1]")
+    bound: float = _opt(0.1, minimum=0.0, help="clip: entries clamped to [-bound, bound]")
+    clip_norm: float | None = _opt(None, minimum=0.0,
+                                   help="clip_norm: max L2 norm of the update; gaussian: clip first")
+    noise_multiplier: float = _opt(0.1, minimum=0.0,
+                                   help="gaussian: noise std = multiplier * (clip_norm or 1)")
+    scale_sign: bool = _opt(False, help="signsgd: scale signs by the tensor's mean |value|")
+    per_tensor: bool = _opt(True, help="qsgd/signsgd/topk: per tensor, else over the whole update")
 
 
 @dataclass
@@ -271,26 +293,44 @@ def parse_override(item: str) -> tuple[str, str]:
     return key.strip(), value
 
 
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise GradleakError(f"config file {str(p)!r} does not exist")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0]
+        raise GradleakError(f"config file {str(p)!r} is not valid YAML: {first}") from None
+    if not isinstance(tree, dict):
+        raise GradleakError(f"config file {str(p)!r} must hold a mapping of sections")
+    return tree
+
+
+def attack_preset(name: str) -> dict[str, Any]:
+    """The packaged defaults of one attack (``configs/attacks/<name>.yaml``), or ``{}``."""
+    from importlib import resources
+
+    file = resources.files("gradleak").joinpath(f"configs/attacks/{name}.yaml")
+    if not file.is_file():
+        return {}
+    return {"attack": yaml.safe_load(file.read_text()) or {}}
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 *, base: dict[str, Any] | None = None) -> Config:
-    """Defaults, then an optional ``base`` dict, then a YAML file, then dotted overrides."""
-    cfg = Config()
-    for key, value in _flatten(base or {}):
-        set_key(cfg, key, value)
+    """Defaults, the chosen attack's preset, an optional ``base`` dict, a YAML file, then dotted
+    overrides: each later source wins."""
+    items = _flatten(base or {})
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise GradleakError(f"config file {str(p)!r} does not exist")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise GradleakError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
-        if not isinstance(tree, dict):
-            raise GradleakError(f"config file {str(p)!r} must hold a mapping of sections")
-        for key, value in _flatten(tree):
-            set_key(cfg, key, value)
-    for item in overrides:
-        set_key(cfg, *parse_override(item))
+        items += _flatten(_read_yaml(path))
+    items += [parse_override(item) for item in overrides]
+    probe = Config()
+    for key, value in items:  # validates every key once, and finds the attack's name
+        set_key(probe, key, value)
+    cfg = Config()
+    for key, value in _flatten(attack_preset(probe.attack.name)) + items:
+        set_key(cfg, key, value)
     return cfg
 
 

@@ -10,3 +10,49 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     dx = (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().mean()
     dy = (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().mean()
     return dx + dy
+
+
+def l2_norm(x: torch.Tensor) -> torch.Tensor:
+    """Mean squared pixel value: the image-norm prior of GradInversion (Yin et al. 2021)."""
+    return x.pow(2).mean()
+
+
+class BatchNormStatistics:
+    """GradInversion's BN prior (Yin et al. 2021): match each BN layer's dummy batch mean and
+    variance to target statistics, sum over layers of ||mu - mu*||_2 + ||var - var*||_2.
+
+    ``targets``: per BN layer ``(mean [C], var [C])`` of the client's batch (the paper's level-4
+    knowledge), or None for the model's running statistics. Call :meth:`start` before each
+    forward pass of the dummy batch and :meth:`loss` after it.
+    """
+
+    def __init__(self, model: torch.nn.Module,
+                 targets: list[tuple[torch.Tensor, torch.Tensor]] | None) -> None:
+        self.layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if targets is None:
+            targets = [(m.running_mean.detach().clone(), m.running_var.detach().clone())
+                       for m in self.layers]
+        if len(targets) != len(self.layers):
+            raise ValueError(f"{len(targets)} BN targets for {len(self.layers)} BN layers")
+        self.targets = targets
+        self.captured: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._handles = [m.register_forward_hook(self._hook) for m in self.layers]
+
+    def _hook(self, _m: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+        x = inputs[0]
+        # Only the first pass after start() counts (a WST replay runs several local steps).
+        if len(self.captured) < len(self.layers):
+            self.captured.append((x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), unbiased=False)))
+
+    def start(self) -> None:
+        self.captured = []
+
+    def loss(self) -> torch.Tensor:
+        total = self.captured[0][0].new_zeros(())
+        for (mu, var), (mu_t, var_t) in zip(self.captured, self.targets, strict=True):
+            total = total + (mu - mu_t.to(mu)).norm() + (var - var_t.to(var)).norm()
+        return total
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()

@@ -1,0 +1,264 @@
+"""The GIA-O engine: optimise dummy data so its gradient matches the observed update.
+
+One loop serves every observable-space attack of the paper's Tab. 7 (DLG, iDLG, Inverting
+Gradients, GradInversion, ...). Attacks differ only in composable settings: the gradient
+distance and the layers it reads (:mod:`gradleak.attacks.losses`), the priors
+(:mod:`gradleak.attacks.priors`), the optimiser (signed Adam with step decay, or L-BFGS), the box
+constraint and how labels are obtained (known, inferred, or optimised jointly as in DLG).
+
+Against a FedAvg update the dummy gradient is compared with the negated model delta (one-step
+approximation, BST) unless the threat grants client training details, in which case the client's
+local SGD is replayed differentiably (WST).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from gradleak.attacks.base import Attack, Observation, Reconstruction
+from gradleak.attacks.labels import infer_labels
+from gradleak.attacks.losses import DISTANCES
+from gradleak.attacks.priors import BatchNormStatistics, l2_norm, total_variation
+from gradleak.attacks.simulate import batch_order, simulated_delta
+from gradleak.config import AttackConfig
+from gradleak.errors import GradleakError
+from gradleak.fl.client import set_bn_mode
+from gradleak.threat import Knowledge
+
+
+def resolve_labels(obs: Observation, rule: str) -> tuple[torch.Tensor, str]:
+    """The labels an attack uses: the granted multiset (``rule="known"``) or inferred by ``rule``."""
+    if rule == "known":
+        if obs.labels is None:  # guarded by needs(); kept for direct library use
+            raise GradleakError("attack.labels=known needs threat.knows_labels=true")
+        return obs.labels.clone(), "known"
+    local_steps = obs.client.local_updates if obs.client is not None else 1
+    lr = obs.client.lr if obs.client is not None else None
+    inferred = infer_labels(rule, obs.model, obs.update.gradient_direction(), obs.num_samples,
+                            input_shape=obs.input_shape, local_steps=local_steps, lr=lr)
+    return torch.tensor(inferred, dtype=torch.long), rule
+
+
+def select_layers(names: Sequence[str], layers: Sequence[str] | None) -> list[int]:
+    """Indices of the parameters whose name equals or starts with one of ``layers`` (all if None)."""
+    if not layers:
+        return list(range(len(names)))
+    chosen = [i for i, n in enumerate(names)
+              if any(n == p or n.startswith(p.rstrip(".") + ".") for p in layers)]
+    if not chosen:
+        raise GradleakError(f"attack.layers={list(layers)} matches no parameter; names look like "
+                            f"{', '.join(names[:4])}, ...")
+    return chosen
+
+
+class GradientMatchingAttack(Attack):
+    """Base of the GIA-O attacks; subclasses set ``name``, ``info`` and their defaults file."""
+
+    def __init__(self, *, iterations: int = 4800, lr: float = 0.1, restarts: int = 1,
+                 labels: str = "known", init: str = "randn", lr_decay: bool = True,
+                 distance: str = "cosine", distance_scale: float = 1.0, optimizer: str = "adam",
+                 signed: bool = True,
+                 box: bool = True, tv: float = 0.0, l2: float = 0.0, bn: float = 0.0,
+                 bn_source: str = "client", layers: Sequence[str] | None = None,
+                 learn_labels: bool = False) -> None:
+        if distance not in DISTANCES:
+            raise GradleakError(f"bad value {distance!r} for attack.distance; allowed: "
+                                f"{', '.join(DISTANCES)}")
+        self.iterations, self.lr, self.restarts = iterations, lr, restarts
+        self.labels, self.init, self.lr_decay = labels, init, lr_decay
+        self.distance_name, self.distance = distance, DISTANCES[distance]
+        self.distance_scale = distance_scale
+        self.optimizer, self.signed, self.box = optimizer, signed, box
+        self.tv, self.l2, self.bn, self.bn_source = tv, l2, bn, bn_source
+        self.layers = list(layers) if layers else None
+        self.learn_labels = learn_labels
+
+    @classmethod
+    def from_config(cls, cfg: AttackConfig) -> GradientMatchingAttack:
+        return cls(iterations=cfg.iterations, lr=cfg.lr, restarts=cfg.restarts, labels=cfg.labels,
+                   init=cfg.init, lr_decay=cfg.lr_decay, distance=cfg.distance,
+                   distance_scale=cfg.distance_scale,
+                   optimizer=cfg.optimizer, signed=cfg.signed, box=cfg.box, tv=cfg.tv, l2=cfg.l2,
+                   bn=cfg.bn, bn_source=cfg.bn_source, layers=cfg.layers,
+                   learn_labels=cfg.learn_labels)
+
+    def needs(self) -> frozenset[Knowledge]:
+        needs = set(self.requires)
+        if self.tv > 0 or self.l2 > 0:
+            needs.add(Knowledge.PRIORS)
+        if self.bn > 0 and self.bn_source == "client":
+            needs.add(Knowledge.BN_STATISTICS)
+        if self.labels == "known" and not self.learn_labels:
+            needs.add(Knowledge.LABELS)
+        return frozenset(needs)
+
+    # -- pieces subclasses may override ---------------------------------------------------------
+
+    def initial(self, obs: Observation, model: nn.Module, generator: torch.Generator) -> torch.Tensor:
+        """The free variable's starting value (here: images ``[N, C, H, W]``)."""
+        shape = (obs.num_samples, *obs.input_shape)
+        if self.init == "rand":
+            return torch.rand(shape, generator=generator)
+        if self.init == "gray":
+            return torch.full(shape, 0.5) + 0.01 * torch.randn(shape, generator=generator)
+        # Geiping's N(0, 1) in normalised space, i.e. mean + std * N(0, 1) in pixel space.
+        mean = getattr(model, "input_mean", torch.tensor(0.5)).cpu()
+        std = getattr(model, "input_std", torch.tensor(0.25)).cpu()
+        return (mean + std * torch.randn(shape, generator=generator)).clamp(0, 1)
+
+    def images(self, variable: torch.Tensor) -> torch.Tensor:
+        """Map the free variable to images in pixel space (identity for GIA-O)."""
+        return variable
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self, obs: Observation, *, seed: int, progress: bool) -> Reconstruction:
+        model = copy.deepcopy(obs.model)
+        set_bn_mode(model, obs.bn_mode, dropout=False)
+        device = next(model.parameters()).device
+        for p in model.parameters():
+            p.requires_grad_(True)
+        all_names = [n for n, _ in model.named_parameters()]
+        chosen = select_layers(all_names, self.layers)
+        names = [all_names[i] for i in chosen]
+        params_by_name = dict(model.named_parameters())
+        params = [params_by_name[n] for n in names]
+        generator = torch.Generator().manual_seed(seed)
+        if self.learn_labels:
+            fixed_labels, source = None, "optimised"
+        else:
+            fixed_labels, source = resolve_labels(obs, self.labels)
+            fixed_labels = fixed_labels.to(device)
+
+        simulate = obs.protocol == "fedavg" and obs.client is not None
+        source_tensors = obs.update.tensors if simulate else obs.update.gradient_direction()
+        target = [source_tensors[n].to(device) for n in names]
+        bn_prior = self._bn_prior(model, obs) if self.bn > 0 else None
+
+        candidates, losses, label_sets, history = [], [], [], []
+        bar = tqdm(total=self.iterations * self.restarts, disable=not progress,
+                   desc=f"attack {self.name}", unit="it", dynamic_ncols=True)
+        try:
+            for _ in range(self.restarts):
+                variable = self.initial(obs, model, generator).to(device).requires_grad_(True)
+                label_logits = (torch.randn(obs.num_samples, obs.num_classes, generator=generator)
+                                .to(device).requires_grad_(True) if self.learn_labels else None)
+                order = batch_order(obs.client, generator) if simulate else None
+
+                def labels_now(label_logits=label_logits) -> torch.Tensor:
+                    return fixed_labels if label_logits is None else label_logits.softmax(-1)
+
+                def predict(images: torch.Tensor, labels: torch.Tensor, order=order) -> list:
+                    if simulate:
+                        all_delta = simulated_delta(model, all_names, images, labels, obs.client,
+                                                    order)
+                        return [all_delta[i] for i in chosen]
+                    loss = F.cross_entropy(model(images), labels)
+                    return list(torch.autograd.grad(loss, params, create_graph=True))
+
+                def objective(variable=variable, label_logits=labels_now, predict=predict):
+                    images = self.images(variable)
+                    if bn_prior is not None:
+                        bn_prior.start()
+                    match = self.distance(predict(images, label_logits()), target)
+                    total = self.distance_scale * match
+                    if self.tv > 0:
+                        total = total + self.tv * total_variation(images)
+                    if self.l2 > 0:
+                        total = total + self.l2 * l2_norm(images)
+                    if bn_prior is not None:
+                        total = total + self.bn * bn_prior.loss()
+                    return total, match
+
+                free = [variable] + ([label_logits] if label_logits is not None else [])
+                step = self._stepper(free, objective)
+                for it in range(self.iterations):
+                    match = step(it)
+                    if it % 10 == 0 or it == self.iterations - 1:
+                        history.append(match)
+                        bar.set_postfix(grad_loss=f"{match:.4f}")
+                    bar.update(1)
+                with torch.no_grad():
+                    final_images = self.images(variable).clamp(0, 1)
+                final_labels = labels_now().detach()
+                # Rank restarts by the gradient loss of the final, box-constrained images.
+                check = final_images.clone().requires_grad_(True)
+                losses.append(float(self.distance(predict(check, final_labels), target).detach()))
+                candidates.append(final_images.cpu())
+                label_sets.append(final_labels.argmax(-1) if final_labels.ndim == 2
+                                  else final_labels)
+        finally:
+            bar.close()
+            if bn_prior is not None:
+                bn_prior.remove()
+        ranking = sorted(range(len(losses)), key=lambda i: (math.isnan(losses[i]), losses[i]))
+        stacked = torch.stack([candidates[i] for i in ranking])
+        return Reconstruction(images=stacked[0], candidates=stacked,
+                              losses=[losses[i] for i in ranking],
+                              labels=label_sets[ranking[0]].tolist(), iterations=self.iterations,
+                              label_source=source, history=history)
+
+    def _bn_prior(self, model: nn.Module, obs: Observation) -> BatchNormStatistics:
+        if self.bn_source == "client":
+            if obs.bn_statistics is None:
+                raise GradleakError("attack.bn_source=client needs threat.knows_bn_statistics=true")
+            targets = obs.bn_statistics
+        else:
+            targets = None
+        prior = BatchNormStatistics(model, targets)
+        if not prior.layers:
+            raise GradleakError("attack.bn > 0 needs a model with BatchNorm layers; set attack.bn=0 "
+                                "or model.norm=batch")
+        return prior
+
+    def _stepper(self, free: list[torch.Tensor],
+                 objective: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> Callable[[int], float]:
+        """A function doing one optimisation step and returning the gradient-matching loss."""
+        variable = free[0]
+        if self.optimizer == "lbfgs":
+            opt = torch.optim.LBFGS(free, lr=self.lr, history_size=100, max_iter=20)
+            last = {"match": float("nan")}
+
+            def closure() -> torch.Tensor:
+                opt.zero_grad(set_to_none=True)
+                total, match = objective()
+                grads = torch.autograd.grad(total, free)
+                for v, g in zip(free, grads, strict=True):
+                    v.grad = g
+                last["match"] = float(match.detach())
+                return total.detach()
+
+            def lbfgs_step(_it: int) -> float:
+                opt.step(closure)
+                if self.box:
+                    with torch.no_grad():
+                        variable.clamp_(0, 1)
+                return last["match"]
+
+            return lbfgs_step
+
+        opt = torch.optim.Adam(free, lr=self.lr)
+        milestones = [math.floor(self.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            opt, milestones=milestones if self.lr_decay else [], gamma=0.1)
+
+        def adam_step(_it: int) -> float:
+            total, match = objective()
+            grads = torch.autograd.grad(total, free)
+            for v, g in zip(free, grads, strict=True):
+                v.grad = g.sign() if self.signed and v is variable else g
+            opt.step()
+            scheduler.step()
+            if self.box:
+                with torch.no_grad():
+                    variable.clamp_(0, 1)
+            return float(match.detach())
+
+        return adam_step
