@@ -56,6 +56,7 @@ class ModelConfig:
     init: str = _opt("default", choices=("default", "uniform"),
                      help="'uniform' is DLG's U(-0.5, 0.5) init")
     checkpoint: str | None = _opt(None, help="state_dict file of a trained global model")
+    normalize: bool = _opt(True, help="standardise inputs with the dataset mean/std inside the model")
 
 
 @dataclass
@@ -74,9 +75,12 @@ class AttackConfig:
     lr: float = _opt(0.1, minimum=0.0)
     tv: float = _opt(1e-4, minimum=0.0, help="total-variation prior weight")
     restarts: int = _opt(1, minimum=1)
-    labels: str = _opt("known", choices=("known", "idlg", "yin"))
-    init: str = _opt("randn", choices=("randn", "rand", "gray"))
+    labels: str = _opt("known", choices=("known", "idlg", "yin", "llg", "geng", "ilrg"))
+    init: str = _opt("randn", choices=("randn", "rand", "gray", "normal"),
+                     help="randn: mean + std * N(0, 1) in pixels; normal: N(0, 1) as in DLG")
     lr_decay: bool = _opt(True, help="step decay x0.1 at 3/8, 5/8, 7/8 of the run")
+    bins: int = _opt(64, minimum=2, help="imprint: measurement bins k of the imprint module "
+                     "(keep k well above N so that samples rarely share a bin)")
     distance: str = _opt("cosine", choices=("cosine", "l2"), help="gradient distance")
     distance_scale: float = _opt(1.0, minimum=0.0, help="weight of the gradient distance")
     optimizer: str = _opt("adam", choices=("adam", "lbfgs"))

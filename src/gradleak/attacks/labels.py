@@ -30,6 +30,9 @@ from gradleak.registry import Registry
 
 LABEL_RULES: Registry = Registry("label rule")
 
+# Weighting the count row keeps sum(n) = K (near) exact in iLRG's least-squares solutions.
+_SUM_WEIGHT = 10.0
+
 DUMMY_SAMPLES = 64
 """Random images Geng's rule passes through the model to estimate p-bar and O-bar."""
 
@@ -207,8 +210,7 @@ def ilrg_labels(ctx: LabelContext) -> list[int]:
     2. Their softmax probabilities through the last layer, ``P [C, C]`` (row c: class-c samples).
     3. The bias gradient of one mean loss is ``b_j = (1/K)(sum_c n_c P_cj - n_j)``; solve
        ``(P^T - I) n = (K / scale) b`` with ``sum_c n_c = K`` by non-negative least squares.
-       Unknown lr: ``a = K / scale`` becomes a non-negative unknown of the same system (it is
-       identified because ``P^T - I`` has rank C - 1 and the sum row fixes the level).
+       Unknown lr (FedAvg without client details): ``a = K / scale`` is fitted too, see below.
     4. Round to K by largest remainder.
 
     Best on untrained models (the paper's setting); the last layer needs a bias.
@@ -228,18 +230,34 @@ def ilrg_labels(ctx: LabelContext) -> list[int]:
         logits = embeddings @ last.weight.detach().double().cpu().T + last.bias.detach().double().cpu()
     probs = torch.softmax(logits, dim=1)  # [C (class of the embedding), C]
     system = (probs.T - torch.eye(classes, dtype=torch.float64)).numpy()
-    # Weighting the count row keeps sum(n) = K (near) exact in the least-squares solution.
-    weight_sum = 10.0
     if ctx.scale is not None:
-        a = np.vstack([system, weight_sum * np.ones((1, classes))])
-        rhs = np.concatenate([(k / ctx.scale) * bias.numpy(), [weight_sum * k]])
-        counts, _ = nnls(a, rhs)
-    else:
-        a = np.vstack([np.hstack([system, -bias.numpy()[:, None]]),
-                       np.concatenate([weight_sum * np.ones(classes), [0.0]])[None]])
-        rhs = np.concatenate([np.zeros(classes), [weight_sum * k]])
-        counts = nnls(a, rhs)[0][:classes]
+        counts = _ilrg_counts(system, (k / ctx.scale) * bias.numpy(), k)
+        return counts_to_labels(counts, k)
+    # Unknown scale: (P^T - I) has the positive null vector of the Markov matrix P, so the scale
+    # a = K / scale is not identified from the bias alone; it is once some classes are fixed at
+    # zero count. Start from the classes with a positive bias gradient as absent, fit a there,
+    # solve for the counts, and refit a on the classes rounded to zero (a few passes).
+    absent = (bias > 0).numpy()
+    counts = np.full(classes, k / classes)
+    for _ in range(4):
+        if absent.all() or not absent.any():
+            break
+        keep = ~absent
+        a = np.vstack([np.hstack([system[:, keep], -bias.numpy()[:, None]]),
+                       np.concatenate([_SUM_WEIGHT * np.ones(keep.sum()), [0.0]])[None]])
+        rhs = np.concatenate([np.zeros(classes), [_SUM_WEIGHT * k]])
+        scale_free = nnls(a, rhs)[0][-1]
+        counts = _ilrg_counts(system, scale_free * bias.numpy(), k)
+        labels = counts_to_labels(counts, k)
+        absent = np.ones(classes, dtype=bool)
+        absent[np.unique(labels)] = False
     return counts_to_labels(counts, k)
+
+
+def _ilrg_counts(system: np.ndarray, rhs: np.ndarray, k: int) -> np.ndarray:
+    """Non-negative least squares for ``system @ n = rhs`` together with ``sum(n) = k``."""
+    a = np.vstack([system, _SUM_WEIGHT * np.ones((1, system.shape[1]))])
+    return nnls(a, np.concatenate([rhs, [_SUM_WEIGHT * k]]))[0]
 
 
 def infer_labels(rule: str, model: nn.Module, direction: dict[str, torch.Tensor], count: int, *,

@@ -34,15 +34,23 @@ from gradleak.threat import Knowledge
 
 
 def resolve_labels(obs: Observation, rule: str) -> tuple[torch.Tensor, str]:
-    """The labels an attack uses: the granted multiset (``rule="known"``) or inferred by ``rule``."""
+    """The labels an attack uses: the granted multiset (``rule="known"``) or inferred by ``rule``.
+
+    The direction's scale: a FedSGD gradient is one step of size 1; a FedAvg delta is U steps of
+    the client's lr, known only with client training details (else scale-free estimates).
+    """
     if rule == "known":
         if obs.labels is None:  # guarded by needs(); kept for direct library use
             raise GradleakError("attack.labels=known needs threat.knows_labels=true")
         return obs.labels.clone(), "known"
-    local_steps = obs.client.local_updates if obs.client is not None else 1
-    lr = obs.client.lr if obs.client is not None else None
+    if obs.protocol == "fedsgd":
+        steps, lr = 1, 1.0
+    elif obs.client is not None:
+        steps, lr = obs.client.local_updates, obs.client.lr
+    else:
+        steps, lr = 1, None
     inferred = infer_labels(rule, obs.model, obs.update.gradient_direction(), obs.num_samples,
-                            input_shape=obs.input_shape, local_steps=local_steps, lr=lr)
+                            input_shape=obs.input_shape, local_steps=steps, lr=lr)
     return torch.tensor(inferred, dtype=torch.long), rule
 
 
@@ -106,6 +114,8 @@ class GradientMatchingAttack(Attack):
         shape = (obs.num_samples, *obs.input_shape)
         if self.init == "rand":
             return torch.rand(shape, generator=generator)
+        if self.init == "normal":
+            return torch.randn(shape, generator=generator)
         if self.init == "gray":
             return torch.full(shape, 0.5) + 0.01 * torch.randn(shape, generator=generator)
         # Geiping's N(0, 1) in normalised space, i.e. mean + std * N(0, 1) in pixel space.

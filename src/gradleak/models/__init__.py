@@ -28,6 +28,8 @@ def build_model(cfg: ModelConfig, *, num_classes: int, channels: int, resolution
     """Build ``cfg.name``, apply ``cfg.init`` and load ``cfg.checkpoint`` if given."""
     builder = MODELS.get(cfg.name)
     net = builder(cfg, num_classes=num_classes, channels=channels, resolution=resolution)
+    if not cfg.normalize:
+        mean, std = (0.0,) * channels, (1.0,) * channels
     model = Classifier(net, mean=mean, std=std)
     if cfg.init == "uniform":
         _uniform_init(model)
