@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 import sys
 import warnings
 from importlib import resources
@@ -61,15 +63,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_list(kind: str) -> int:
     if kind == "attacks":
         from gradleak.attacks import ATTACKS, build_attack
-        from gradleak.config import AttackConfig
+        from gradleak.config import load_config
 
-        print(f"{'name':8} {'strategy':8} {'server':20} needs  (paper)")
+        print(f"{'name':14} {'strategy':8} {'server':19} {'capability':40} {'goal':16} "
+              f"{'modality':8} needs (with its default settings)  [paper]")
         for name in ATTACKS:
-            attack = build_attack(AttackConfig(name=name))
-            needs = ", ".join(sorted(f"L{k.level}:{k.title}" if k.level is not None else k.title
+            attack = build_attack(load_config(None, [f"attack.name={name}"]).attack)
+            needs = ", ".join(sorted(f"L{k.level} {k.title}" if k.level is not None else k.title
                                      for k in attack.needs()))
-            info = attack.info
-            print(f"{name:8} {info.strategy:8} {info.server:20} {needs}  ({info.paper})")
+            i = attack.info
+            print(f"{name:14} {i.strategy:8} {i.server:19} {i.capability:40} {i.goal:16} "
+                  f"{i.modality:8} {needs}  [{i.paper}]")
     elif kind == "models":
         from gradleak.config import ModelConfig
         from gradleak.models import MODELS, build_model, count_parameters
@@ -130,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     for kind in ("attacks", "models", "datasets", "defenses"):
         p = sub.add_parser(kind, help=f"list the {kind}")
         p.set_defaults(func=lambda _a, kind=kind: cmd_list(kind))
+
+    import gradleak.commands
+
+    for module in pkgutil.iter_modules(gradleak.commands.__path__):
+        importlib.import_module(f"gradleak.commands.{module.name}").add_parser(sub)
     return parser
 
 

@@ -22,7 +22,7 @@ from gradleak.data import build_dataset
 from gradleak.data.sampling import select_victim_samples
 from gradleak.defenses import build_defense
 from gradleak.errors import GradleakError
-from gradleak.fl.client import ClientSetup, client_update
+from gradleak.fl.client import ClientSetup, SharedUpdate, client_update
 from gradleak.io import write_json, write_text
 from gradleak.models import build_model, count_parameters
 from gradleak.provenance import git_commit, seed_everything, versions
@@ -38,6 +38,7 @@ class RunOutput:
     truth: torch.Tensor
     reconstruction: Reconstruction
     matched: torch.Tensor  # reconstruction reordered to the ground truth's order
+    update: SharedUpdate  # what the client shared, after the defense
 
 
 def _device(name: str) -> torch.device:
@@ -127,7 +128,8 @@ def run_scenario(cfg: Config, *, progress: bool = False) -> RunOutput:
         "git_commit": git_commit(),
         "seed": cfg.seed,
     }
-    return RunOutput(result=result, truth=images.cpu(), reconstruction=recon, matched=matched)
+    return RunOutput(result=result, truth=images.cpu(), reconstruction=recon, matched=matched,
+                     update=shared)
 
 
 def write_run(out: str | Path, run: RunOutput) -> Path:
