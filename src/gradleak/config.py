@@ -43,7 +43,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = _opt("convnet", help="model name, see `gradleak models`")
-    width: int = _opt(32, minimum=1, help="ConvNet base channel count")
+    width: int = _opt(64, minimum=1, help="ConvNet base channel count (Geiping et al.: 64)")
     depth: int = _opt(3, minimum=1, help="ConvNet number of conv layers")
     norm: str = _opt("batch", choices=("batch", "group", "none"))
     bias: bool = _opt(True)
@@ -93,6 +93,15 @@ class AttackConfig:
                                "model's running statistics")
     layers: list[str] | None = _opt(None, help="match only parameters with these name prefixes")
     learn_labels: bool = _opt(False, help="optimise soft labels jointly (DLG)")
+    generator: str | None = _opt(None, help="gias/ggl: generator.pt from `gradleak train-generator`")
+    latent_iterations: int = _opt(400, minimum=1, help="gias stage 1: latent search steps")
+    generator_iterations: int = _opt(600, minimum=0,
+                                     help="gias stage 2: per-image generator fine-tuning steps")
+    generator_lr: float = _opt(1e-3, minimum=0.0, help="gias stage 2 learning rate")
+    ggl_budget: int = _opt(2000, minimum=1, help="ggl: CMA-ES loss evaluations per restart")
+    adaptive: bool = _opt(False, help="ggl: apply the known defense to the trial gradients too")
+    rog_scale: int = _opt(4, minimum=1, help="rog: the optimised image is H/scale x W/scale")
+    postprocess: str | None = _opt(None, help="rog: post-processing network file (TorchScript)")
 
 
 @dataclass
@@ -128,6 +137,28 @@ class MetricsConfig:
 
 
 @dataclass
+class FLConfig:
+    """Federated training around the victim (paper App. B iii: 100 clients, 10% per round)."""
+
+    clients: int = _opt(100, minimum=1, help="K: clients in the pool, the victim included")
+    fraction: float = _opt(0.1, minimum=0.0, help="share of the K clients sampled per round, (0, 1]")
+    rounds: int = _opt(10, minimum=1, help="R: communication rounds")
+    partition: str = _opt("iid", choices=("iid", "dirichlet"),
+                          help="how the non-victim train data is split over the other clients")
+    alpha: float = _opt(0.5, minimum=0.0, help="dirichlet concentration: small = skewed labels")
+    victim_samples: int | None = _opt(None, minimum=1,
+                                      help="N of the victim client; null: data.num_samples")
+    attack_round: int | None = _opt(None, minimum=1,
+                                    help="round (1..R) whose victim update is attacked; null: R")
+    secure_aggregation: bool = _opt(False, help="the server sees only the aggregate update")
+    dp: bool = _opt(False, help="client-side DP-SGD: per-sample clipping + Gaussian noise")
+    dp_noise_multiplier: float = _opt(1.0, minimum=0.0, help="DP-SGD noise std / max_grad_norm")
+    dp_max_grad_norm: float = _opt(1.0, minimum=0.0, help="DP-SGD per-sample L2 clipping bound")
+    dp_delta: float = _opt(1e-5, minimum=0.0, help="delta of the reported (epsilon, delta)")
+    test_samples: int | None = _opt(None, minimum=1, help="evaluate on this many test samples")
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -136,6 +167,7 @@ class Config:
     threat: ThreatConfig = field(default_factory=ThreatConfig)
     defense: DefenseConfig = field(default_factory=DefenseConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    fl: FLConfig = field(default_factory=FLConfig)
     seed: int = _opt(0, minimum=0)
     device: str = _opt("cpu", help="torch device, e.g. cpu or cuda")
 
