@@ -80,3 +80,9 @@ def test_audit_runs_a_tiny_plan(tmp_path):
     html = (out / "index.html").read_text()
     assert "FedSGD" in html and "FedAvg" in html and "data:image/png;base64" in html
     assert (out / "report.md").is_file()
+    # A second run resumes: finished scenarios (same config) are kept, not redone.
+    before = (out / "sgd" / "result.json").stat().st_mtime_ns
+    assert main(["audit", "--plan", str(plan), "--out", str(out), "--quiet"]) == 0
+    assert (out / "sgd" / "result.json").stat().st_mtime_ns == before
+    assert main(["audit", "--plan", str(plan), "--out", str(out), "--quiet", "--rerun"]) == 0
+    assert (out / "sgd" / "result.json").stat().st_mtime_ns != before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import pkgutil
 import sys
 import warnings
@@ -51,6 +52,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
                for s in scenarios]
     for i, (scenario, cfg) in enumerate(zip(scenarios, configs, strict=True), 1):
         print(f"[{i}/{len(scenarios)}] {scenario.get('title', scenario['name'])}", flush=True)
+        done = out / scenario["name"] / "result.json"
+        if not args.rerun and done.is_file():
+            previous = json.loads(done.read_text())
+            if previous.get("config_digest") == cfg.digest():
+                # An interrupted audit resumes: finished scenarios are not redone.
+                print("    done before (same config): kept", flush=True)
+                continue
         run = run_scenario(cfg, progress=not args.quiet)
         write_run(out / scenario["name"], run)
         m = run.result["metrics"]
@@ -121,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="the default audit: several scenarios and a report")
     p.add_argument("--out", default="reports/demo", help="report folder")
     p.add_argument("--plan", help="YAML audit plan (default: the packaged configs/audit.yaml)")
+    p.add_argument("--rerun", action="store_true", help="redo scenarios that already finished")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="overrides applied to every scenario")
