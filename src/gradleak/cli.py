@@ -83,13 +83,21 @@ def cmd_list(kind: str) -> int:
             print(f"{name:14} {i.strategy:8} {i.server:19} {i.capability:40} {i.goal:16} "
                   f"{i.modality:8} {needs}  [{i.paper}]")
     elif kind == "models":
+        import torch
+
         from gradleak.config import ModelConfig
         from gradleak.models import MODELS, build_model, count_parameters
 
         for name in MODELS:
-            model = build_model(ModelConfig(name=name), num_classes=10, channels=3,
-                                resolution=32, mean=(0.5,) * 3, std=(0.25,) * 3)
-            print(f"{name:12} {count_parameters(model):>12,} parameters (32 px, 10 classes)")
+            # On the meta device shapes exist but no memory or random init: ~250M parameters
+            # in the zoo would otherwise take tens of seconds to initialise on a CPU.
+            with torch.device("meta"):
+                model = build_model(ModelConfig(name=name), num_classes=10, channels=3,
+                                    resolution=32, mean=(0.5,) * 3, std=(0.25,) * 3)
+            builder = MODELS.get(name)
+            doc = (builder.__doc__ or sys.modules[builder.__module__].__doc__ or "").strip()
+            print(f"{name:12} {count_parameters(model):>12,} parameters (32 px, 10 classes)  "
+                  f"{doc.splitlines()[0] if doc else ''}")
     elif kind == "datasets":
         from gradleak.data import DATASETS
 

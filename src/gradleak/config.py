@@ -57,6 +57,12 @@ class ModelConfig:
                      help="'uniform' is DLG's U(-0.5, 0.5) init")
     checkpoint: str | None = _opt(None, help="state_dict file of a trained global model")
     normalize: bool = _opt(True, help="standardise inputs with the dataset mean/std inside the model")
+    small_input: bool = _opt(True, help="zoo models: CIFAR-size stem that keeps detail at 32 px")
+    skip_cuts: list[int] = _opt([], minimum=1,
+                                help="ResNets: 1-based residual blocks whose identity path is cut")
+    dense_connections: str = _opt("full", choices=("full", "reduced", "minimal", "shortnet1",
+                                                   "shortnet2"),
+                                  help="densenet43/53: which earlier feature maps each layer reads")
 
 
 @dataclass
@@ -99,7 +105,7 @@ class AttackConfig:
                                      help="gias stage 2: per-image generator fine-tuning steps")
     generator_lr: float = _opt(1e-3, minimum=0.0, help="gias stage 2 learning rate")
     ggl_budget: int = _opt(2000, minimum=1, help="ggl: CMA-ES loss evaluations per restart")
-    adaptive: bool = _opt(False, help="ggl: apply the known defense to the trial gradients too")
+    adaptive: bool = _opt(False, help="apply the known defense (or a surrogate) to trial gradients")
     rog_scale: int = _opt(4, minimum=1, help="rog: the optimised image is H/scale x W/scale")
     postprocess: str | None = _opt(None, help="rog: post-processing network file (TorchScript)")
 

@@ -16,6 +16,7 @@ import yaml
 
 from gradleak import metrics
 from gradleak.attacks import build_attack, observe
+from gradleak.attacks.adaptive import attach_adaptive
 from gradleak.attacks.base import Reconstruction
 from gradleak.config import Config
 from gradleak.data import build_dataset
@@ -72,6 +73,11 @@ def run_scenario(cfg: Config, *, progress: bool = False) -> RunOutput:
     update = client_update(model, images.to(device), labels.to(device), setup, seed=cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     shared = build_defense(cfg.defense)(update, generator=generator)
+    if cfg.attack.adaptive:  # the attacker post-processes its trial gradients like the client
+        if hasattr(attack, "use_defense"):  # gradient-free search (GGL) applies the real defense
+            attack.use_defense(build_defense(cfg.defense))
+        else:  # gradient-based attacks need a differentiable surrogate of it
+            attach_adaptive(attack, cfg.defense, shared, model)
 
     obs = observe(model=model, update=shared, threat=threat, setup=setup, labels=labels,
                   input_shape=tuple(images.shape[1:]), num_classes=dataset.num_classes)

@@ -18,7 +18,7 @@ def build_attack(cfg: AttackConfig) -> Attack:
     return ATTACKS.get(cfg.name).from_config(cfg)
 
 
-from gradleak.attacks import analytic, dlg, gradinversion, inverting_gradients  # noqa: E402,F401
+from gradleak.attacks import analytic, dlg, ggl, gias, gradinversion, inverting_gradients, rog  # noqa: E402,F401
 
 __all__ = ["ATTACKS", "Attack", "AttackInfo", "Observation", "Reconstruction", "build_attack",
            "observe", "register_attack"]

@@ -55,11 +55,20 @@ def resolve_labels(obs: Observation, rule: str) -> tuple[torch.Tensor, str]:
 
 
 def select_layers(names: Sequence[str], layers: Sequence[str] | None) -> list[int]:
-    """Indices of the parameters whose name equals or starts with one of ``layers`` (all if None)."""
+    """Indices of the parameters whose name equals or starts with one of ``layers`` (all if None).
+
+    A prefix that matches no name is retried as ``net.<prefix>``: the Classifier wrapper puts
+    every parameter under ``net.``, so a bare block name (``inception3a``, ``Mixed_5b``,
+    ``layer1.0``; see :func:`gradleak.models.blocks.named_blocks`) selects that block.
+    """
     if not layers:
         return list(range(len(names)))
-    chosen = [i for i, n in enumerate(names)
-              if any(n == p or n.startswith(p.rstrip(".") + ".") for p in layers)]
+
+    def matches(name: str, prefix: str) -> bool:
+        return name == prefix or name.startswith(prefix.rstrip(".") + ".")
+
+    prefixes = [p if any(matches(n, p) for n in names) else f"net.{p}" for p in layers]
+    chosen = [i for i, n in enumerate(names) if any(matches(n, p) for p in prefixes)]
     if not chosen:
         raise GradleakError(f"attack.layers={list(layers)} matches no parameter; names look like "
                             f"{', '.join(names[:4])}, ...")
@@ -68,6 +77,10 @@ def select_layers(names: Sequence[str], layers: Sequence[str] | None) -> list[in
 
 class GradientMatchingAttack(Attack):
     """Base of the GIA-O attacks; subclasses set ``name``, ``info`` and their defaults file."""
+
+    # Adaptive attacker (attack.adaptive): maps the dummy gradients of the matched parameters to
+    # their defended version before the distance; see gradleak.attacks.adaptive.
+    transform: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None
 
     def __init__(self, *, iterations: int = 4800, lr: float = 0.1, restarts: int = 1,
                  labels: str = "known", init: str = "randn", lr_decay: bool = True,
@@ -169,9 +182,11 @@ class GradientMatchingAttack(Attack):
                     if simulate:
                         all_delta = simulated_delta(model, all_names, images, labels, obs.client,
                                                     order)
-                        return [all_delta[i] for i in chosen]
-                    loss = F.cross_entropy(model(images), labels)
-                    return list(torch.autograd.grad(loss, params, create_graph=True))
+                        dummy = [all_delta[i] for i in chosen]
+                    else:
+                        loss = F.cross_entropy(model(images), labels)
+                        dummy = list(torch.autograd.grad(loss, params, create_graph=True))
+                    return dummy if self.transform is None else self.transform(dummy)
 
                 def objective(variable=variable, label_logits=labels_now, predict=predict):
                     images = self.images(variable)

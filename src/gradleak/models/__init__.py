@@ -63,6 +63,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-from gradleak.models import convnet, lenet, mlp, resnet  # noqa: E402,F401
+from gradleak.models import convnet, densenet, inception, lenet, mlp, resnet, swin, vgg  # noqa: E402,F401
 
 __all__ = ["MODELS", "Classifier", "build_model", "count_parameters", "register_model"]

@@ -1,0 +1,174 @@
+"""ROG (Yue et al., "Gradient Obfuscation Gives a False Sense of Security in Federated
+Learning", USENIX Security 2023). GIA-O.
+
+The free variable is a low-resolution image ``v [N, C, H/s, W/s]`` (``s = attack.rog_scale``,
+4 in the paper); the dummy images are its bicubic upsampling ``clamp(up_s(v), 0, 1)``
+``[N, C, H, W]``, so the search space is s^2 times smaller and the result is smooth, which is
+what makes ROG robust to gradient obfuscation (quantisation, sparsification, ...). L2 gradient
+distance, Adam lr 0.05 with cosine annealing over the run (``attack.lr_decay=true``; the shared
+engine's step decay is replaced here), box constraint on ``v``.
+
+Optional post-processing (``attack.postprocess``): a network the user trained to denoise or
+sharpen ROG's outputs (the paper uses a learned super-resolution/denoising net), applied to the
+final images. The file is one of
+
+- a ``torch.export`` program (``torch.export.save(torch.export.export(net, (example,),
+  dynamic_shapes=({0: torch.export.Dim.AUTO},)), path)``; the batch dimension must be dynamic),
+- a TorchScript module (``torch.jit.save(torch.jit.script(net), path)``; deprecated by torch), or
+- a ``torch.save``d dict ``{"class": "package.module:ClassName", "kwargs": {...},
+  "state_dict": {...}}``; the class is imported by name and built with ``kwargs``.
+
+Either way the module maps images ``[N, C, H, W]`` in [0, 1] to the same shape; its output is
+clamped to [0, 1]. Reported gradient losses are those before post-processing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import itertools
+import warnings
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gradleak.attacks import register_attack
+from gradleak.attacks.base import AttackInfo, Observation, Reconstruction
+from gradleak.attacks.optimization import GradientMatchingAttack
+from gradleak.config import AttackConfig
+from gradleak.errors import GradleakError
+
+
+def _archive_kind(path: Path) -> str:
+    """``export`` (torch.export.save), ``script`` (torch.jit.save) or ``checkpoint`` (torch.save)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return "checkpoint"
+    if any(n.endswith("/archive_format") for n in names):
+        return "export"
+    if any(n.endswith("/constants.pkl") for n in names):
+        return "script"
+    return "checkpoint"
+
+
+def load_postprocess(path: str | Path, *, map_location: str | torch.device = "cpu") -> nn.Module:
+    """The post-processing network at ``path`` (formats in the module docstring)."""
+    p = Path(path)
+    if not p.is_file():
+        raise GradleakError(f"attack.postprocess {str(p)!r} does not exist")
+    kind = _archive_kind(p)
+    try:
+        if kind == "export":
+            return torch.export.load(str(p)).module().to(map_location)
+        if kind == "script":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still loads
+                return torch.jit.load(str(p), map_location=map_location).eval()
+        blob = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as exc:  # a corrupt or foreign file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise GradleakError(f"attack.postprocess {str(p)!r} cannot be loaded: {first}") from None
+    if not (isinstance(blob, dict) and isinstance(blob.get("class"), str)
+            and isinstance(blob.get("state_dict"), dict)):
+        raise GradleakError(f"attack.postprocess {str(p)!r} must be a torch.export or TorchScript file, "
+                            "or a dict with 'class' ('package.module:ClassName'), 'state_dict' and "
+                            "optional 'kwargs'")
+    module_name, _, class_name = blob["class"].partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+        net = cls(**blob.get("kwargs", {}))
+        net.load_state_dict(blob["state_dict"])
+    except Exception as exc:  # import errors, bad kwargs, mismatched weights
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise GradleakError(f"attack.postprocess {str(p)!r}: cannot build {blob['class']}: {first}") from None
+    return net.to(map_location).eval()
+
+
+@register_attack("rog")
+class ROG(GradientMatchingAttack):
+    """Optimises a ``1/scale``-resolution image upsampled bicubically; optional post-processing."""
+
+    name = "rog"
+    info = AttackInfo(paper="Yue et al., USENIX Security 2023", strategy="GIA-O")
+
+    def __init__(self, *, scale: int = 4, postprocess: str | Path | nn.Module | None = None,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        if scale < 1:
+            raise GradleakError(f"bad value {scale} for attack.rog_scale: must be >= 1")
+        self.scale, self.postprocess = scale, postprocess
+        self._size: tuple[int, int] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: AttackConfig) -> ROG:
+        return cls(scale=cfg.rog_scale, postprocess=cfg.postprocess, iterations=cfg.iterations,
+                   lr=cfg.lr, restarts=cfg.restarts, labels=cfg.labels, init=cfg.init,
+                   lr_decay=cfg.lr_decay, distance=cfg.distance, distance_scale=cfg.distance_scale,
+                   optimizer=cfg.optimizer, signed=cfg.signed, box=cfg.box, tv=cfg.tv, l2=cfg.l2,
+                   bn=cfg.bn, bn_source=cfg.bn_source, layers=cfg.layers, learn_labels=cfg.learn_labels)
+
+    def initial(self, obs: Observation, model: nn.Module, generator: torch.Generator) -> torch.Tensor:
+        c, h, w = obs.input_shape
+        if h % self.scale or w % self.scale:
+            raise GradleakError(f"attack.rog_scale={self.scale} must divide the image size {h}x{w}")
+        self._size = (h, w)
+        low = dataclasses.replace(obs, input_shape=(c, h // self.scale, w // self.scale))
+        return super().initial(low, model, generator)
+
+    def images(self, variable: torch.Tensor) -> torch.Tensor:
+        """``v [N, C, h, w]`` -> ``clamp(bicubic(v), 0, 1) [N, C, h * scale, w * scale]``."""
+        size = self._size or (variable.shape[-2] * self.scale, variable.shape[-1] * self.scale)
+        return F.interpolate(variable, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+
+    def run(self, obs: Observation, *, seed: int, progress: bool) -> Reconstruction:
+        post = None
+        if self.postprocess is not None:
+            device = next(obs.model.parameters()).device
+            post = (self.postprocess if isinstance(self.postprocess, nn.Module)
+                    else load_postprocess(self.postprocess, map_location=device))
+        recon = super().run(obs, seed=seed, progress=progress)
+        if post is None:
+            return recon
+        candidates = torch.stack([self._apply(post, c) for c in recon.candidates])
+        return dataclasses.replace(recon, images=candidates[0], candidates=candidates)
+
+    @staticmethod
+    def _apply(post: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        device = next(itertools.chain(post.parameters(), post.buffers()), images).device
+        with torch.no_grad():
+            out = post(images.to(device))
+        if not isinstance(out, torch.Tensor) or out.shape != images.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise GradleakError(f"attack.postprocess must map images {tuple(images.shape)} to the same "
+                                f"shape, got {got}")
+        return out.clamp(0, 1).cpu()
+
+    def _stepper(self, free: list[torch.Tensor],
+                 objective: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> Callable[[int], float]:
+        """Adam with cosine annealing (ROG) instead of the engine's step decay."""
+        if self.optimizer != "adam" or not self.lr_decay:
+            return super()._stepper(free, objective)
+        variable = free[0]
+        opt = torch.optim.Adam(free, lr=self.lr)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.iterations))
+
+        def step(_it: int) -> float:
+            total, match = objective()
+            grads = torch.autograd.grad(total, free)
+            for v, g in zip(free, grads, strict=True):
+                v.grad = g.sign() if self.signed and v is variable else g
+            opt.step()
+            scheduler.step()
+            if self.box:
+                with torch.no_grad():
+                    variable.clamp_(0, 1)
+            return float(match.detach())
+
+        return step
+

@@ -1,0 +1,410 @@
+"""A small, exact FedAvg / FedSGD server around the victim client (paper Sec. 6, App. B iii).
+
+Each round the server samples ``max(1, round(fraction * K))`` of the K clients (seeded), sends
+them the global model, and every sampled client runs :func:`~gradleak.fl.client.client_update`
+(optionally with client-side DP-SGD) and post-processes its update with the configured defense.
+The server then moves the global model to the data-weighted mean of the client models,
+
+    W <- sum_k n_k W_k / sum_k n_k = W + sum_k n_k u_k / sum_k n_k        (u_k = W_k - W, FedAvg)
+    W <- W - lr * sum_k n_k g_k / sum_k n_k                              (FedSGD, u_k = g_k)
+
+accumulated in float64 over all sampled clients at once (not as a running average with a fixed
+alpha, which weights clients wrongly). Clients are trained one after another on copies of one
+global model, so memory stays at a few model copies.
+
+The victim is client 0 (its own few samples). At ``attack_round`` it is always among the sampled
+clients and its shared update is captured for the attack. With secure aggregation the server
+only learns the aggregate: clients upload ``n_k u_k`` and ``n_k`` under masking (Bonawitz et al.
+2017), so the server sees ``sum_k n_k u_k`` and ``sum_k n_k``; the attack then receives
+``SharedUpdate(tensors = sum_k n_k u_k / sum_k n_k, num_samples = sum_k n_k)``, the update of a
+virtual client holding all sampled clients' data (for FedSGD exactly the gradient of the mean
+loss over their union), instead of the victim's own update.
+
+BatchNorm running statistics are not federated (client updates hold parameters only): use
+``model.norm=none``/``group`` or ``client.bn_mode=eval``. Test accuracy is measured with BN in
+``client.bn_mode`` (train mode: batch statistics of each test batch).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+from tqdm.auto import tqdm
+
+from gradleak.config import ClientConfig, Config, FLConfig
+from gradleak.data import build_dataset
+from gradleak.data.base import ImageDataset
+from gradleak.data.sampling import select_victim_samples
+from gradleak.errors import GradleakError
+from gradleak.fl.client import ClientSetup, SharedUpdate, client_update, set_bn_mode
+from gradleak.fl.partition import partition_indices
+from gradleak.io import atomic_write
+
+VICTIM = 0
+Defense = Callable[..., SharedUpdate]
+
+
+@dataclass
+class DPSettings:
+    """Client-side DP-SGD (Abadi et al. 2016): per-sample L2 clipping to ``max_grad_norm`` and
+    N(0, (noise_multiplier * max_grad_norm)^2) noise on each summed mini-batch gradient."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    delta: float = 1e-5
+
+
+@dataclass
+class FLResult:
+    """The outcome of :func:`train_federated`.
+
+    ``accuracy[r]``: test accuracy after round r (``accuracy[0]``: the initial model).
+    ``attack_state``: the global model the clients received in ``attack_round`` (= checkpoint
+    ``round_{attack_round - 1:03d}.pt``). ``observed``: what the attacker sees of the victim in that
+    round (its defended update, or the aggregate under secure aggregation), ``observed_setup`` the
+    matching client setup and ``observed_indices`` the train indices whose samples it covers.
+    ``victim_update`` and ``round_updates`` (every sampled client's defended update in that round)
+    are ground truth for audits and tests, not server knowledge under secure aggregation.
+    ``epsilon``: DP-SGD epsilon per client that trained (at ``delta``), empty without DP.
+    """
+
+    accuracy: list[float]
+    final_state: dict[str, torch.Tensor]
+    attack_round: int
+    attack_state: dict[str, torch.Tensor]
+    observed: SharedUpdate
+    observed_setup: ClientSetup
+    observed_indices: list[int]
+    victim_update: SharedUpdate
+    victim_setup: ClientSetup
+    victim_indices: list[int]
+    round_updates: dict[int, SharedUpdate]
+    sampled: list[list[int]]
+    secure_aggregation: bool
+    epsilon: dict[int, float] = field(default_factory=dict)
+    delta: float | None = None
+    checkpoints: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def final_accuracy(self) -> float:
+        return self.accuracy[-1]
+
+    @property
+    def victim_epsilon(self) -> float | None:
+        return self.epsilon.get(VICTIM)
+
+
+def client_seed(seed: int, round_: int, client: int) -> int:
+    """The seed of client ``client``'s local training in round ``round_`` (shuffling, DP noise);
+    the defense's generator uses ``client_seed(...) + 1``; ``client=-1`` seeds client sampling."""
+    return int(np.random.SeedSequence([seed, round_, client + 1]).generate_state(1)[0])
+
+
+def sample_clients(num_clients: int, fraction: float, round_: int, *, seed: int,
+                   force: int | None = None) -> list[int]:
+    """The ``max(1, round(fraction * K))`` clients of round ``round_`` (seeded, sorted); ``force``
+    (the victim in the attack round) replaces the last drawn client if it was not drawn."""
+    if not 0 < fraction <= 1:
+        raise GradleakError(f"bad value {fraction!r} for fl.fraction: must be in (0, 1]")
+    m = max(1, round(fraction * num_clients))
+    g = torch.Generator().manual_seed(client_seed(seed, round_, -1))
+    chosen = torch.randperm(num_clients, generator=g)[:m].tolist()
+    if force is not None and force not in chosen:
+        chosen[-1] = force
+    return sorted(chosen)
+
+
+def local_setup(cfg: ClientConfig, num_samples: int) -> ClientSetup:
+    """A client's :class:`ClientSetup`; the batch size is capped at the client's own N."""
+    batch = min(cfg.batch_size or num_samples, num_samples)
+    if cfg.protocol == "fedsgd":
+        return ClientSetup("fedsgd", 1, num_samples, cfg.lr, num_samples, cfg.bn_mode)
+    return ClientSetup("fedavg", cfg.local_epochs, batch, cfg.lr, num_samples, cfg.bn_mode)
+
+
+# --- DP-SGD -----------------------------------------------------------------------------------
+
+
+def make_accountant():
+    """A fresh opacus RDP accountant."""
+    from opacus.accountants import RDPAccountant
+
+    return RDPAccountant()
+
+
+def dp_client_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                     setup: ClientSetup, dp: DPSettings, *, seed: int,
+                     accountant=None) -> SharedUpdate:
+    """:func:`client_update` with DP-SGD: per-sample gradients (``torch.func.vmap(grad)``), each
+    clipped to L2 norm ``dp.max_grad_norm``, summed, plus Gaussian noise of std
+    ``noise_multiplier * max_grad_norm``, divided by the batch size. Same batch order as
+    ``client_update`` for the same ``seed``; FedSGD is one such step over all N samples.
+    Each step is recorded in ``accountant`` (opacus RDP) with sample rate B / N.
+    """
+    local = copy.deepcopy(model)
+    set_bn_mode(local, setup.bn_mode)
+    if setup.bn_mode == "train" and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                        for m in local.modules()):
+        raise GradleakError("fl.dp=true needs per-sample gradients, which train-mode BatchNorm "
+                            "mixes; set client.bn_mode=eval or model.norm=group/none")
+    names = [n for n, p in local.named_parameters() if p.requires_grad]
+    params = {n: p.detach().clone() for n, p in local.named_parameters() if p.requires_grad}
+    start = {n: p.clone() for n, p in params.items()}
+    buffers = dict(local.named_buffers())
+
+    def sample_loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(functional_call(local, (p, buffers), (x[None],)), y[None])
+
+    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0), randomness="different")
+    order_gen = torch.Generator().manual_seed(seed)
+    noise_gen = torch.Generator().manual_seed(seed + 7)
+    sigma = dp.noise_multiplier * dp.max_grad_norm
+
+    def noisy_mean(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        g = per_sample(params, images[batch], labels[batch])
+        norms = torch.linalg.vector_norm(torch.stack([g[n].flatten(1).norm(dim=1) for n in names]),
+                                         dim=0)
+        factor = (dp.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        if accountant is not None:
+            accountant.step(noise_multiplier=dp.noise_multiplier,
+                            sample_rate=setup.batch_size / setup.num_samples)
+        out = {}
+        for n in names:
+            summed = torch.einsum("b,b...->...", factor, g[n])
+            noise = torch.randn(summed.shape, generator=noise_gen).to(summed)
+            out[n] = (summed + sigma * noise) / len(batch)
+        return out
+
+    if setup.protocol == "fedsgd":
+        return SharedUpdate("gradient", noisy_mean(torch.arange(setup.num_samples)),
+                            setup.num_samples, [])
+    for _ in range(setup.local_epochs):
+        order = torch.randperm(setup.num_samples, generator=order_gen)
+        for batch in order.split(setup.batch_size):
+            step = noisy_mean(batch)
+            params = {n: params[n] - setup.lr * step[n] for n in names}
+    return SharedUpdate("model_delta", {n: params[n] - start[n] for n in names},
+                        setup.num_samples, [])
+
+
+# --- the server -------------------------------------------------------------------------------
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, bn_mode: str = "eval",
+             batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` on ``images [N, C, H, W]`` (no dropout; BN in ``bn_mode``)."""
+    if len(labels) == 0:
+        return float("nan")
+    set_bn_mode(model, bn_mode, dropout=False)
+    device = next(model.parameters()).device
+    correct = 0
+    with torch.no_grad():
+        for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True):
+            correct += int((model(x.to(device)).argmax(-1) == y.to(device)).sum())
+    return correct / len(labels)
+
+
+def dataset_tensors(dataset: ImageDataset,
+                    indices: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images [n, C, H, W], labels [n])`` of ``indices`` (all samples if None)."""
+    idx = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
+    if hasattr(dataset, "images") and hasattr(dataset, "labels"):
+        t = torch.as_tensor(idx, dtype=torch.long)
+        return dataset.images[t], dataset.labels[t]
+    if not idx:
+        c, r = dataset.channels, dataset.resolution
+        return torch.zeros(0, c, r, r), torch.zeros(0, dtype=torch.long)
+    items = [dataset[i] for i in idx]
+    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.long)
+
+
+def save_state(path: Path, model: nn.Module) -> Path:
+    """Write ``model.state_dict()`` atomically (loadable by ``model.checkpoint``)."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda p: torch.save(state, p))
+    return path
+
+
+def _weighted_mean(updates: Sequence[tuple[int, SharedUpdate]]) -> dict[str, torch.Tensor]:
+    """sum_k n_k u_k / sum_k n_k, accumulated in float64."""
+    total = sum(n for n, _ in updates)
+    names = list(updates[0][1].tensors)
+    acc = {name: torch.zeros_like(updates[0][1].tensors[name], dtype=torch.float64) for name in names}
+    for n, u in updates:
+        for name in names:
+            acc[name] += n * u.tensors[name].double()
+    return {name: (acc[name] / total).to(updates[0][1].tensors[name].dtype) for name in names}
+
+
+def train_federated(model: nn.Module, train: ImageDataset, parts: Sequence[Sequence[int]], *,
+                    client: ClientConfig, fl: FLConfig, defense: Defense | None = None,
+                    test: ImageDataset | None = None, test_indices: Sequence[int] | None = None,
+                    seed: int = 0, checkpoint_dir: str | Path | None = None,
+                    progress: bool = False) -> FLResult:
+    """Train ``model`` (the global model, updated in place) with FedAvg / FedSGD.
+
+    ``parts[k]``: train indices of client k (client 0 is the victim, see
+    :func:`~gradleak.fl.partition.partition_indices`); ``client``: E, B, lr, protocol and BN mode
+    of every client (B capped at each client's N); ``fl``: rounds, fraction, attack round, secure
+    aggregation and DP; ``defense``: post-processing applied by every client to its update
+    before upload. Writes ``round_000.pt`` (initial) .. ``round_{R:03d}.pt`` into
+    ``checkpoint_dir`` if given. Empty clients are skipped when sampled.
+    """
+    started = time.perf_counter()
+    k_total = len(parts)
+    if k_total != fl.clients:
+        raise GradleakError(f"got {k_total} client partitions but fl.clients={fl.clients}")
+    if not parts[VICTIM]:
+        raise GradleakError("the victim client (client 0) holds no samples")
+    attack_round = fl.attack_round if fl.attack_round is not None else fl.rounds
+    if not 1 <= attack_round <= fl.rounds:
+        raise GradleakError(f"bad value {fl.attack_round!r} for fl.attack_round: must be in "
+                            f"1..fl.rounds={fl.rounds}")
+    dp = DPSettings(fl.dp_noise_multiplier, fl.dp_max_grad_norm, fl.dp_delta) if fl.dp else None
+    if dp is not None and not dp.max_grad_norm > 0:
+        raise GradleakError(f"bad value {dp.max_grad_norm!r} for fl.dp_max_grad_norm: must be > 0")
+    defense = defense or (lambda u, **_kw: u)
+    device = next(model.parameters()).device
+    data = [dataset_tensors(train, p) for p in parts]
+    test_x, test_y = (dataset_tensors(test, test_indices) if test is not None
+                      else (torch.zeros(0), torch.zeros(0, dtype=torch.long)))
+    out_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    checkpoints = [save_state(out_dir / "round_000.pt", model)] if out_dir is not None else []
+    accountants: dict[int, object] = {}
+    accuracy = [evaluate(model, test_x, test_y, bn_mode=client.bn_mode)]
+    captured: dict[str, object] = {}
+    sampled_all: list[list[int]] = []
+
+    bar = tqdm(range(1, fl.rounds + 1), disable=not progress, desc="federated rounds",
+               unit="round", dynamic_ncols=True)
+    for r in bar:
+        sampled = sample_clients(k_total, fl.fraction, r, seed=seed,
+                                 force=VICTIM if r == attack_round else None)
+        sampled_all.append(sampled)
+        round_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        uploads: list[tuple[int, SharedUpdate]] = []
+        per_client: dict[int, SharedUpdate] = {}
+        setups: dict[int, ClientSetup] = {}
+        for k in sampled:
+            x, y = data[k]
+            if len(y) == 0:
+                continue
+            setup = local_setup(client, len(y))
+            cseed = client_seed(seed, r, k)
+            if dp is None:
+                update = client_update(model, x.to(device), y.to(device), setup, seed=cseed)
+            else:
+                acct = accountants.setdefault(k, make_accountant())
+                update = dp_client_update(model, x.to(device), y.to(device), setup, dp, seed=cseed,
+                                          accountant=acct)
+            update = defense(update, generator=torch.Generator().manual_seed(cseed + 1))
+            uploads.append((len(y), update))
+            per_client[k], setups[k] = update, setup
+        if uploads:  # else every sampled client was empty: the model stays as it is
+            mean = _weighted_mean(uploads)
+            step = -client.lr if client.protocol == "fedsgd" else 1.0
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if name in mean:
+                        p.add_(mean[name].to(p), alpha=step)
+            if r == attack_round:
+                captured.update(state=round_state, updates=per_client, setups=setups, mean=mean,
+                                total=sum(n for n, _ in uploads),
+                                sampled=[k for k in sampled if k in per_client])
+            accuracy.append(evaluate(model, test_x, test_y, bn_mode=client.bn_mode))
+        else:
+            accuracy.append(accuracy[-1])
+        if out_dir is not None:
+            checkpoints.append(save_state(out_dir / f"round_{r:03d}.pt", model))
+        bar.set_postfix(test_acc=f"{accuracy[-1]:.3f}")
+    bar.close()
+
+    victim_update = captured["updates"][VICTIM]
+    victim_setup = captured["setups"][VICTIM]
+    if fl.secure_aggregation:
+        total = captured["total"]
+        observed = SharedUpdate(victim_update.kind, captured["mean"], total, [])
+        observed_setup = local_setup(client, total)
+        observed_indices = [i for k in captured["sampled"] for i in parts[k]]
+    else:
+        observed, observed_setup = victim_update, victim_setup
+        observed_indices = [int(i) for i in parts[VICTIM]]
+    epsilon = {k: _epsilon(a, dp.delta) for k, a in sorted(accountants.items())} if dp else {}
+    return FLResult(
+        accuracy=accuracy, final_state={k: v.detach().clone() for k, v in model.state_dict().items()},
+        attack_round=attack_round, attack_state=captured["state"], observed=observed,
+        observed_setup=observed_setup, observed_indices=observed_indices,
+        victim_update=victim_update, victim_setup=victim_setup,
+        victim_indices=[int(i) for i in parts[VICTIM]], round_updates=captured["updates"],
+        sampled=sampled_all, secure_aggregation=fl.secure_aggregation, epsilon=epsilon,
+        delta=dp.delta if dp else None, checkpoints=checkpoints,
+        seconds=time.perf_counter() - started)
+
+
+def _epsilon(accountant, delta: float) -> float:
+    try:
+        eps = float(accountant.get_epsilon(delta))
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return math.inf
+    return eps if math.isfinite(eps) else math.inf
+
+
+# --- from a Config ----------------------------------------------------------------------------
+
+
+@dataclass
+class FederatedRun:
+    """:func:`run_federated`'s output: the trained global ``model``, the datasets and partition."""
+
+    result: FLResult
+    model: nn.Module
+    train: ImageDataset
+    test: ImageDataset
+    parts: list[list[int]]
+
+
+def run_federated(cfg: Config, *, checkpoint_dir: str | Path | None = None,
+                  progress: bool = False, defense: Defense | None = None) -> FederatedRun:
+    """Build data, model, partition and defense from ``cfg`` and run :func:`train_federated`.
+
+    Clients train on the train split, accuracy is measured on the test split (a seeded subset of
+    ``fl.test_samples``, else all of it). The victim holds ``fl.victim_samples`` (null:
+    ``data.num_samples``) samples chosen like a single-client audit's (``data.indices``,
+    ``data.distinct_labels``); the rest are split over the other K - 1 clients by
+    ``fl.partition``. ``defense`` defaults to ``build_defense(cfg.defense)``.
+    """
+    from gradleak.defenses import build_defense
+    from gradleak.models import build_model
+    from gradleak.provenance import seed_everything
+
+    seed_everything(cfg.seed)
+    device = torch.device(cfg.device)
+    train = build_dataset(replace(cfg.data, split="train"))
+    test = build_dataset(replace(cfg.data, split="test"))
+    n_victim = cfg.fl.victim_samples or cfg.data.num_samples
+    victim_cfg = replace(cfg.data, split="train", num_samples=n_victim)
+    _, _, victim_indices = select_victim_samples(train, victim_cfg, seed=cfg.seed)
+    parts = partition_indices(train.targets(), cfg.fl.clients, scheme=cfg.fl.partition,
+                              alpha=cfg.fl.alpha, seed=cfg.seed, victim_indices=victim_indices)
+    test_indices = None
+    if cfg.fl.test_samples is not None and cfg.fl.test_samples < len(test):
+        g = torch.Generator().manual_seed(cfg.seed)
+        test_indices = sorted(torch.randperm(len(test), generator=g)[:cfg.fl.test_samples].tolist())
+    model = build_model(cfg.model, num_classes=train.num_classes, channels=train.channels,
+                        resolution=train.resolution, mean=train.mean, std=train.std).to(device)
+    result = train_federated(model, train, parts, client=cfg.client, fl=cfg.fl,
+                             defense=defense or build_defense(cfg.defense), test=test,
+                             test_indices=test_indices, seed=cfg.seed,
+                             checkpoint_dir=checkpoint_dir, progress=progress)
+    return FederatedRun(result=result, model=model, train=train, test=test, parts=parts)
