@@ -29,7 +29,6 @@ import importlib
 import itertools
 import warnings
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -149,26 +148,8 @@ class ROG(GradientMatchingAttack):
                                 f"shape, got {got}")
         return out.clamp(0, 1).cpu()
 
-    def _stepper(self, free: list[torch.Tensor],
-                 objective: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> Callable[[int], float]:
-        """Adam with cosine annealing (ROG) instead of the engine's step decay."""
-        if self.optimizer != "adam" or not self.lr_decay:
-            return super()._stepper(free, objective)
-        variable = free[0]
-        opt = torch.optim.Adam(free, lr=self.lr)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.iterations))
-
-        def step(_it: int) -> float:
-            total, match = objective()
-            grads = torch.autograd.grad(total, free)
-            for v, g in zip(free, grads, strict=True):
-                v.grad = g.sign() if self.signed and v is variable else g
-            opt.step()
-            scheduler.step()
-            if self.box:
-                with torch.no_grad():
-                    variable.clamp_(0, 1)
-            return float(match.detach())
-
-        return step
-
+    def lr_schedule(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        """Cosine annealing over the run (ROG) instead of the engine's step decay."""
+        if not self.lr_decay:
+            return super().lr_schedule(opt)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.iterations))
