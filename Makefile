@@ -26,7 +26,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
-	OMP_NUM_THREADS=2 $(BIN)/python -m pytest tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

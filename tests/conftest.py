@@ -7,7 +7,8 @@ import skimage.data
 import skimage.transform
 import torch
 
-torch.set_num_threads(2)
+# One thread: OpenMP spin-waiting makes 2 threads catastrophically slow on a shared, noisy box.
+torch.set_num_threads(1)
 
 
 def photo(name: str, size: int = 32) -> torch.Tensor:

@@ -11,9 +11,10 @@
   approximation ``W_U - W_0 ~ -U lr grad``). With one sample the first layer's ratio stays exact
   for any U (every step adds a multiple of the same x to each row), so the sweep uses N = 2:
   there the redundant terms of Eq. (9) -- gradients taken at the drifted weights -- grow with U.
-  ``ig`` (GIA-O, gradient matching only, one-step approximation) shows it cleanly; ``analytic``
-  already mixes the samples at U = 1 and changes little. The error per U is the MSE / PSNR of the
-  matched reconstruction, averaged over seeds.
+  ``ig`` (GIA-O, gradient matching only, one-step approximation) shows it cleanly (MLP, 16 px,
+  N = 2, lr 0.1, 3 seeds: MSE 9e-5 at U = 1, 1.7e-3 at U = 2, 4.6e-3 at U = 8); ``analytic``
+  already mixes the samples at U = 1 (MSE 0.026) and degrades less (0.033 at U = 8). The error
+  per U is the MSE / PSNR of the matched reconstruction, averaged over seeds.
 
 Everything goes through the library (dataset, model, client, observation, attack), so the
 numbers are what ``gradleak attack`` would compute for the same scenario.
@@ -161,25 +162,22 @@ def write_local_updates_csv(path: str | Path, rows: Sequence[dict]) -> None:
 
 
 def plot_local_updates(path: str | Path, rows: Sequence[dict]) -> None:
-    """MSE and PSNR of the reconstruction against U, one line per attack (Thm. 4.2)."""
+    """Reconstruction MSE against U, one line per attack (Thm. 4.2). MSE rather than the mean
+    per-sample PSNR: one exactly recovered sample (PSNR capped at 100 dB) would dominate that."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_mse, ax_psnr) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, ax = plt.subplots(figsize=(5, 3.4))
     for attack in dict.fromkeys(r["attack"] for r in rows):
         sel = [r for r in rows if r["attack"] == attack]
-        us = [r["U"] for r in sel]
-        ax_mse.errorbar(us, [r["mse"] for r in sel], yerr=[r["mse_std"] for r in sel], marker="o",
-                        capsize=3, label=attack)
-        ax_psnr.errorbar(us, [r["psnr"] for r in sel], yerr=[r["psnr_std"] for r in sel],
-                         marker="o", capsize=3, label=attack)
-    ax_mse.set(xlabel="local updates U", ylabel="reconstruction MSE", title="error vs U (Thm. 4.2)")
-    ax_psnr.set(xlabel="local updates U", ylabel="PSNR (dB)", title="quality vs U")
-    for ax in (ax_mse, ax_psnr):
-        ax.grid(alpha=0.3)
-        ax.legend()
+        ax.errorbar([r["U"] for r in sel], [r["mse"] for r in sel], yerr=[r["mse_std"] for r in sel],
+                    marker="o", capsize=3, label=attack)
+    ax.set(xlabel="local updates U", ylabel="reconstruction MSE",
+           title="reconstruction error vs local updates (Thm. 4.2)")
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
     plt.close(fig)
