@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    return f"gradleak: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may sit between options (`attack --quiet a=1 --out X b=2`): collect them all.
@@ -170,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
+            warnings.formatwarning = _one_line_warning
             return args.func(args)
     except GradleakError as exc:
         print(f"gradleak: error: {exc}", file=sys.stderr)
