@@ -29,16 +29,6 @@ from gradleak.fl.server import (
 )
 from gradleak.models import build_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: a second OpenMP thread only spin-waits on the shared cores (REFERENCE sec. 2).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --- partitions -------------------------------------------------------------------------------
 
 LABELS = [i % 10 for i in range(640)]

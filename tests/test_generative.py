@@ -25,15 +25,6 @@ from gradleak.threat import Knowledge, ThreatModel
 TINY = {"latent_dim": 8, "width": 4}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are so small that a second thread only adds contention on shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_generators(tmp_path_factory) -> dict[str, str]:
     """Untrained 16 px generators (unconditional and 10-class conditional) saved to disk."""

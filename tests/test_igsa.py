@@ -27,16 +27,6 @@ from gradleak.errors import GradleakError
 from gradleak.models import build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on the shared 2-core box OpenMP's 2-thread barriers stall whenever the
-    other thread is descheduled (measured: 200 small SGD steps 1 s with 1 thread, 75 s with 2)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _quadratic(out: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
     """L = 1/2 ||W x||^2: its weight gradient W x x^T is exactly linear in W."""
     return 0.5 * out.square().sum()

@@ -30,16 +30,6 @@ OTHER_MODELS = {"resnet34": 21_282_122, "swin_t": 27_507_028, "densenet43": 2_16
                 "densenet53": 3_151_722}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on the shared 2-core box OpenMP's 2-thread barriers stall whenever the
-    other thread is descheduled (measured: 200 small SGD steps 1 s with 1 thread, 75 s with 2)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _build(meta: bool = False, channels: int = 3, resolution: int = 32, **kw) -> nn.Module:
     def make() -> nn.Module:
         return build_model(ModelConfig(**kw), num_classes=10, channels=channels,

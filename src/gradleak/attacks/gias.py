@@ -25,19 +25,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from gradleak.attacks import register_attack
 from gradleak.attacks.base import AttackInfo, Observation, Reconstruction
-from gradleak.attacks.optimization import GradientMatchingAttack, resolve_labels, select_layers
-from gradleak.attacks.priors import l2_norm, total_variation
-from gradleak.attacks.simulate import batch_order, simulated_delta
+from gradleak.attacks.optimization import GradientMatchingAttack, resolve_labels
+from gradleak.attacks.simulate import batch_order
 from gradleak.config import AttackConfig
 from gradleak.errors import GradleakError
-from gradleak.fl.client import set_bn_mode
 from gradleak.models.generator import DCGANGenerator, load_generator
 from gradleak.threat import Knowledge
 
@@ -142,28 +139,15 @@ class GIAS(GradientMatchingAttack):
                 progress: bool) -> Reconstruction:
         """Fine-tune ``z`` and a per-image generator copy from the best stage-1 latent."""
         net = self._net
-        model = copy.deepcopy(obs.model)
-        set_bn_mode(model, obs.bn_mode, dropout=False)
-        device = next(model.parameters()).device
-        for p in model.parameters():
-            p.requires_grad_(True)
-        all_names = [n for n, _ in model.named_parameters()]
-        chosen = select_layers(all_names, self.layers)
-        by_name = dict(model.named_parameters())
-        params = [by_name[all_names[i]] for i in chosen]
+        setup = self.matching_setup(obs)
+        device, target = setup.device, setup.target
         labels = torch.tensor(stage1.labels, dtype=torch.long, device=device)
-        simulate = obs.protocol == "fedavg" and obs.client is not None
-        source = obs.update.tensors if simulate else obs.update.gradient_direction()
-        target = [source[all_names[i]].to(device) for i in chosen]
-        order = batch_order(obs.client, torch.Generator().manual_seed(seed)) if simulate else None
-        bn_prior = self._bn_prior(model, obs) if self.bn > 0 else None
+        order = (batch_order(obs.client, torch.Generator().manual_seed(seed))
+                 if setup.simulate else None)
+        bn_prior = self._bn_prior(setup.model, obs) if self.bn > 0 else None
 
         def predict(images: torch.Tensor) -> list[torch.Tensor]:
-            if simulate:
-                delta = simulated_delta(model, all_names, images, labels, obs.client, order)
-                return [delta[i] for i in chosen]
-            loss = F.cross_entropy(model(images), labels)
-            return list(torch.autograd.grad(loss, params, create_graph=True))
+            return self.predict(setup, obs, images, labels, order)
 
         buffers = dict(net.named_buffers())
         thetas = [{n: p.detach().clone().requires_grad_(True) for n, p in net.named_parameters()}
@@ -190,13 +174,7 @@ class GIAS(GradientMatchingAttack):
                 if bn_prior is not None:
                     bn_prior.start()
                 match = self.distance(predict(images), target)
-                total = self.distance_scale * match
-                if self.tv > 0:
-                    total = total + self.tv * total_variation(images)
-                if self.l2 > 0:
-                    total = total + self.l2 * l2_norm(images)
-                if bn_prior is not None:
-                    total = total + self.bn * bn_prior.loss()
+                total = self.distance_scale * match + self.regularisers(images, bn_prior)
                 grads = torch.autograd.grad(total, free)
                 for v, g in zip(free, grads, strict=True):
                     v.grad = g

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +74,19 @@ def select_layers(names: Sequence[str], layers: Sequence[str] | None) -> list[in
         raise GradleakError(f"attack.layers={list(layers)} matches no parameter; names look like "
                             f"{', '.join(names[:4])}, ...")
     return chosen
+
+
+@dataclass
+class MatchingSetup:
+    """What one gradient-matching run works with (see :meth:`GradientMatchingAttack.matching_setup`)."""
+
+    model: nn.Module
+    device: torch.device
+    all_names: list[str]
+    chosen: list[int]  # indices into all_names of the matched parameters
+    params: list[torch.Tensor]
+    simulate: bool  # WST: replay the client's local SGD instead of one gradient
+    target: list[torch.Tensor]
 
 
 class GradientMatchingAttack(Attack):
@@ -142,17 +156,47 @@ class GradientMatchingAttack(Attack):
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def run(self, obs: Observation, *, seed: int, progress: bool) -> Reconstruction:
+    def matching_setup(self, obs: Observation) -> MatchingSetup:
+        """The attacker's model copy, the matched parameters and the target they are matched to."""
         model = copy.deepcopy(obs.model)
         set_bn_mode(model, obs.bn_mode, dropout=False)
-        device = next(model.parameters()).device
         for p in model.parameters():
             p.requires_grad_(True)
         all_names = [n for n, _ in model.named_parameters()]
         chosen = select_layers(all_names, self.layers)
-        names = [all_names[i] for i in chosen]
-        params_by_name = dict(model.named_parameters())
-        params = [params_by_name[n] for n in names]
+        by_name = dict(model.named_parameters())
+        simulate = obs.protocol == "fedavg" and obs.client is not None
+        source = obs.update.tensors if simulate else obs.update.gradient_direction()
+        device = next(model.parameters()).device
+        return MatchingSetup(model=model, device=device, all_names=all_names, chosen=chosen,
+                             params=[by_name[all_names[i]] for i in chosen], simulate=simulate,
+                             target=[source[all_names[i]].to(device) for i in chosen])
+
+    def predict(self, setup: MatchingSetup, obs: Observation, images: torch.Tensor,
+                labels: torch.Tensor, order: list[torch.Tensor] | None) -> list[torch.Tensor]:
+        """The dummy update of ``images``: one gradient (BST) or the replayed local SGD (WST)."""
+        if setup.simulate:
+            delta = simulated_delta(setup.model, setup.all_names, images, labels, obs.client, order)
+            dummy = [delta[i] for i in setup.chosen]
+        else:
+            loss = F.cross_entropy(setup.model(images), labels)
+            dummy = list(torch.autograd.grad(loss, setup.params, create_graph=True))
+        return dummy if self.transform is None else self.transform(dummy)
+
+    def regularisers(self, images: torch.Tensor, bn_prior: BatchNormStatistics | None) -> torch.Tensor:
+        """The weighted priors (TV, L2 norm, BN statistics) of ``images``; 0 without priors."""
+        total = images.new_zeros(())
+        if self.tv > 0:
+            total = total + self.tv * total_variation(images)
+        if self.l2 > 0:
+            total = total + self.l2 * l2_norm(images)
+        if bn_prior is not None:
+            total = total + self.bn * bn_prior.loss()
+        return total
+
+    def run(self, obs: Observation, *, seed: int, progress: bool) -> Reconstruction:
+        setup = self.matching_setup(obs)
+        model, device, target, simulate = setup.model, setup.device, setup.target, setup.simulate
         generator = torch.Generator().manual_seed(seed)
         if self.learn_labels:
             fixed_labels, source = None, "optimised"
@@ -160,9 +204,6 @@ class GradientMatchingAttack(Attack):
             fixed_labels, source = resolve_labels(obs, self.labels)
             fixed_labels = fixed_labels.to(device)
 
-        simulate = obs.protocol == "fedavg" and obs.client is not None
-        source_tensors = obs.update.tensors if simulate else obs.update.gradient_direction()
-        target = [source_tensors[n].to(device) for n in names]
         bn_prior = self._bn_prior(model, obs) if self.bn > 0 else None
 
         candidates, losses, label_sets, history = [], [], [], []
@@ -179,27 +220,14 @@ class GradientMatchingAttack(Attack):
                     return fixed_labels if label_logits is None else label_logits.softmax(-1)
 
                 def predict(images: torch.Tensor, labels: torch.Tensor, order=order) -> list:
-                    if simulate:
-                        all_delta = simulated_delta(model, all_names, images, labels, obs.client,
-                                                    order)
-                        dummy = [all_delta[i] for i in chosen]
-                    else:
-                        loss = F.cross_entropy(model(images), labels)
-                        dummy = list(torch.autograd.grad(loss, params, create_graph=True))
-                    return dummy if self.transform is None else self.transform(dummy)
+                    return self.predict(setup, obs, images, labels, order)
 
                 def objective(variable=variable, label_logits=labels_now, predict=predict):
                     images = self.images(variable)
                     if bn_prior is not None:
                         bn_prior.start()
                     match = self.distance(predict(images, label_logits()), target)
-                    total = self.distance_scale * match
-                    if self.tv > 0:
-                        total = total + self.tv * total_variation(images)
-                    if self.l2 > 0:
-                        total = total + self.l2 * l2_norm(images)
-                    if bn_prior is not None:
-                        total = total + self.bn * bn_prior.loss()
+                    total = self.distance_scale * match + self.regularisers(images, bn_prior)
                     return total, match
 
                 free = [variable] + ([label_logits] if label_logits is not None else [])
