@@ -216,37 +216,48 @@ class GradientMatchingAttack(Attack):
                                 .to(device).requires_grad_(True) if self.learn_labels else None)
                 order = batch_order(obs.client, generator) if simulate else None
 
-                def labels_now(label_logits=label_logits) -> torch.Tensor:
-                    return fixed_labels if label_logits is None else label_logits.softmax(-1)
+                def labels_of(free: list[torch.Tensor]) -> torch.Tensor:
+                    return fixed_labels if len(free) == 1 else free[1].softmax(-1)
 
                 def predict(images: torch.Tensor, labels: torch.Tensor, order=order) -> list:
                     return self.predict(setup, obs, images, labels, order)
 
-                def objective(variable=variable, label_logits=labels_now, predict=predict):
-                    images = self.images(variable)
+                free = [variable] + ([label_logits] if label_logits is not None else [])
+
+                def objective(free=free, predict=predict):
+                    images = self.images(free[0])
                     if bn_prior is not None:
                         bn_prior.start()
-                    match = self.distance(predict(images, label_logits()), target)
+                    match = self.distance(predict(images, labels_of(free)), target)
                     total = self.distance_scale * match + self.regularisers(images, bn_prior)
                     return total, match
 
-                free = [variable] + ([label_logits] if label_logits is not None else [])
-                step = self._stepper(free, objective)
+                # The best iterate so far. A step's loss belongs to the iterate before its update,
+                # so the stepper reports it before updating and we snapshot the free tensors then:
+                # no extra forward/backward. Non-monotone runs (too large a step, signed Adam's
+                # oscillation before the lr decays) thus return their best point, not their last.
+                best: dict = {"loss": math.inf, "free": None}
+
+                def seen(match: float, free=free, best=best) -> None:
+                    if match < best["loss"]:  # False for NaN: a diverged iterate is never kept
+                        best["loss"], best["free"] = match, [v.detach().clone() for v in free]
+
+                step = self._stepper(free, objective, seen)
                 for it in range(self.iterations):
                     match = step(it)
                     if it % 10 == 0 or it == self.iterations - 1:
                         history.append(match)
                         bar.set_postfix(grad_loss=f"{match:.4f}")
                     bar.update(1)
-                with torch.no_grad():
-                    final_images = self.images(variable).clamp(0, 1)
-                final_labels = labels_now().detach()
-                # Rank restarts by the gradient loss of the final, box-constrained images.
-                check = final_images.clone().requires_grad_(True)
-                losses.append(float(self.distance(predict(check, final_labels), target).detach()))
-                candidates.append(final_images.cpu())
-                label_sets.append(final_labels.argmax(-1) if final_labels.ndim == 2
-                                  else final_labels)
+                # The final iterate was never scored: one forward/backward per restart.
+                images, labels, loss = self._candidate(free, labels_of, predict, target)
+                if best["free"] is not None and not loss <= best["loss"]:
+                    other = self._candidate(best["free"], labels_of, predict, target, best["loss"])
+                    if not loss <= other[2]:
+                        images, labels, loss = other
+                losses.append(loss)
+                candidates.append(images.cpu())
+                label_sets.append(labels.argmax(-1) if labels.ndim == 2 else labels)
         finally:
             bar.close()
             if bn_prior is not None:
@@ -257,6 +268,24 @@ class GradientMatchingAttack(Attack):
                               losses=[losses[i] for i in ranking],
                               labels=label_sets[ranking[0]].tolist(), iterations=self.iterations,
                               label_source=source, history=history)
+
+    def _candidate(self, free: list[torch.Tensor], labels_of: Callable, predict: Callable,
+                   target: list[torch.Tensor], known: float | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Box-clamped images, labels and gradient loss of the iterate ``free``.
+
+        ``known`` is the loss the step measured on the unclamped images; it is reused when the
+        clamp changes nothing (always for boxed Adam) and re-measured otherwise (``box=false``,
+        L-BFGS's inner iterates), so the loss reported is that of the images returned.
+        """
+        with torch.no_grad():
+            raw = self.images(free[0])
+            images = raw.clamp(0, 1)
+        labels = labels_of(free).detach()
+        if known is not None and torch.equal(raw, images):
+            return images, labels, known
+        check = images.clone().requires_grad_(True)
+        return images, labels, float(self.distance(predict(check, labels), target).detach())
 
     def _bn_prior(self, model: nn.Module, obs: Observation) -> BatchNormStatistics:
         if self.bn_source == "client":
@@ -278,8 +307,13 @@ class GradientMatchingAttack(Attack):
             opt, milestones=milestones if self.lr_decay else [], gamma=0.1)
 
     def _stepper(self, free: list[torch.Tensor],
-                 objective: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> Callable[[int], float]:
-        """A function doing one optimisation step and returning the gradient-matching loss."""
+                 objective: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+                 seen: Callable[[float], None] = lambda _loss: None) -> Callable[[int], float]:
+        """A function doing one optimisation step and returning the gradient-matching loss.
+
+        ``seen(loss)`` is called with every evaluated loss while ``free`` still holds the iterate
+        it belongs to (before the update), so the caller can keep the best iterate.
+        """
         variable = free[0]
         if self.optimizer == "lbfgs":
             opt = torch.optim.LBFGS(free, lr=self.lr, history_size=100, max_iter=20)
@@ -292,6 +326,7 @@ class GradientMatchingAttack(Attack):
                 for v, g in zip(free, grads, strict=True):
                     v.grad = g
                 last["match"] = float(match.detach())
+                seen(last["match"])  # L-BFGS evaluates several iterates per step; each counts
                 return total.detach()
 
             def lbfgs_step(_it: int) -> float:
@@ -309,6 +344,8 @@ class GradientMatchingAttack(Attack):
         def adam_step(_it: int) -> float:
             total, match = objective()
             grads = torch.autograd.grad(total, free)
+            value = float(match.detach())
+            seen(value)
             for v, g in zip(free, grads, strict=True):
                 v.grad = g.sign() if self.signed and v is variable else g
             opt.step()
@@ -316,6 +353,6 @@ class GradientMatchingAttack(Attack):
             if self.box:
                 with torch.no_grad():
                     variable.clamp_(0, 1)
-            return float(match.detach())
+            return value
 
         return adam_step

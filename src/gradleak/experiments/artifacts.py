@@ -1,0 +1,95 @@
+"""Artifacts a sweep builds once and shares between runs, cached under ``<out>/cache``.
+
+* generators for GIA-L (``prepare: {name: {data: {...}, steps: N, ...}}`` in an experiment),
+* federated training runs whose per-round checkpoints a training-stage study attacks.
+
+Each artifact lives in a folder named by the hash of what defines it and is built under an
+exclusive file lock, so parallel workers (processes or Ray tasks on one machine) build it once;
+a crash mid-build leaves a resumable checkpoint (generators) or is redone (federated runs).
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from gradleak.errors import GradleakError
+from gradleak.io import write_json
+
+_GENERATOR_KEYS = {"data", "steps", "batch_size", "latent_dim", "width", "conditional", "lr",
+                   "seed", "augment"}
+
+
+def _key(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if needed) for the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_generator(name: str, spec: dict[str, Any], cache: Path, *,
+                     resolution: int | None = None) -> Path:
+    """Train (or reuse) the generator described by ``spec``; returns its ``generator.pt``.
+
+    ``resolution`` (the run's ``data.resolution``) applies unless ``spec.data`` sets one, so one
+    prepare entry serves every resolution of a grid.
+    """
+    from gradleak.config import load_config
+    from gradleak.generative.train import GENERATOR, GeneratorTraining, train_generator
+
+    unknown = set(spec) - _GENERATOR_KEYS
+    if unknown:
+        raise GradleakError(f"prepare.{name}: unknown keys {sorted(unknown)}; allowed: "
+                            f"{', '.join(sorted(_GENERATOR_KEYS))}")
+    spec = copy.deepcopy(spec)
+    if resolution is not None:
+        spec.setdefault("data", {}).setdefault("resolution", resolution)
+    data = load_config(base={"data": spec.get("data") or {}}).data
+    settings = GeneratorTraining(**{k: v for k, v in spec.items() if k != "data"})
+    folder = cache / "generators" / f"{name}-{_key(spec)}"
+    with locked(folder.with_suffix(".lock")):
+        path = folder / GENERATOR
+        done = folder / "done.json"
+        if not done.is_file():
+            train_generator(data, folder, settings, progress=False)
+            write_json(done, {"spec": spec})
+    return path
+
+
+def federated_key(cfg_dict: dict[str, Any]) -> str:
+    """What defines a federated training run: data, model (no checkpoint), client, fl, seed."""
+    model = {k: v for k, v in cfg_dict["model"].items() if k != "checkpoint"}
+    return _key({"data": cfg_dict["data"], "model": model, "client": cfg_dict["client"],
+                 "fl": cfg_dict["fl"], "defense": cfg_dict["defense"], "seed": cfg_dict["seed"],
+                 "device": cfg_dict["device"]})
+
+
+def ensure_federated(cfg: Any, cache: Path) -> tuple[Path, list[float]]:
+    """Train the FL system of ``cfg`` once, saving the global model every round; returns the
+    checkpoint folder (``round_XXX.pt``) and the test accuracy per round (round 0 = initial)."""
+    from gradleak.fl.server import run_federated
+    from gradleak.io import write_json as _write
+
+    folder = cache / "federated" / federated_key(cfg.to_dict())
+    with locked(folder.with_suffix(".lock")):
+        done = folder / "accuracy.json"
+        if not done.is_file():
+            fed = run_federated(cfg, checkpoint_dir=folder, progress=False)
+            _write(done, {"accuracy": list(fed.result.accuracy)})
+        accuracy = json.loads(done.read_text())["accuracy"]
+    return folder, [float(a) for a in accuracy]

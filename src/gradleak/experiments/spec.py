@@ -1,0 +1,230 @@
+"""Named experiments: one YAML per table or figure of the paper, expanded into a grid of runs.
+
+An experiment file (``configs/experiments/<name>.yaml``) holds
+
+* ``title``, ``tests`` (one line: what it measures), ``insight`` (the paper's words), ``kind``
+  (how one run is executed, see :mod:`gradleak.experiments.kinds`);
+* ``base``: dotted config keys shared by every run; ``grid``: axes whose values are crossed;
+  ``variants``: named override sets (the series of a table row) crossed with the grid;
+  ``seeds``; ``prepare``: artifacts built once and shared (a generator for GIA-L);
+* ``profiles.quick`` / ``profiles.paper``: overrides of the above (``base`` and ``prepare`` are
+  merged key by key, ``grid`` axis by axis, ``variants`` and ``seeds`` replaced);
+* ``table``, ``plot``, ``verdict`` and ``paper`` (the published numbers) for the report.
+
+Axes named ``run.<key>`` are options of the run kind (e.g. ``run.round`` of a training-stage
+study) rather than config keys. Values may contain ``${name}``: the path of prepared artifact
+``name``, substituted when the run executes (so a run's id does not depend on the output folder).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gradleak.config import Config, load_config
+from gradleak.errors import GradleakError
+
+PROFILES = ("quick", "paper")
+_TOP_KEYS = {"title", "tests", "insight", "kind", "base", "grid", "variants", "seeds", "prepare",
+             "profiles", "table", "plot", "verdict", "paper", "names", "options"}
+_PROFILE_KEYS = {"base", "grid", "variants", "seeds", "prepare", "options"}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: a kind, its config overrides, the seed and its grid labels."""
+
+    experiment: str
+    kind: str
+    variant: str
+    labels: dict[str, Any]  # axis -> value (grid axes only)
+    overrides: dict[str, Any]  # dotted config key -> value, ``${artifact}`` unresolved
+    options: dict[str, Any]  # run.<key> axes and the experiment's kind options
+    seed: int
+
+    @property
+    def run_id(self) -> str:
+        """Stable id: the experiment, kind, resolved-with-placeholders config, options and seed."""
+        blob = json.dumps({"experiment": self.experiment, "kind": self.kind,
+                           "config": self.config(resolve=None).to_dict(),
+                           "options": self.options}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def config(self, *, resolve: dict[str, str] | None) -> Config:
+        """The run's validated Config; ``resolve`` maps artifact names to paths (None: keep
+        the ``${name}`` placeholders)."""
+        items = {k: _substitute(v, resolve) for k, v in self.overrides.items()}
+        items["seed"] = self.seed
+        return load_config(base=_unflatten(items))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "experiment": self.experiment, "kind": self.kind,
+                "variant": self.variant, "labels": self.labels, "overrides": self.overrides,
+                "options": self.options, "seed": self.seed}
+
+
+@dataclass
+class Experiment:
+    """A named experiment as read from its YAML (see the module docstring)."""
+
+    name: str
+    title: str
+    tests: str
+    insight: str
+    kind: str
+    spec: dict[str, Any]
+    path: Path | None = None
+
+    def profile(self, name: str) -> dict[str, Any]:
+        """The experiment's settings with profile ``name`` applied."""
+        if name not in PROFILES:
+            raise GradleakError(f"bad profile {name!r} for experiment {self.name}; allowed: "
+                                f"{', '.join(PROFILES)}")
+        merged = {k: copy.deepcopy(self.spec.get(k)) for k in _PROFILE_KEYS}
+        over = (self.spec.get("profiles") or {}).get(name) or {}
+        for key, value in over.items():
+            if key in ("base", "prepare", "options", "grid"):
+                merged[key] = {**(merged[key] or {}), **value}
+            else:
+                merged[key] = value
+        return merged
+
+    def runs(self, profile: str, extra: dict[str, Any] | None = None) -> list[RunSpec]:
+        """Every run of the profile's grid, variants outermost, seeds innermost; ``extra``
+        dotted keys (the user's command-line overrides) win over everything."""
+        p = self.profile(profile)
+        base = dict(p["base"] or {})
+        grid: dict[str, list[Any]] = p["grid"] or {}
+        variants: dict[str, dict[str, Any]] = p["variants"] or {"default": {}}
+        seeds = p["seeds"] if p["seeds"] is not None else [0]
+        options = dict(p["options"] or {})
+        for axis, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise GradleakError(f"experiment {self.name}: grid axis {axis!r} needs a non-empty "
+                                    f"list, got {values!r}")
+        out = []
+        for vname, vover in variants.items():
+            for combo in itertools.product(*grid.values()) if grid else [()]:
+                labels = dict(zip(grid, combo, strict=True))
+                overrides = {**base, **(vover or {})}
+                run_opts = dict(options)
+                for axis, value in labels.items():
+                    if axis.startswith("run."):
+                        run_opts[axis[4:]] = value
+                    else:
+                        overrides[axis] = value
+                overrides.update(extra or {})
+                for seed in seeds:
+                    out.append(RunSpec(self.name, self.kind, str(vname), labels, overrides,
+                                       run_opts, int(seed)))
+        return out
+
+    def validate(self, profile: str, extra: dict[str, Any] | None = None) -> list[RunSpec]:
+        """Expand ``profile`` and check every run's config, so a typo fails before any work."""
+        runs = self.runs(profile, extra)
+        for run in runs:
+            try:
+                run.config(resolve=None)
+            except GradleakError as e:
+                raise GradleakError(f"experiment {self.name} ({profile}), variant {run.variant} "
+                                    f"{run.labels}: {e}") from None
+        return runs
+
+
+def _substitute(value: Any, resolve: dict[str, str] | None) -> Any:
+    if resolve is None or not isinstance(value, str) or "${" not in value:
+        return value
+    for name, path in resolve.items():
+        value = value.replace("${" + name + "}", str(path))
+    if "${" in value:
+        raise GradleakError(f"unresolved artifact in {value!r}; prepared: {', '.join(resolve) or 'none'}")
+    return value
+
+
+def _unflatten(items: dict[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in items.items():
+        node = tree
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise GradleakError(f"bad config key {key!r}: {part!r} is not a section")
+        node[last] = value
+    return tree
+
+
+def experiments_dir() -> Path:
+    return Path(str(resources.files("gradleak").joinpath("configs/experiments")))
+
+
+def load_experiment(name_or_path: str) -> Experiment:
+    """A packaged experiment by name (``tab1``) or any experiment YAML file by path."""
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        path = experiments_dir() / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise GradleakError(f"unknown experiment {name_or_path!r}; allowed: "
+                                f"{', '.join(experiment_names())} or a path to a YAML file")
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise GradleakError(f"experiment file {path} is not valid YAML: {e}") from None
+    unknown = set(spec) - _TOP_KEYS
+    if unknown:
+        raise GradleakError(f"experiment file {path}: unknown keys {sorted(unknown)}; allowed: "
+                            f"{', '.join(sorted(_TOP_KEYS))}")
+    for prof, over in (spec.get("profiles") or {}).items():
+        if prof not in PROFILES:
+            raise GradleakError(f"experiment file {path}: unknown profile {prof!r}; allowed: "
+                                f"{', '.join(PROFILES)}")
+        bad = set(over or {}) - _PROFILE_KEYS
+        if bad:
+            raise GradleakError(f"experiment file {path}: profile {prof} has unknown keys "
+                                f"{sorted(bad)}; allowed: {', '.join(sorted(_PROFILE_KEYS))}")
+    from gradleak.experiments.kinds import KINDS
+
+    kind = spec.get("kind", "attack")
+    KINDS.get(kind)  # one-line error on an unknown kind
+    return Experiment(name=path.stem, title=spec.get("title", path.stem),
+                      tests=spec.get("tests", ""), insight=spec.get("insight", ""), kind=kind,
+                      spec=spec, path=path)
+
+
+def experiment_names() -> list[str]:
+    return sorted(p.stem for p in experiments_dir().glob("*.yaml"))
+
+
+@dataclass
+class Plan:
+    """An experiment's runs for one profile, with the settings the report needs."""
+
+    experiment: Experiment
+    profile: str
+    runs: list[RunSpec] = field(default_factory=list)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"experiment": self.experiment.name, "profile": self.profile,
+                "title": self.experiment.title, "tests": self.experiment.tests,
+                "insight": self.experiment.insight, "kind": self.experiment.kind,
+                "settings": self.experiment.profile(self.profile),
+                "overrides": self.overrides, "spec": self.experiment.spec, "runs": [r.to_dict() for r in self.runs]}
+
+
+def make_plan(name: str, profile: str, overrides: list[str] | tuple[str, ...] = ()) -> Plan:
+    """The runs of experiment ``name`` (or a YAML path) at ``profile``, with ``key=value``
+    overrides applied to every run; every config is validated."""
+    from gradleak.config import parse_override
+
+    exp = load_experiment(name)
+    extra = dict(parse_override(item) for item in overrides)
+    return Plan(exp, profile, exp.validate(profile, extra), extra)
