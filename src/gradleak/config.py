@@ -6,7 +6,9 @@ Every key is validated when it is set; an unknown key or a bad value raises one
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import types
@@ -275,6 +277,11 @@ def valid_keys(cfg: Config | None = None) -> list[str]:
     return keys
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def set_key(cfg: Config, key: str, value: Any) -> None:
     """Set dotted ``key`` to ``value`` (a string from the command line, or a YAML value)."""
     parts = key.split(".")
@@ -291,7 +298,7 @@ def set_key(cfg: Config, key: str, value: Any) -> None:
         f = fields[part]
         if dataclasses.is_dataclass(getattr(target, part)):
             raise GradleakError(f"config key {key!r} is a section; set one of its keys instead")
-        hints = typing.get_type_hints(type(target))
+        hints = _type_hints(type(target))
         tp = hints[part]
         if isinstance(value, str) and typing.get_origin(tp) is not list and tp is not str:
             parsed = yaml.safe_load(value) if value.strip() else value
@@ -351,6 +358,11 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
 
 def attack_preset(name: str) -> dict[str, Any]:
     """The packaged defaults of one attack (``configs/attacks/<name>.yaml``), or ``{}``."""
+    return copy.deepcopy(_attack_preset(name))
+
+
+@functools.cache
+def _attack_preset(name: str) -> dict[str, Any]:
     from importlib import resources
 
     file = resources.files("gradleak").joinpath(f"configs/attacks/{name}.yaml")

@@ -103,6 +103,9 @@ def run_stage(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> dict[str, A
     folder, accuracy = ensure_federated(cfg, ctx.cache)
     tree = cfg.to_dict()
     tree["model"]["checkpoint"] = str(folder / f"round_{r:03d}.pt")
+    # The victim trains like every client; its mini-batch is capped at its own N.
+    batch = tree["client"]["batch_size"]
+    tree["client"]["batch_size"] = None if batch is None else min(batch, cfg.data.num_samples)
     round_cfg = load_config(base=tree)
     images, labels, model = _victim_and_model(round_cfg)
     smooth = igsa(model, images, labels, num_points=int(options.get("igsa_points", 4)),

@@ -23,6 +23,7 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ class RunSpec:
     options: dict[str, Any]  # run.<key> axes and the experiment's kind options
     seed: int
 
-    @property
+    @cached_property
     def run_id(self) -> str:
         """Stable id: the experiment, kind, resolved-with-placeholders config, options and seed."""
         blob = json.dumps({"experiment": self.experiment, "kind": self.kind,
@@ -130,7 +131,12 @@ class Experiment:
     def validate(self, profile: str, extra: dict[str, Any] | None = None) -> list[RunSpec]:
         """Expand ``profile`` and check every run's config, so a typo fails before any work."""
         runs = self.runs(profile, extra)
+        checked: set[str] = set()
         for run in runs:
+            key = json.dumps(run.overrides, sort_keys=True, default=str)
+            if key in checked:  # seeds share the rest of the config
+                continue
+            checked.add(key)
             try:
                 run.config(resolve=None)
             except GradleakError as e:
@@ -217,7 +223,8 @@ class Plan:
                 "title": self.experiment.title, "tests": self.experiment.tests,
                 "insight": self.experiment.insight, "kind": self.experiment.kind,
                 "settings": self.experiment.profile(self.profile),
-                "overrides": self.overrides, "spec": self.experiment.spec, "runs": [r.to_dict() for r in self.runs]}
+                "overrides": self.overrides, "spec": self.experiment.spec,
+                "runs": [r.to_dict() for r in self.runs]}
 
 
 def make_plan(name: str, profile: str, overrides: list[str] | tuple[str, ...] = ()) -> Plan:

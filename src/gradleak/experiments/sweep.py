@@ -149,9 +149,7 @@ def run_sweep(plan: Plan, out: str | Path, *, jobs: int = 1, executor: str = "lo
                                                         status="failed")}
         todo, seen = [], set()
         for run in plan.runs:
-            if run.run_id in done or run.run_id in seen:
-                result.skipped.append(run.run_id)
-            elif not retry_failed and run.run_id in failed_before:
+            if run.run_id in done or run.run_id in seen or not retry_failed and run.run_id in failed_before:
                 result.skipped.append(run.run_id)
             else:
                 todo.append(run)

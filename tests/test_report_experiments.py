@@ -1,0 +1,131 @@
+"""`gradleak report`: the sweep's HTML page, checked as text and rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from gradleak.errors import GradleakError
+from gradleak.experiments.spec import make_plan
+from gradleak.experiments.sweep import run_sweep
+from gradleak.experiments.verdicts import (
+    NOT_SUPPORTED,
+    SUPPORTED,
+    compare,
+    groups,
+    judge,
+    reference,
+    tradeoff,
+    trend,
+)
+from gradleak.report.experiments import render_report
+
+SPEC = {
+    "title": "Tiny table", "tests": "LPIPS against N", "insight": "(Insight X) more samples leak less",
+    "kind": "attack",
+    "base": {"data.resolution": 16, "model.name": "mlp", "model.hidden": [16],
+             "attack.iterations": 8, "attack.name": "ig"},
+    "grid": {"data.num_samples": [1, 2]},
+    "variants": {"O": {}},
+    "seeds": [0, 1],
+    "table": {"cols": "data.num_samples", "metric": "lpips", "also": ["psnr"]},
+    "plot": {"x": "data.num_samples", "y": "lpips"},
+    "verdict": {"rule": "trend", "metric": "lpips", "along": "data.num_samples",
+                "direction": "increasing"},
+    "paper": {"source": "Tab. 99, LPIPS", "columns": ["GIA", "N=1", "N=2"],
+              "rows": [["O", 0.0123, 0.4567]]},
+}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(SPEC))
+    result = run_sweep(make_plan(str(path), "quick"), root / "sweep", progress=False)
+    assert len(result.ok) == 4
+    return root / "sweep"
+
+
+def test_report_has_tables_paper_numbers_verdict_plot_and_images(sweep):
+    page = render_report(sweep).read_text()
+    assert "<h2 id='tiny'>Tiny table</h2>" in page
+    assert "(Insight X) more samples leak less" in page
+    assert "Our data:" in page and "Spearman" in page
+    assert "0.4567" in page and "Tab. 99, LPIPS" in page  # the paper's numbers beside ours
+    assert "data.num_samples=1" in page and "±" in page
+    assert page.count("<table") >= 3  # ours (lpips, psnr) + the paper's
+    assert len(re.findall(r"src='data:image/png;base64,", page)) >= 3  # plot + reconstructions
+    assert "http://" not in page and "https://" not in page  # nothing fetched: opens offline
+
+
+def test_report_of_a_folder_without_store_is_one_line_error(tmp_path):
+    with pytest.raises(GradleakError, match="no results store"):
+        render_report(tmp_path)
+
+
+def test_report_renders_in_headless_chromium(sweep, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("GRADLEAK_REQUIRE_CHROMIUM"):
+            pytest.fail("chromium is required here (make test installs Debian's chromium)")
+        pytest.skip("chromium not installed")
+    page = render_report(sweep)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([chromium, *flags, "--virtual-time-budget=5000", "--dump-dom",
+                          page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    body = re.search(r"<body([^>]*)>", dom)
+    assert body, dom[:500]
+    loaded = int(re.search(r'data-images-loaded="(\d+)"', body.group(1)).group(1))
+    tables = int(re.search(r'data-tables="(\d+)"', body.group(1)).group(1))
+    assert loaded == len(re.findall(r"<img ", dom)) >= 3, "some image did not decode"
+    assert tables >= 3
+    shot = tmp_path / "page.png"
+    subprocess.run([chromium, *flags, "--window-size=1000,1400", f"--screenshot={shot}",
+                    page.as_uri()], capture_output=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 10_000  # a blank page compresses to ~2 kB
+
+
+def _rows(values, metric="lpips", variant="O", axis="data.num_samples"):
+    return [{"variant": variant, axis: x, metric: v, "seed": 0, "labels": {axis: x}}
+            for x, v in values]
+
+
+def test_trend_rule_supports_and_rejects():
+    assert trend(_rows([(1, 0.01), (2, 0.05), (4, 0.2)]), metric="lpips",
+                 along="data.num_samples", direction="increasing").status == SUPPORTED
+    assert trend(_rows([(1, 0.2), (2, 0.05), (4, 0.01)]), metric="lpips",
+                 along="data.num_samples", direction="increasing").status == NOT_SUPPORTED
+
+
+def test_compare_groups_reference_and_tradeoff_rules():
+    rows = _rows([(1, 0.01), (2, 0.02)], variant="WST") + _rows([(1, 0.05), (2, 0.08)], variant="BST")
+    assert compare(rows, metric="lpips", better="WST", worse="BST").status == SUPPORTED
+    assert compare(rows, metric="lpips", better="BST", worse="WST").status == NOT_SUPPORTED
+    g = [{"variant": "L", "data.dataset": d, "lpips": v} for d, v in
+         (("skimage", 0.05), ("skimage_gray", 0.3))]
+    assert groups(g, metric="lpips", axis="data.dataset", worse=["skimage_gray"],
+                  better=["skimage"]).status == SUPPORTED
+    ref = [{"variant": n, "model.name": "m", "psnr": v} for n, v in
+           (("original", 30.0), ("cut 1", 12.0), ("cut 2", 14.0))]
+    assert reference(ref, metric="psnr", reference="original", expect="worse").status == SUPPORTED
+    assert reference(ref, metric="psnr", reference="original", expect="better").status == NOT_SUPPORTED
+    pu = [{"variant": "Q", "defense.name": "qsgd", "lpips": 0.3, "accuracy_drop": 1.0},
+          {"variant": "C", "defense.name": "clip", "lpips": 0.01, "accuracy_drop": 9.0}]
+    assert tradeoff(pu, fails=["clip"]).status == SUPPORTED
+    assert tradeoff(pu).status != SUPPORTED
+    assert [v.status for v in judge(rows, {"rule": "compare", "metric": "lpips", "better": "WST",
+                                           "worse": "BST", "also": {"rule": "trend",
+                                                                    "metric": "lpips",
+                                                                    "along": "data.num_samples",
+                                                                    "direction": "increasing"}})
+            ] == [SUPPORTED, SUPPORTED]
+    with pytest.raises(GradleakError, match="unknown verdict rule 'nope'"):
+        judge(rows, {"rule": "nope"})
