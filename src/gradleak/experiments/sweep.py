@@ -107,6 +107,9 @@ def _ray(todo: list[RunSpec], out: str, kwargs: dict[str, Any], threads: int,
         if address:
             ray.init(address=address, runtime_env=env, log_to_driver=False)
         else:
+            # Ray starts task workers at nice 15; on a busy machine they would starve behind
+            # any other process, so a local instance runs them at normal priority.
+            os.environ.setdefault("RAY_worker_niceness", "0")
             ray.init(num_cpus=os.cpu_count(), runtime_env=env, include_dashboard=False,
                      log_to_driver=False)
     task = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(execute)
