@@ -312,3 +312,16 @@ def test_select_layers_accepts_bare_block_names():
     assert both == expected + [names.index("net.fc.weight"), names.index("net.fc.bias")]
     with pytest.raises(GradleakError, match="matches no parameter"):
         select_layers(names, ["inception9z"])
+
+
+def test_architecture_switches_refuse_models_without_them():
+    from gradleak.config import load_config
+    from gradleak.errors import GradleakError
+    from gradleak.models import build_model
+
+    kw = {"num_classes": 10, "channels": 3, "resolution": 16, "mean": (0.5,) * 3, "std": (0.2,) * 3}
+    with pytest.raises(GradleakError, match="skip_cuts=.*needs a ResNet"):
+        build_model(load_config(overrides=["model.name=convnet", "model.skip_cuts=[1]"]).model, **kw)
+    with pytest.raises(GradleakError, match="dense_connections='minimal' needs one of densenet43"):
+        build_model(load_config(overrides=["model.name=mlp",
+                                           "model.dense_connections=minimal"]).model, **kw)

@@ -23,10 +23,21 @@ def register_model(name: str):
     return MODELS.register(name)
 
 
+SKIP_CUT_MODELS = ("resnet18", "resnet34", "resnet50", "resnet152")
+DENSE_PATTERN_MODELS = ("densenet43", "densenet53")
+
+
 def build_model(cfg: ModelConfig, *, num_classes: int, channels: int, resolution: int,
                 mean: tuple[float, ...], std: tuple[float, ...]) -> Classifier:
     """Build ``cfg.name``, apply ``cfg.init`` and load ``cfg.checkpoint`` if given."""
     builder = MODELS.get(cfg.name)
+    # Architecture switches only some models have: refuse instead of silently ignoring them.
+    if cfg.skip_cuts and cfg.name not in SKIP_CUT_MODELS:
+        raise GradleakError(f"model.skip_cuts={cfg.skip_cuts} needs a ResNet; model.name="
+                            f"{cfg.name!r} has no residual blocks (allowed: {', '.join(SKIP_CUT_MODELS)})")
+    if cfg.dense_connections != "full" and cfg.name not in DENSE_PATTERN_MODELS:
+        raise GradleakError(f"model.dense_connections={cfg.dense_connections!r} needs one of "
+                            f"{', '.join(DENSE_PATTERN_MODELS)}, not model.name={cfg.name!r}")
     net = builder(cfg, num_classes=num_classes, channels=channels, resolution=resolution)
     if not cfg.normalize:
         mean, std = (0.0,) * channels, (1.0,) * channels
