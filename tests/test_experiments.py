@@ -181,6 +181,13 @@ def test_generator_artifact_is_built_once_and_substituted(tmp_path):
                                "attack.latent_iterations": 2, "attack.generator_iterations": 2}}}
     plan = make_plan(write_spec(tmp_path, spec), "quick")
     assert all("${gen}" in r.overrides["attack.generator"] for r in plan.runs)
+    # a generator trained differently makes different runs
+    other = {**spec, "prepare": {"gen": {**spec["prepare"]["gen"], "steps": 3}}}
+    other_ids = {r.run_id for r in make_plan(write_spec(tmp_path, other, "other"), "quick").runs}
+    assert other_ids.isdisjoint(r.run_id for r in plan.runs)
+    with pytest.raises(GradleakError, match=r"\$\{nope\} is not a prepare entry"):
+        make_plan(write_spec(tmp_path, {**spec, "variants": {"L": {"attack.generator": "${nope}"}}},
+                             "nope"), "quick")
     result = run_sweep(plan, tmp_path / "sweep", progress=False)
     assert len(result.ok) == 2, result.failed
     gens = list((tmp_path / "sweep" / "cache" / "generators").glob("gen-*/generator.pt"))

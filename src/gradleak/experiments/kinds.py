@@ -158,8 +158,7 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
-def execute(run: dict[str, Any], out: str, *, profile: str, prepare: dict[str, Any],
-            threads: int = 1) -> dict[str, Any]:
+def execute(run: dict[str, Any], out: str, *, profile: str, threads: int = 1) -> dict[str, Any]:
     """Execute one run (a :meth:`RunSpec.to_dict`) and return its store row; never raises for a
     failing run: the row then has ``status='failed'`` and the error."""
     import torch
@@ -170,7 +169,7 @@ def execute(run: dict[str, Any], out: str, *, profile: str, prepare: dict[str, A
 
     torch.set_num_threads(max(1, threads))
     spec = RunSpec(run["experiment"], run["kind"], run["variant"], run["labels"],
-                   run["overrides"], run["options"], run["seed"])
+                   run["overrides"], run["options"], run["seed"], run.get("prepare") or {})
     out_path = Path(out)
     ctx = RunContext(run_dir=out_path / "runs" / spec.run_id, cache=out_path / "cache")
     row: dict[str, Any] = {"run_id": spec.run_id, "experiment": spec.experiment,
@@ -183,11 +182,9 @@ def execute(run: dict[str, Any], out: str, *, profile: str, prepare: dict[str, A
         row["config_hash"] = spec.config(resolve=None).digest()
         row.update(_flatten(spec.config(resolve=None).to_dict()))
         row.update({f"run.{k}": v for k, v in spec.options.items()})
-        needed = {n for v in spec.overrides.values() if isinstance(v, str)
-                  for n in prepare if "${" + n + "}" in v}
         resolution = spec.config(resolve=None).data.resolution
-        resolved = {n: str(ensure_generator(n, prepare[n], ctx.cache, resolution=resolution))
-                    for n in sorted(needed)}
+        resolved = {n: str(ensure_generator(n, p, ctx.cache, resolution=resolution))
+                    for n, p in sorted(spec.prepare.items())}
         cfg = spec.config(resolve=resolved)
         with warnings.catch_warnings(record=True) as caught:  # kept in the row, not printed
             warnings.simplefilter("always")

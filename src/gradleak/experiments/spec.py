@@ -22,6 +22,7 @@ import copy
 import hashlib
 import itertools
 import json
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -50,13 +51,17 @@ class RunSpec:
     overrides: dict[str, Any]  # dotted config key -> value, ``${artifact}`` unresolved
     options: dict[str, Any]  # run.<key> axes and the experiment's kind options
     seed: int
+    prepare: dict[str, Any] = field(default_factory=dict)  # the artifacts ${name} refers to
 
     @cached_property
     def run_id(self) -> str:
-        """Stable id: the experiment, kind, resolved-with-placeholders config, options and seed."""
-        blob = json.dumps({"experiment": self.experiment, "kind": self.kind,
-                           "config": self.config(resolve=None).to_dict(),
-                           "options": self.options}, sort_keys=True, default=str)
+        """Stable id: the experiment, kind, config (placeholders unresolved), options, seed and
+        the specs of the artifacts it uses (retraining a generator differently is a new run)."""
+        key = {"experiment": self.experiment, "kind": self.kind,
+               "config": self.config(resolve=None).to_dict(), "options": self.options}
+        if self.prepare:
+            key["prepare"] = self.prepare
+        blob = json.dumps(key, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def config(self, *, resolve: dict[str, str] | None) -> Config:
@@ -69,7 +74,7 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "experiment": self.experiment, "kind": self.kind,
                 "variant": self.variant, "labels": self.labels, "overrides": self.overrides,
-                "options": self.options, "seed": self.seed}
+                "options": self.options, "seed": self.seed, "prepare": self.prepare}
 
 
 @dataclass
@@ -107,6 +112,7 @@ class Experiment:
         variants: dict[str, dict[str, Any]] = p["variants"] or {"default": {}}
         seeds = p["seeds"] if p["seeds"] is not None else [0]
         options = dict(p["options"] or {})
+        prepare = p["prepare"] or {}
         for axis, values in grid.items():
             if not isinstance(values, list) or not values:
                 raise GradleakError(f"experiment {self.name}: grid axis {axis!r} needs a non-empty "
@@ -123,9 +129,16 @@ class Experiment:
                     else:
                         overrides[axis] = value
                 overrides.update(extra or {})
+                used = {}
+                for value in overrides.values():
+                    for name in re.findall(r"\$\{(\w+)\}", value if isinstance(value, str) else ""):
+                        if name not in prepare:
+                            raise GradleakError(f"experiment {self.name}: ${{{name}}} is not a prepare "
+                                                f"entry; prepared: {', '.join(prepare) or 'none'}")
+                        used[name] = prepare[name]
                 for seed in seeds:
                     out.append(RunSpec(self.name, self.kind, str(vname), labels, overrides,
-                                       run_opts, int(seed)))
+                                       run_opts, int(seed), used))
         return out
 
     def validate(self, profile: str, extra: dict[str, Any] | None = None) -> list[RunSpec]:
