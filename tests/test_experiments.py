@@ -129,7 +129,14 @@ def test_same_seed_same_numbers_and_parallel_jobs_match(tmp_path):
     run_sweep(plan, tmp_path / "one", progress=False)
     run_sweep(plan, tmp_path / "two", jobs=2, progress=False)
     assert metric_rows(tmp_path / "one") == metric_rows(tmp_path / "two")
-    assert threads_per_worker(2, cores=2) == 1 and threads_per_worker(1, cores=8) == 8
+    assert threads_per_worker(2, cores=2) == 1
+
+
+def test_threads_per_worker_divides_cores_and_respects_omp(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert threads_per_worker(1, cores=8) == 8 and threads_per_worker(3, cores=8) == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads_per_worker(1, cores=8) == 1
 
 
 def test_killed_sweep_resumes_without_losing_or_repeating_runs(tmp_path):

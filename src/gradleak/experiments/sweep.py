@@ -46,7 +46,10 @@ class SweepResult:
 
 
 def threads_per_worker(jobs: int, cores: int | None = None) -> int:
-    return max(1, (cores or os.cpu_count() or 1) // max(1, jobs))
+    """``cores // jobs`` torch threads per worker, capped by ``$OMP_NUM_THREADS`` when set."""
+    threads = max(1, (cores or os.cpu_count() or 1) // max(1, jobs))
+    cap = os.environ.get("OMP_NUM_THREADS", "")
+    return min(threads, int(cap)) if cap.isdigit() and int(cap) > 0 else threads
 
 
 def save_plan(plan: Plan, out: Path) -> Path:
