@@ -101,6 +101,8 @@ class AttackConfig:
                                "model's running statistics")
     layers: list[str] | None = _opt(None, help="match only parameters with these name prefixes")
     learn_labels: bool = _opt(False, help="optimise soft labels jointly (DLG)")
+    keep: str = _opt("last", choices=("last", "best"),
+                     help="GIA-O: return each restart's last iterate or its lowest-gradient-loss one")
     generator: str | None = _opt(None, help="gias/ggl: generator.pt from `gradleak train-generator`")
     latent_iterations: int = _opt(400, minimum=1, help="gias stage 1: latent search steps")
     generator_iterations: int = _opt(600, minimum=0,
