@@ -181,6 +181,18 @@ def run_ours(case: dict) -> tuple[torch.Tensor, float]:
     return recon.images, seconds / recon.iterations
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _mean_scores(scores: list[dict]) -> dict:
+    """Mean PSNR/SSIM/LPIPS over seeds (LPIPS None if any seed lacks it)."""
+    out = {k: _mean([s[k] for s in scores]) for k in ("psnr", "ssim")}
+    lp = [s["lpips"] for s in scores]
+    out["lpips"] = None if any(v is None for v in lp) else _mean(lp)
+    return out
+
+
 def ours_initial(case: dict) -> torch.Tensor:
     """gradleak's starting images for this case: the engine's first draw from its seeded generator
     (restart 0; with known labels nothing is drawn before it)."""
@@ -235,8 +247,12 @@ def main() -> None:
                         help="gradleak's attack.keep (breaching always returns its best iterate)")
     parser.add_argument("--same-init", action="store_true",
                         help="start breaching from gradleak's initial images (see above)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="average every case over these seeds (victims and starts differ; "
+                             "single-seed gaps of 1-2 dB are noise)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
+    seeds = args.seeds or [args.seed]
 
     names: list[str] = []
     for item in args.cases:
@@ -256,18 +272,24 @@ def main() -> None:
         tmp = Path(tmpdir)
         ours_tv = args.tv if args.ours_tv is None else args.ours_tv
         ours_lr = args.lr if args.ours_lr is None else args.ours_lr
-        print(f"iterations {args.iterations}, CPU, 1 thread per side; TV ours {ours_tv:g} / breaching "
+        print(f"seeds {seeds} (means), iterations {args.iterations}, CPU, 1 thread per side; "
+              f"TV ours {ours_tv:g} / breaching "
               f"{args.tv:g}, lr ours {ours_lr:g} / breaching {args.lr:g}"
               f"{'; same initial images' if args.same_init else ''}", flush=True)
         print(header)
         print("-" * len(header), flush=True)
         for name in names:
-            case = prepare_case(name, args)
-            ours_img, ours_sit = run_ours(case)
-            theirs_img, theirs_sit = run_breaching(python, case, args, tmp, name)
-            ours = metrics.score(ours_img, case["images"])
-            theirs = metrics.score(theirs_img, case["images"])
-            row = dict(case=name, iterations=args.iterations,
+            per_seed = []
+            for seed in seeds:
+                args.seed = seed
+                case = prepare_case(name, args)
+                ours_img, ours_sit = run_ours(case)
+                theirs_img, theirs_sit = run_breaching(python, case, args, tmp, name)
+                per_seed.append((metrics.score(ours_img, case["images"]), ours_sit,
+                                 metrics.score(theirs_img, case["images"]), theirs_sit))
+            ours, ours_sit = _mean_scores([p[0] for p in per_seed]), _mean([p[1] for p in per_seed])
+            theirs, theirs_sit = _mean_scores([p[2] for p in per_seed]), _mean([p[3] for p in per_seed])
+            row = dict(case=name, iterations=args.iterations, seeds=seeds,
                        ours={k: ours[k] for k in ("psnr", "ssim", "lpips")} | {"s_per_it": ours_sit},
                        breaching={k: theirs[k] for k in ("psnr", "ssim", "lpips")}
                        | {"s_per_it": theirs_sit})
