@@ -263,6 +263,11 @@ def _section(root: Path, experiment: str, profile: str, rows: list[dict[str, Any
     plan = _plan(root, experiment, profile)
     spec = plan.get("spec") or {}
     title = plan.get("title", experiment)
+    # Only the runs of the latest plan: rows stored under other settings or overrides would
+    # mix two grids in one table.
+    planned_ids = {r["run_id"] for r in plan.get("runs", [])}
+    stale = [r for r in rows if planned_ids and r["run_id"] not in planned_ids]
+    rows = [r for r in rows if not planned_ids or r["run_id"] in planned_ids]
     ok = [r for r in rows if r["status"] == "ok"]
     failed = [r for r in rows if r["status"] != "ok"]
     derive(ok)
@@ -272,7 +277,9 @@ def _section(root: Path, experiment: str, profile: str, rows: list[dict[str, Any
     planned = len(plan.get("runs", [])) or len(rows)
     parts = [f"<h2 id='{_e(experiment)}'>{_e(title)}</h2>",
              f"<p>{_e(plan.get('tests', ''))}<br><span class='muted'>profile <b>{_e(profile)}</b>: "
-             f"{len(ok)} of {planned} runs finished, {len(failed)} failed.</span></p>"]
+             f"{len(ok)} of {planned} runs finished, {len(failed)} failed"
+             + (f"; {len(stale)} stored runs of earlier settings not shown" if stale else "")
+             + ".</span></p>"]
     if plan.get("insight"):
         parts.append(f"<blockquote>{_e(plan['insight'])}</blockquote>")
     try:
