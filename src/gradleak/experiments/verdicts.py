@@ -35,8 +35,12 @@ def register_rule(name: str) -> Callable:
     return RULES.register(name)
 
 
-def _num(value: Any) -> float | None:
+def number(value: Any) -> float | None:
+    """``value`` as a finite float, or None (missing metrics are None in the store)."""
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+_num = number
 
 
 def _key(value: Any) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -22,6 +21,7 @@ import yaml
 from gradleak.errors import GradleakError
 from gradleak.experiments.store import STORE_NAME, ResultStore
 from gradleak.experiments.verdicts import HIGHER_LEAKS, judge
+from gradleak.experiments.verdicts import number as _num
 from gradleak.io import write_text
 
 REPORT_NAME = "report.html"
@@ -61,10 +61,6 @@ def _png(fig: Any) -> str:
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
 def _cell(values: list[float]) -> str:
