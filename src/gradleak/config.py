@@ -326,12 +326,13 @@ def set_key(cfg: Config, key: str, value: Any) -> None:
         return
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"a": {"b": 1}}`` -> ``[("a.b", 1)]`` (dotted keys, depth first)."""
     out = []
     for k, v in tree.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out += _flatten(v, key + ".")
+            out += flatten(v, key + ".")
         else:
             out.append((key, v))
     return out
@@ -377,15 +378,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
                 *, base: dict[str, Any] | None = None) -> Config:
     """Defaults, the chosen attack's preset, an optional ``base`` dict, a YAML file, then dotted
     overrides: each later source wins."""
-    items = _flatten(base or {})
+    items = flatten(base or {})
     if path is not None:
-        items += _flatten(_read_yaml(path))
+        items += flatten(_read_yaml(path))
     items += [parse_override(item) for item in overrides]
     probe = Config()
     for key, value in items:  # validates every key once, and finds the attack's name
         set_key(probe, key, value)
     cfg = Config()
-    for key, value in _flatten(attack_preset(probe.attack.name)) + items:
+    for key, value in flatten(attack_preset(probe.attack.name)) + items:
         set_key(cfg, key, value)
     return cfg
 

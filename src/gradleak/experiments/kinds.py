@@ -140,16 +140,6 @@ def run_privacy_utility(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> d
     return out
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _error_text(exc: BaseException) -> str:
     if isinstance(exc, GradleakError):
         return str(exc)
@@ -163,6 +153,7 @@ def execute(run: dict[str, Any], out: str, *, profile: str, threads: int = 1) ->
     failing run: the row then has ``status='failed'`` and the error."""
     import torch
 
+    from gradleak.config import flatten
     from gradleak.experiments.artifacts import ensure_generator
     from gradleak.experiments.spec import RunSpec
     from gradleak.io import write_json
@@ -179,10 +170,11 @@ def execute(run: dict[str, Any], out: str, *, profile: str, threads: int = 1) ->
                            "worker": f"{socket.gethostname()}:{os.getpid()}"}
     started = time.perf_counter()
     try:
-        row["config_hash"] = spec.config(resolve=None).digest()
-        row.update(_flatten(spec.config(resolve=None).to_dict()))
+        unresolved = spec.config(resolve=None)
+        row["config_hash"] = unresolved.digest()
+        row.update(flatten(unresolved.to_dict()))
         row.update({f"run.{k}": v for k, v in spec.options.items()})
-        resolution = spec.config(resolve=None).data.resolution
+        resolution = unresolved.data.resolution
         resolved = {n: str(ensure_generator(n, p, ctx.cache, resolution=resolution))
                     for n, p in sorted(spec.prepare.items())}
         cfg = spec.config(resolve=resolved)
