@@ -181,6 +181,10 @@ def run_ours(case: dict) -> tuple[torch.Tensor, float]:
     return recon.images, seconds / recon.iterations
 
 
+METRICS = ("psnr", "ssim", "lpips")
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False}
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
@@ -191,6 +195,39 @@ def _mean_scores(scores: list[dict]) -> dict:
     lp = [s["lpips"] for s in scores]
     out["lpips"] = None if any(v is None for v in lp) else _mean(lp)
     return out
+
+
+def paired_difference(ours: list[float], theirs: list[float]) -> dict:
+    """Mean of ours - theirs over seeds with a two-sided 95% Student-t interval (paired design:
+    same victims, weights and starts per seed). ``half_width`` is None for a single seed."""
+    diffs = [a - b for a, b in zip(ours, theirs, strict=True)]
+    mean = _mean(diffs)
+    if len(diffs) < 2:
+        return {"mean": mean, "half_width": None}
+    from scipy import stats
+
+    sd = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
+    half = float(stats.t.ppf(0.975, len(diffs) - 1)) * sd / len(diffs) ** 0.5
+    return {"mean": mean, "half_width": half}
+
+
+def judge(row: dict) -> str:
+    """``better`` when ours is at least breaching's mean on every metric (the issue's target);
+    ``tie`` when some mean is worse but every 95% interval contains 0 (indistinguishable at this
+    number of seeds); ``worse`` when some interval lies entirely on breaching's side."""
+    verdict = "better"
+    for k in METRICS:
+        diff = row["difference"].get(k)
+        if diff is None:
+            continue
+        sign = 1 if HIGHER_IS_BETTER[k] else -1
+        gain = sign * diff["mean"]
+        if gain >= 0:
+            continue
+        if diff["half_width"] is None or -gain > diff["half_width"]:
+            return "worse"
+        verdict = "tie"
+    return verdict
 
 
 def ours_initial(case: dict) -> torch.Tensor:
@@ -250,7 +287,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="average every case over these seeds (victims and starts differ; "
                              "single-seed gaps of 1-2 dB are noise)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the rows (means, paired differences, per-seed scores) here")
     args = parser.parse_args()
     seeds = args.seeds or [args.seed]
 
@@ -289,16 +327,36 @@ def main() -> None:
                                  metrics.score(theirs_img, case["images"]), theirs_sit))
             ours, ours_sit = _mean_scores([p[0] for p in per_seed]), _mean([p[1] for p in per_seed])
             theirs, theirs_sit = _mean_scores([p[2] for p in per_seed]), _mean([p[3] for p in per_seed])
+            difference = {k: paired_difference([p[0][k] for p in per_seed], [p[2][k] for p in per_seed])
+                          for k in METRICS if ours[k] is not None and theirs[k] is not None}
             row = dict(case=name, iterations=args.iterations, seeds=seeds,
-                       ours={k: ours[k] for k in ("psnr", "ssim", "lpips")} | {"s_per_it": ours_sit},
-                       breaching={k: theirs[k] for k in ("psnr", "ssim", "lpips")}
-                       | {"s_per_it": theirs_sit})
+                       ours={k: ours[k] for k in METRICS} | {"s_per_it": ours_sit},
+                       breaching={k: theirs[k] for k in METRICS} | {"s_per_it": theirs_sit},
+                       difference=difference,
+                       per_seed=[dict(seed=seed, ours={k: p[0][k] for k in METRICS} | {"s_per_it": p[1]},
+                                      breaching={k: p[2][k] for k in METRICS} | {"s_per_it": p[3]})
+                                 for seed, p in zip(seeds, per_seed, strict=True)])
+            row["verdict"] = judge(row)
             rows.append(row)
+            if args.json is not None:  # after every case, atomically: a long run keeps what it did
+                partial = args.json.with_name(args.json.name + ".part")
+                partial.write_text(json.dumps(rows, indent=2))
+                partial.replace(args.json)
             print(f"{name:16} {ours['psnr']:9.2f} {ours['ssim']:6.3f} {_fmt(ours['lpips'], '6.3f'):>6} | "
                   f"{theirs['psnr']:9.2f} {theirs['ssim']:6.3f} {_fmt(theirs['lpips'], '6.3f'):>6} | "
                   f"{ours_sit:9.4f} {theirs_sit:9.4f} {ours_sit / theirs_sit:10.2f} "
                   f"{ours['psnr'] - theirs['psnr']:+6.2f}", flush=True)
 
+    if len(seeds) > 1:
+        print(f"\npaired differences ours - breaching over {len(seeds)} seeds, mean +- 95% t-interval")
+        print(f"{'case':16} {'dPSNR':>14} {'dSSIM':>16} {'dLPIPS':>16}  verdict")
+        for r in rows:
+            cells = []
+            for k, spec in (("psnr", "+.2f"), ("ssim", "+.3f"), ("lpips", "+.3f")):
+                d = r["difference"].get(k)
+                cells.append("n/a" if d is None else f"{format(d['mean'], spec)} +- "
+                             f"{format(d['half_width'], spec.lstrip('+'))}")
+            print(f"{r['case']:16} {cells[0]:>14} {cells[1]:>16} {cells[2]:>16}  {r['verdict']}")
     print("\ns/it ratio = ours / breaching (target <= 1); dPSNR = ours - breaching (target >= 0)")
     fails = [r["case"] for r in rows
              if r["ours"]["psnr"] < r["breaching"]["psnr"] or r["ours"]["ssim"] < r["breaching"]["ssim"]
@@ -306,8 +364,10 @@ def main() -> None:
                  and r["ours"]["lpips"] > r["breaching"]["lpips"])
              or r["ours"]["s_per_it"] > r["breaching"]["s_per_it"]]
     print("target met on every case" if not fails else f"target missed on: {', '.join(fails)}")
-    if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=2))
+    worse = [r["case"] for r in rows if r["verdict"] == "worse"]
+    if len(seeds) > 1:
+        print("no case significantly worse than breaching (95%)" if not worse
+              else f"significantly worse on: {', '.join(worse)}")
 
 
 if __name__ == "__main__":

@@ -103,6 +103,11 @@ class AttackConfig:
     learn_labels: bool = _opt(False, help="optimise soft labels jointly (DLG)")
     keep: str = _opt("last", choices=("last", "best"),
                      help="GIA-O: return each restart's last iterate or its lowest-gradient-loss one")
+    group: int = _opt(1, minimum=1, help="GIA-O: members optimised jointly per restart from different "
+                      "seeds, pulled to their consensus (GradInversion's group consistency)")
+    group_weight: float = _opt(0.01, minimum=0.0, help="weight of the group-consistency prior")
+    group_every: int = _opt(100, minimum=1, help="iterations between consensus updates (the "
+                            "first at this iteration: members start independent)")
     generator: str | None = _opt(None, help="gias/ggl: generator.pt from `gradleak train-generator`")
     latent_iterations: int = _opt(400, minimum=1, help="gias stage 1: latent search steps")
     generator_iterations: int = _opt(600, minimum=0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gradleak.attacks.base import Attack, AttackInfo, Observation, Reconstruction, observe
 from gradleak.config import AttackConfig
+from gradleak.errors import GradleakError
 from gradleak.registry import Registry
 
 ATTACKS: Registry = Registry("attack")
@@ -15,7 +16,11 @@ def register_attack(name: str):
 
 def build_attack(cfg: AttackConfig) -> Attack:
     """Build the attack named by ``cfg.name`` from its config section."""
-    return ATTACKS.get(cfg.name).from_config(cfg)
+    attack = ATTACKS.get(cfg.name).from_config(cfg)
+    if cfg.group > 1 and getattr(attack, "group", 1) != cfg.group:
+        raise GradleakError(f"attack.group={cfg.group}: group consistency applies to the "
+                            f"observable-space attacks (dlg, idlg, ig, gradinversion, rog), not {cfg.name}")
+    return attack
 
 
 from gradleak.attacks import analytic, dlg, ggl, gias, gradinversion, inverting_gradients, rog  # noqa: E402,F401

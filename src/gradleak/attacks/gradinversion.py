@@ -5,7 +5,9 @@ Gradient matching (L2, scaled) plus a BN-statistics prior that matches each BN l
 batch mean and variance to the client's batch statistics (the paper's level-4 knowledge; with
 ``attack.bn_source=running`` the model's running statistics are used instead), TV and image-norm
 priors, and Yin's label rule. Defaults: ``configs/attacks/gradinversion.yaml``. Group consistency
-is not implemented.
+(``attack.group=K``, weight ``attack.group_weight``) lives in the shared engine: K members per
+restart are pulled towards their pixel mean (no RANSAC-flow registration, see
+:func:`gradleak.attacks.priors.group_consistency`).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from gradleak.attacks.base import Attack, Observation, Reconstruction
 from gradleak.attacks.labels import infer_labels
 from gradleak.attacks.losses import DISTANCES
-from gradleak.attacks.priors import BatchNormStatistics, l2_norm, total_variation
+from gradleak.attacks.priors import BatchNormStatistics, group_consistency, l2_norm, total_variation
 from gradleak.attacks.simulate import batch_order, simulated_delta
 from gradleak.config import AttackConfig
 from gradleak.errors import GradleakError
@@ -102,9 +102,15 @@ class GradientMatchingAttack(Attack):
                  signed: bool = True,
                  box: bool = True, tv: float = 0.0, l2: float = 0.0, bn: float = 0.0,
                  bn_source: str = "client", layers: Sequence[str] | None = None,
-                 learn_labels: bool = False, keep: str = "last") -> None:
+                 learn_labels: bool = False, keep: str = "last", group: int = 1,
+                 group_weight: float = 0.01, group_every: int = 100) -> None:
         if keep not in ("last", "best"):
             raise GradleakError(f"bad value {keep!r} for attack.keep; allowed: last, best")
+        if group < 1 or group_every < 1:
+            raise GradleakError(f"attack.group={group} and attack.group_every={group_every} must be >= 1")
+        if group > 1 and learn_labels:
+            raise GradleakError("attack.group > 1 cannot be combined with attack.learn_labels=true "
+                                "(the members would each need their own soft labels)")
         if distance not in DISTANCES:
             raise GradleakError(f"bad value {distance!r} for attack.distance; allowed: "
                                 f"{', '.join(DISTANCES)}")
@@ -117,6 +123,7 @@ class GradientMatchingAttack(Attack):
         self.layers = list(layers) if layers else None
         self.learn_labels = learn_labels
         self.keep = keep
+        self.group, self.group_weight, self.group_every = group, group_weight, group_every
 
     @classmethod
     def from_config(cls, cfg: AttackConfig) -> GradientMatchingAttack:
@@ -125,7 +132,8 @@ class GradientMatchingAttack(Attack):
                    distance_scale=cfg.distance_scale,
                    optimizer=cfg.optimizer, signed=cfg.signed, box=cfg.box, tv=cfg.tv, l2=cfg.l2,
                    bn=cfg.bn, bn_source=cfg.bn_source, layers=cfg.layers,
-                   learn_labels=cfg.learn_labels, keep=cfg.keep)
+                   learn_labels=cfg.learn_labels, keep=cfg.keep, group=cfg.group,
+                   group_weight=cfg.group_weight, group_every=cfg.group_every)
 
     def needs(self) -> frozenset[Knowledge]:
         needs = set(self.requires)
@@ -209,12 +217,16 @@ class GradientMatchingAttack(Attack):
 
         bn_prior = self._bn_prior(model, obs) if self.bn > 0 else None
 
+        group = self.group
         candidates, losses, label_sets, history = [], [], [], []
         bar = tqdm(total=self.iterations * self.restarts, disable=not progress,
                    desc=f"attack {self.name}", unit="it", dynamic_ncols=True)
         try:
             for _ in range(self.restarts):
-                variable = self.initial(obs, model, generator).to(device).requires_grad_(True)
+                # One restart optimises `group` members jointly; a lone member is drawn exactly
+                # as before groups existed, so group=1 results are unchanged.
+                draws = [self.initial(obs, model, generator) for _ in range(group)]
+                variable = (draws[0] if group == 1 else torch.stack(draws)).to(device).requires_grad_(True)
                 label_logits = (torch.randn(obs.num_samples, obs.num_classes, generator=generator)
                                 .to(device).requires_grad_(True) if self.learn_labels else None)
                 order = batch_order(obs.client, generator) if simulate else None
@@ -226,14 +238,20 @@ class GradientMatchingAttack(Attack):
                     return self.predict(setup, obs, images, labels, order)
 
                 free = [variable] + ([label_logits] if label_logits is not None else [])
+                consensus: dict = {"value": None}
 
-                def objective(free=free, predict=predict):
-                    images = self.images(free[0])
-                    if bn_prior is not None:
-                        bn_prior.start()
-                    match = self.distance(predict(images, labels_of(free)), target)
-                    total = self.distance_scale * match + self.regularisers(images, bn_prior)
-                    return total, match
+                def objective(free=free, predict=predict, consensus=consensus):
+                    total, matches = free[0].new_zeros(()), []
+                    for member in self._members(free[0]):
+                        images = self.images(member)
+                        if bn_prior is not None:
+                            bn_prior.start()
+                        match = self.distance(predict(images, labels_of(free)), target)
+                        total = total + self.distance_scale * match + self.regularisers(images, bn_prior)
+                        matches.append(match)
+                    if consensus["value"] is not None:
+                        total = total + self.group_weight * group_consistency(free[0], consensus["value"])
+                    return total, torch.stack(matches).mean()
 
                 # The best iterate so far. A step's loss belongs to the iterate before its update,
                 # so the stepper reports it before updating and we snapshot the free tensors then:
@@ -253,20 +271,27 @@ class GradientMatchingAttack(Attack):
 
                 step = self._stepper(free, objective, seen)
                 for it in range(self.iterations):
+                    if group > 1 and it > 0 and it % self.group_every == 0:
+                        consensus["value"] = free[0].detach().mean(0)
                     match = step(it)
                     if it % 10 == 0 or it == self.iterations - 1:
                         history.append(match)
                         bar.set_postfix(grad_loss=f"{match:.4f}")
                     bar.update(1)
-                # The final iterate was never scored: one forward/backward per restart.
-                images, labels, loss = self._candidate(free, labels_of, predict, target)
-                if best["free"] is not None and not loss <= best["loss"]:
-                    other = self._candidate(best["free"], labels_of, predict, target, best["loss"])
-                    if not loss <= other[2]:
-                        images, labels, loss = other
-                losses.append(loss)
-                candidates.append(images.cpu())
-                label_sets.append(labels.argmax(-1) if labels.ndim == 2 else labels)
+                if group > 1:
+                    found = self._group_candidates(free, best, labels_of, predict, target)
+                else:
+                    # The final iterate was never scored: one forward/backward per restart.
+                    images, labels, loss = self._candidate(free, labels_of, predict, target)
+                    if best["free"] is not None and not loss <= best["loss"]:
+                        other = self._candidate(best["free"], labels_of, predict, target, best["loss"])
+                        if not loss <= other[2]:
+                            images, labels, loss = other
+                    found = [(images, labels, loss)]
+                for images, labels, loss in found:
+                    losses.append(loss)
+                    candidates.append(images.cpu())
+                    label_sets.append(labels.argmax(-1) if labels.ndim == 2 else labels)
         finally:
             bar.close()
             if bn_prior is not None:
@@ -277,6 +302,34 @@ class GradientMatchingAttack(Attack):
                               losses=[losses[i] for i in ranking],
                               labels=label_sets[ranking[0]].tolist(), iterations=self.iterations,
                               label_source=source, history=history)
+
+    def _members(self, variable: torch.Tensor) -> list[torch.Tensor]:
+        """The group members of the engine's variable: ``variable[k]`` when ``group > 1`` (the
+        members are stacked on a leading axis), else the variable itself."""
+        return list(variable.unbind(0)) if self.group > 1 else [variable]
+
+    def _group_candidates(self, free: list[torch.Tensor], best: dict, labels_of: Callable,
+                          predict: Callable, target: list[torch.Tensor]
+                          ) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+        """Every member of the group and the members' consensus, each with its gradient loss.
+
+        With ``keep=best`` the best group iterate replaces the last one when its members' mean
+        loss is lower. The consensus (mean of the members' free variables) is a candidate of its
+        own: the restart ranking then decides between it and the members on gradient loss alone.
+        """
+        def score(group_free: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+            rest = group_free[1:]
+            found = [self._candidate([member, *rest], labels_of, predict, target)
+                     for member in self._members(group_free[0])]
+            found.append(self._candidate([group_free[0].mean(0), *rest], labels_of, predict, target))
+            return found
+
+        found = score([v.detach() for v in free])
+        if best["free"] is not None:
+            other = score(best["free"])
+            if sum(f[2] for f in other[:-1]) < sum(f[2] for f in found[:-1]):
+                found = other
+        return found
 
     def _candidate(self, free: list[torch.Tensor], labels_of: Callable, predict: Callable,
                    target: list[torch.Tensor], known: float | None = None

@@ -17,6 +17,19 @@ def l2_norm(x: torch.Tensor) -> torch.Tensor:
     return x.pow(2).mean()
 
 
+def group_consistency(group: torch.Tensor, consensus: torch.Tensor) -> torch.Tensor:
+    """GradInversion's group-consistency prior (Yin et al. 2021, Sec. 3.3): squared L2 distance of
+    each member's reconstruction from the group consensus, averaged over members and samples.
+
+    ``group [K, N, ...]`` holds K members optimised from different seeds; ``consensus [N, ...]``
+    is their (detached) mean. Yin et al. register the members to each other (RANSAC-flow) before
+    averaging; here the plain pixel mean is used, as the members match the same gradient and stay
+    spatially aligned at these resolutions.
+    """
+    k, n = group.shape[:2]
+    return (group - consensus.unsqueeze(0)).pow(2).sum() / (k * n)
+
+
 class BatchNormStatistics:
     """GradInversion's BN prior (Yin et al. 2021): match each BN layer's dummy batch mean and
     variance to target statistics, sum over layers of ||mu - mu*||_2 + ||var - var*||_2.
