@@ -82,6 +82,9 @@ class AttackConfig:
     iterations: int = _opt(2000, minimum=1)
     lr: float = _opt(0.1, minimum=0.0)
     tv: float = _opt(1e-4, minimum=0.0, help="total-variation prior weight")
+    tv_border: str = _opt("none", choices=("none", "zero"),
+                          help="none: Geiping et al.'s TV; zero: breaching's, which also pulls the "
+                               "right/bottom edge pixels towards 0")
     restarts: int = _opt(1, minimum=1)
     labels: str = _opt("known", choices=("known", "idlg", "yin", "llg", "geng", "ilrg"))
     init: str = _opt("randn", choices=("randn", "rand", "gray", "normal"),

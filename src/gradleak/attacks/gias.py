@@ -80,12 +80,12 @@ class GIAS(GradientMatchingAttack):
                  distance: str = "cosine", distance_scale: float = 1.0, optimizer: str = "adam",
                  signed: bool = False, tv: float = 0.0, l2: float = 0.0, bn: float = 0.0,
                  bn_source: str = "client", layers: Sequence[str] | None = None,
-                 learn_labels: bool = False) -> None:
+                 learn_labels: bool = False, tv_border: str = "none") -> None:
         super().__init__(iterations=latent_iterations, lr=lr, restarts=restarts, labels=labels,
                          init="normal", lr_decay=lr_decay, distance=distance,
                          distance_scale=distance_scale, optimizer=optimizer, signed=signed,
                          box=False, tv=tv, l2=l2, bn=bn, bn_source=bn_source, layers=layers,
-                         learn_labels=learn_labels)
+                         learn_labels=learn_labels, tv_border=tv_border)
         self.generator = generator
         self.generator_iterations, self.generator_lr = generator_iterations, generator_lr
         self._net: DCGANGenerator | None = None
@@ -99,7 +99,8 @@ class GIAS(GradientMatchingAttack):
                    lr=cfg.lr, restarts=cfg.restarts, labels=cfg.labels, lr_decay=cfg.lr_decay,
                    distance=cfg.distance, distance_scale=cfg.distance_scale,
                    optimizer=cfg.optimizer, signed=cfg.signed, tv=cfg.tv, l2=cfg.l2, bn=cfg.bn,
-                   bn_source=cfg.bn_source, layers=cfg.layers, learn_labels=cfg.learn_labels)
+                   bn_source=cfg.bn_source, layers=cfg.layers, learn_labels=cfg.learn_labels,
+                   tv_border=cfg.tv_border)
 
     # -- the engine's hooks: the free variable is z [N, latent_dim] ------------------------------
 

@@ -26,7 +26,13 @@ from tqdm.auto import tqdm
 from gradleak.attacks.base import Attack, Observation, Reconstruction
 from gradleak.attacks.labels import infer_labels
 from gradleak.attacks.losses import DISTANCES
-from gradleak.attacks.priors import BatchNormStatistics, group_consistency, l2_norm, total_variation
+from gradleak.attacks.priors import (
+    TV_BORDERS,
+    BatchNormStatistics,
+    group_consistency,
+    l2_norm,
+    total_variation,
+)
 from gradleak.attacks.simulate import batch_order, simulated_delta
 from gradleak.config import AttackConfig
 from gradleak.errors import GradleakError
@@ -103,7 +109,7 @@ class GradientMatchingAttack(Attack):
                  box: bool = True, tv: float = 0.0, l2: float = 0.0, bn: float = 0.0,
                  bn_source: str = "client", layers: Sequence[str] | None = None,
                  learn_labels: bool = False, keep: str = "last", group: int = 1,
-                 group_weight: float = 0.01, group_every: int = 100) -> None:
+                 group_weight: float = 0.01, group_every: int = 100, tv_border: str = "none") -> None:
         if keep not in ("last", "best"):
             raise GradleakError(f"bad value {keep!r} for attack.keep; allowed: last, best")
         if group < 1 or group_every < 1:
@@ -124,6 +130,10 @@ class GradientMatchingAttack(Attack):
         self.learn_labels = learn_labels
         self.keep = keep
         self.group, self.group_weight, self.group_every = group, group_weight, group_every
+        if tv_border not in TV_BORDERS:
+            raise GradleakError(f"bad value {tv_border!r} for attack.tv_border; allowed: "
+                                f"{', '.join(TV_BORDERS)}")
+        self.tv_border = tv_border
 
     @classmethod
     def from_config(cls, cfg: AttackConfig) -> GradientMatchingAttack:
@@ -133,7 +143,8 @@ class GradientMatchingAttack(Attack):
                    optimizer=cfg.optimizer, signed=cfg.signed, box=cfg.box, tv=cfg.tv, l2=cfg.l2,
                    bn=cfg.bn, bn_source=cfg.bn_source, layers=cfg.layers,
                    learn_labels=cfg.learn_labels, keep=cfg.keep, group=cfg.group,
-                   group_weight=cfg.group_weight, group_every=cfg.group_every)
+                   group_weight=cfg.group_weight, group_every=cfg.group_every,
+                   tv_border=cfg.tv_border)
 
     def needs(self) -> frozenset[Knowledge]:
         needs = set(self.requires)
@@ -198,7 +209,7 @@ class GradientMatchingAttack(Attack):
         """The weighted priors (TV, L2 norm, BN statistics) of ``images``; 0 without priors."""
         total = images.new_zeros(())
         if self.tv > 0:
-            total = total + self.tv * total_variation(images)
+            total = total + self.tv * total_variation(images, border=self.tv_border)
         if self.l2 > 0:
             total = total + self.l2 * l2_norm(images)
         if bn_prior is not None:

@@ -112,7 +112,7 @@ class ROG(GradientMatchingAttack):
                    optimizer=cfg.optimizer, signed=cfg.signed, box=cfg.box, tv=cfg.tv, l2=cfg.l2,
                    bn=cfg.bn, bn_source=cfg.bn_source, layers=cfg.layers, learn_labels=cfg.learn_labels,
                    keep=cfg.keep, group=cfg.group, group_weight=cfg.group_weight,
-                   group_every=cfg.group_every)
+                   group_every=cfg.group_every, tv_border=cfg.tv_border)
 
     def initial(self, obs: Observation, model: nn.Module, generator: torch.Generator) -> torch.Tensor:
         c, h, w = obs.input_shape
