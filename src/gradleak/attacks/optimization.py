@@ -120,6 +120,9 @@ class GradientMatchingAttack(Attack):
         if distance not in DISTANCES:
             raise GradleakError(f"bad value {distance!r} for attack.distance; allowed: "
                                 f"{', '.join(DISTANCES)}")
+        if tv_border not in TV_BORDERS:
+            raise GradleakError(f"bad value {tv_border!r} for attack.tv_border; allowed: "
+                                f"{', '.join(TV_BORDERS)}")
         self.iterations, self.lr, self.restarts = iterations, lr, restarts
         self.labels, self.init, self.lr_decay = labels, init, lr_decay
         self.distance_name, self.distance = distance, DISTANCES[distance]
@@ -130,9 +133,6 @@ class GradientMatchingAttack(Attack):
         self.learn_labels = learn_labels
         self.keep = keep
         self.group, self.group_weight, self.group_every = group, group_weight, group_every
-        if tv_border not in TV_BORDERS:
-            raise GradleakError(f"bad value {tv_border!r} for attack.tv_border; allowed: "
-                                f"{', '.join(TV_BORDERS)}")
         self.tv_border = tv_border
 
     @classmethod
@@ -262,7 +262,7 @@ class GradientMatchingAttack(Attack):
                         matches.append(match)
                     if consensus["value"] is not None:
                         total = total + self.group_weight * group_consistency(free[0], consensus["value"])
-                    return total, torch.stack(matches).mean()
+                    return total, matches[0] if len(matches) == 1 else torch.stack(matches).mean()
 
                 # The best iterate so far. A step's loss belongs to the iterate before its update,
                 # so the stepper reports it before updating and we snapshot the free tensors then:
