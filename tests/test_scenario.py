@@ -26,7 +26,7 @@ def _walk(obj, seen=None, depth=0):
         return
     seen.add(id(obj))
     yield obj
-    if isinstance(obj, torch.Tensor) or isinstance(obj, str | bytes | int | float | bool):
+    if isinstance(obj, torch.Tensor | str | bytes | int | float | bool):
         return
     if isinstance(obj, nn.Module):
         children = [*obj.state_dict(keep_vars=True).values(), *vars(obj).values()]
