@@ -59,6 +59,10 @@ class ModelConfig:
                      help="'uniform' is DLG's U(-0.5, 0.5) init")
     checkpoint: str | None = _opt(None, help="state_dict file of a trained global model")
     normalize: bool = _opt(True, help="standardise inputs with the dataset mean/std inside the model")
+    input_mean: list[float] | None = _opt(None, help="per-channel mean the model expects instead of "
+                                          "the dataset's (with normalize=true)")
+    input_std: list[float] | None = _opt(None, minimum=0.0, help="per-channel std the model "
+                                         "expects instead of the dataset's (with normalize=true)")
     small_input: bool = _opt(True, help="zoo models: CIFAR-size stem that keeps detail at 32 px")
     skip_cuts: list[int] = _opt([], minimum=1,
                                 help="ResNets: 1-based residual blocks whose identity path is cut")
