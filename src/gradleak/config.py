@@ -40,6 +40,10 @@ class DataConfig:
     split: str = _opt("train", choices=("train", "test"))
     indices: list[int] | None = _opt(None, help="explicit victim sample indices")
     distinct_labels: bool = _opt(True, help="draw victim samples with distinct labels when possible")
+    test_root: str | None = _opt(None, help="imagefolder/npz: the held-out test data (a class "
+                                 "folder tree or a .npz file) when it is not under data.root")
+    holdout: float = _opt(0.2, minimum=0.0, help="imagefolder/npz without a test split: share of "
+                          "each class held out as the test split, never used for training")
 
 
 @dataclass
