@@ -80,8 +80,19 @@ class ClientConfig:
     protocol: str = _opt("fedsgd", choices=("fedsgd", "fedavg"))
     local_epochs: int = _opt(1, minimum=1, help="E")
     batch_size: int | None = _opt(None, minimum=1, help="B; null means all N samples")
-    lr: float = _opt(0.1, minimum=0.0, help="local SGD learning rate")
-    bn_mode: str = _opt("eval", choices=("eval", "train"))
+    lr: float = _opt(0.1, minimum=0.0, help="local learning rate")
+    bn_mode: str = _opt("auto", choices=("auto", "eval", "train"),
+                        help="BatchNorm while training: auto = train for fedavg (what "
+                             "model.train() does), eval for fedsgd")
+    optimizer: str = _opt("sgd", choices=("sgd", "adam", "adamw"),
+                          help="fedavg: the client's local optimiser (Adam betas 0.9/0.999)")
+    momentum: float = _opt(0.0, minimum=0.0, help="fedavg, sgd: momentum (dampening 0)")
+    nesterov: bool = _opt(False, help="fedavg, sgd: Nesterov momentum (needs momentum > 0)")
+    weight_decay: float = _opt(0.0, minimum=0.0,
+                               help="fedavg: L2 added to the gradient (adamw: decoupled)")
+    augment: str = _opt("none", choices=("none", "flip", "crop_flip"),
+                        help="per-sample random flips / CIFAR crop (pad R/8) + flip")
+    label_smoothing: float = _opt(0.0, minimum=0.0, help="cross-entropy label smoothing, < 1")
 
 
 @dataclass
