@@ -19,13 +19,13 @@ from gradleak.attacks import build_attack, observe
 from gradleak.attacks.adaptive import attach_adaptive
 from gradleak.attacks.base import Reconstruction
 from gradleak.config import Config
-from gradleak.data import build_dataset
+from gradleak.data import build_dataset, describe_dataset
 from gradleak.data.sampling import select_victim_samples
 from gradleak.defenses import build_defense
 from gradleak.errors import GradleakError
 from gradleak.fl.client import ClientSetup, SharedUpdate, client_update
 from gradleak.io import write_json, write_text
-from gradleak.models import build_model, count_parameters
+from gradleak.models import build_model, count_parameters, recorded_model_config
 from gradleak.provenance import git_commit, seed_everything, versions
 from gradleak.report.images import save_comparison
 from gradleak.threat import ThreatModel
@@ -120,6 +120,7 @@ def run_scenario(cfg: Config, *, progress: bool = False) -> RunOutput:
         "loss_history": recon.history,
         "scenario": {
             "dataset": dataset.name,
+            "data": describe_dataset(dataset),
             "victim_indices": indices,
             "protocol": setup.protocol,
             "local_updates": setup.local_updates,
@@ -128,7 +129,7 @@ def run_scenario(cfg: Config, *, progress: bool = False) -> RunOutput:
             "threat": threat.describe(),
         },
         "warnings": notes,
-        "config": cfg.to_dict(),
+        "config": {**cfg.to_dict(), "model": recorded_model_config(cfg.model)},
         "config_digest": cfg.digest(),
         "versions": versions(),
         "git_commit": git_commit(),

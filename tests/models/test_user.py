@@ -185,3 +185,33 @@ def test_prepare_user_model_api():
         prepare_user_model(net, mean=(0.5,), std=(0.2,), num_classes=10, resolution=8, channels=3)
     with pytest.raises(GradleakError, match="must be a torch.nn.Module"):
         prepare_user_model("resnet", mean=(0.5,), std=(0.2,))
+
+
+def test_cli_attack_with_own_model_and_npz(user_file, tmp_path, capsys):
+    """End to end: `gradleak attack` on the user's model file and .npz data."""
+    import json
+
+    import numpy as np
+    import yaml
+
+    from gradleak.cli import main
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8),
+             y=np.arange(12) % 3)
+    out = tmp_path / "run"
+    code = main(["attack", "--out", str(out), f"model.name={user_file}:TinyCNN",
+                 "data.dataset=npz", f"data.root={tmp_path / 'd.npz'}", "data.resolution=16",
+                 "data.num_samples=2", "client.protocol=fedavg", "client.optimizer=adam",
+                 "client.lr=0.01", "threat.knows_client_config=true", "attack.iterations=3",
+                 "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((out / "result.json").read_text())
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model"]["name"] == f"{user_file}:TinyCNN" and "width" not in saved["model"]
+    assert saved["client"]["optimizer"] == "adam"
+    data = result["scenario"]["data"]
+    assert data["name"] == "npz" and "held out" in data["split"] and "NHWC" in data["transform"]
+    code = main(["attack", "--out", str(tmp_path / "bad"), "model.name=nofile.py:X", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "nofile.py" in err and "Traceback" not in err
