@@ -4,7 +4,7 @@ A defense is a function ``defense(update, *, generator=None, **params) -> Shared
 apart from the seeded ``generator``, so any FL code can use it on its own. Its keyword-only
 ``params`` are named after :class:`DefenseConfig` fields; ``build_defense(cfg)`` binds them.
 Defenses transform ``update.tensors`` only and never modify their input; ``kind``,
-``num_samples`` and ``bn_statistics`` are passed through.
+``num_samples`` are passed through.
 """
 
 from __future__ import annotations
