@@ -34,13 +34,13 @@ from gradleak import metrics
 from gradleak.attacks import build_attack, observe
 from gradleak.attacks.base import Attack, Observation, Reconstruction
 from gradleak.config import Config
-from gradleak.data import build_dataset
+from gradleak.data import build_dataset, describe_dataset
 from gradleak.data.base import ImageDataset
 from gradleak.data.sampling import select_victim_samples
 from gradleak.defenses import build_defense
 from gradleak.errors import GradleakError
 from gradleak.fl.client import ClientRound, ClientSetup, SharedUpdate, client_round
-from gradleak.models import build_model, count_parameters
+from gradleak.models import build_model, count_parameters, recorded_model_config
 from gradleak.provenance import git_commit, seed_everything, versions
 from gradleak.threat import ThreatModel
 
@@ -245,7 +245,8 @@ class Scenario:
 
     def describe(self) -> dict[str, Any]:
         """The ``scenario`` block of ``result.json``."""
-        return {"dataset": self.dataset.name, "victim_indices": self.indices,
+        return {"dataset": self.dataset.name, "data": describe_dataset(self.dataset),
+                "victim_indices": self.indices,
                 "protocol": self.setup.protocol, "local_updates": self.setup.local_updates,
                 "model_parameters": count_parameters(self.model),
                 "data_dimension": int(self.images.numel()), "threat": self.threat.describe()}
@@ -267,7 +268,7 @@ class Scenario:
             "loss_history": recon.history,
             "scenario": self.describe(),
             "warnings": [*score.warnings, *self.notes()],
-            "config": cfg.to_dict(),
+            "config": {**cfg.to_dict(), "model": recorded_model_config(cfg.model)},
             "config_digest": cfg.digest(),
             "versions": versions(),
             "git_commit": git_commit(),

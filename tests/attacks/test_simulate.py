@@ -23,7 +23,10 @@ from gradleak.models import build_model
 
 def _model(norm="none"):
     torch.manual_seed(0)
-    return build_model(ModelConfig(name="convnet", width=4, norm=norm), num_classes=4,
+    # No conv bias before train-mode BN: its true gradient is exactly 0, and Adam would turn the
+    # float noise there into steps of +-lr that no replay can reproduce (nor needs to).
+    return build_model(ModelConfig(name="convnet", width=4, norm=norm, bias=norm == "none"),
+                       num_classes=4,
                        channels=3, resolution=8, mean=(0.5,) * 3, std=(0.25,) * 3)
 
 

@@ -61,7 +61,7 @@ def test_optimizers_are_torch_optim(kw):
     local = _model()
     name = kw["optimizer"]
     opt = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[name](
-        local.parameters(), **{k: v for k, v in kw.items() if k != "optimizer"})
+        local.parameters(), **{"lr": setup.lr, **{k: v for k, v in kw.items() if k != "optimizer"}})
     for batch in client_batch_order(setup, client_generators(0)[0]):
         opt.zero_grad()
         F.cross_entropy(local(x[batch]), y[batch]).backward()
@@ -81,7 +81,7 @@ def test_label_smoothing_changes_the_gradient():
                                 list(model.parameters()))
     for (n, _), g in zip(model.named_parameters(), grads, strict=True):
         torch.testing.assert_close(smooth.tensors[n], g)
-    assert not torch.allclose(plain.tensors["net.3.bias"], smooth.tensors["net.3.bias"])
+    assert not torch.allclose(plain.tensors["net.3.weight"], smooth.tensors["net.3.weight"])
 
 
 def test_augmentation_uses_the_client_seed_only():
@@ -92,7 +92,7 @@ def test_augmentation_uses_the_client_seed_only():
     c = client_update(model, x, y, setup, seed=5)
     plain = client_update(model, x, y, _setup(protocol="fedavg", local_epochs=2, batch_size=2),
                           seed=4)
-    key = "net.0.weight"
+    key = "net.0.0.weight"
     assert torch.equal(a.tensors[key], b.tensors[key])
     assert not torch.equal(a.tensors[key], c.tensors[key])
     assert not torch.allclose(a.tensors[key], plain.tensors[key])
@@ -144,6 +144,6 @@ def test_user_local_train_function():
                                                                      model.named_parameters()}
     assert all(torch.equal(update.tensors[k], again.tensors[k]) for k in update.tensors)
     assert update.tensors["net.3.weight"].abs().sum() > 0
-    with pytest.raises(GradleakError, match="missing 'net.0.weight'"):
+    with pytest.raises(GradleakError, match="missing 'net.0.0.weight'"):
         client_update(model, x, y, ClientSetup.from_config(
             ClientConfig(protocol="fedavg"), 4, local_train=lambda *a: {}), seed=0)

@@ -7,6 +7,10 @@ difference with the shared one. What the attacker cannot know is replayed with i
 the client's shuffling (its own order) and data augmentation (none: random crops and flips are
 drawn per sample from the client's private generator, so the replay uses the plain images).
 
+Replayed with the true images and order, the simulation reproduces the client's update to float
+precision, except where a parameter's true gradient is exactly zero (a conv bias right before
+train-mode BatchNorm): Adam turns the float noise there into steps of about +-lr on both sides.
+
 A user-supplied local-training function (``ClientSetup.local_train``) is replayed by calling it on
 the attacker's parameters and dummy images; it must be differentiable in the images
 (``torch.func`` style), else the attack refuses with one line.
