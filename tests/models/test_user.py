@@ -48,6 +48,14 @@ USER_CODE = textwrap.dedent('''
         pass
 
     WIDTH = 4
+
+    class FrozenStem(TinyCNN):
+        """Fine-tuning only the head: the client shares no update for the frozen layers."""
+
+        def __init__(self, num_classes):
+            super().__init__(num_classes)
+            for p in [*self.conv1.parameters(), *self.bn1.parameters()]:
+                p.requires_grad_(False)
 ''')
 
 
@@ -215,3 +223,16 @@ def test_cli_attack_with_own_model_and_npz(user_file, tmp_path, capsys):
     code = main(["attack", "--out", str(tmp_path / "bad"), "model.name=nofile.py:X", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "nofile.py" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("protocol", [
+    ["client.protocol=fedsgd"],
+    ["client.protocol=fedavg", "client.batch_size=1", "threat.knows_client_config=true"],
+])
+def test_frozen_layers_are_not_matched(user_file, tmp_path, protocol, capsys):
+    from gradleak.cli import main
+
+    code = main(["attack", "--out", str(tmp_path / "run"), f"model.name={user_file}:FrozenStem",
+                 "data.resolution=16", "data.num_samples=2", "attack.iterations=2", *protocol,
+                 "--quiet"])
+    assert code == 0, capsys.readouterr().err

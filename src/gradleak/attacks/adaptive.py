@@ -174,6 +174,6 @@ def matched_transform(defense: DefenseConfig, update: SharedUpdate, model: nn.Mo
     (those of ``model`` selected by the attack's ``layers`` prefixes, in model order)."""
     from gradleak.attacks.optimization import select_layers
 
-    all_names = [n for n, _ in model.named_parameters()]
+    all_names = [n for n, _ in model.named_parameters() if n in update.tensors]
     names = [all_names[i] for i in select_layers(all_names, layers)]
     return transform_for(defense, update, names)

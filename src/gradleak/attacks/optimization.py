@@ -193,7 +193,8 @@ class GradientMatchingAttack(Attack):
         set_bn_mode(model, obs.bn_mode, dropout=False)
         for p in model.parameters():
             p.requires_grad_(True)
-        all_names = [n for n, _ in model.named_parameters()]
+        # The parameters the client trained and shared (a user model may freeze some).
+        all_names = [n for n, _ in model.named_parameters() if n in obs.update.tensors]
         chosen = select_layers(all_names, self.layers)
         by_name = dict(model.named_parameters())
         simulate = obs.protocol == "fedavg" and obs.client is not None

@@ -34,6 +34,11 @@ LocalTrain = Callable[..., dict[str, torch.Tensor]]
 BN_AUTO = {"fedsgd": "eval", "fedavg": "train"}
 
 
+def resolve_bn_mode(mode: str, protocol: str) -> str:
+    """``client.bn_mode`` as trained: ``auto`` is train for FedAvg, eval for FedSGD."""
+    return BN_AUTO.get(protocol, "eval") if mode == "auto" else mode
+
+
 @dataclass(frozen=True)
 class ClientSetup:
     """The client's local training details (the paper's level-3 knowledge).
@@ -56,8 +61,7 @@ class ClientSetup:
     local_train: LocalTrain | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if self.bn_mode == "auto":
-            object.__setattr__(self, "bn_mode", BN_AUTO.get(self.protocol, "eval"))
+        object.__setattr__(self, "bn_mode", resolve_bn_mode(self.bn_mode, self.protocol))
         check_training(self)
 
     @classmethod
