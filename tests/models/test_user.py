@@ -142,10 +142,10 @@ def test_wrong_output_shape_is_caught(user_file):
         _build(f"{path}:three", classes=5)
 
 
-def test_builtin_switches_refused_and_left_out_of_record(user_file):
+def test_builtin_switches_ignored_and_left_out_of_record(user_file):
     name = f"{user_file}:TinyCNN"
-    with pytest.raises(GradleakError, match="model.width does not apply to your own model"):
-        _build(name, width=8)
+    with pytest.warns(UserWarning, match="ignored for your own model .*: model.width, model.norm "):
+        _build(name, width=8, norm="none")
     cfg = load_config(None, [f"model.name={name}"]).model
     record = recorded_model_config(cfg)
     assert record["name"] == name and "width" not in record and "depth" not in record

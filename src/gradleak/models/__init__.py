@@ -10,6 +10,7 @@ and is registered with ``@register_model(name)``.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def build_model(cfg: ModelConfig, *, num_classes: int, channels: int, resolution
         raise GradleakError(f"model.dense_connections={cfg.dense_connections!r} needs one of "
                             f"{', '.join(DENSE_PATTERN_MODELS)}, not model.name={cfg.name!r}")
     if is_user_model(cfg.name):
-        _refuse_switches(cfg)
+        _ignored_switches(cfg)
         net = build_user_network(cfg.name, num_classes=num_classes, channels=channels,
                                  resolution=resolution)
     else:
@@ -72,16 +73,18 @@ def build_model(cfg: ModelConfig, *, num_classes: int, channels: int, resolution
     return model
 
 
-def _refuse_switches(cfg: ModelConfig) -> None:
+def _ignored_switches(cfg: ModelConfig) -> None:
     """A user model has its own architecture: built-in switches set away from their defaults
-    would be silently ignored, so they are refused."""
+    (e.g. by an audit plan written for the built-in ConvNet) are ignored with a warning, and
+    left out of the recorded config (:func:`recorded_model_config`)."""
     defaults = ModelConfig()
     changed = [f.name for f in dataclasses.fields(cfg) if f.name not in USER_MODEL_KEYS
                and getattr(cfg, f.name) != getattr(defaults, f.name)]
     if changed:
-        raise GradleakError(f"model.{changed[0]} does not apply to your own model "
-                            f"model.name={cfg.name!r} (it switches the built-in models); "
-                            f"keys that apply: {', '.join('model.' + k for k in USER_MODEL_KEYS)}")
+        warnings.warn(f"ignored for your own model {cfg.name!r}: "
+                      f"{', '.join('model.' + k for k in changed)} (built-in model switches; "
+                      f"keys that apply: {', '.join('model.' + k for k in USER_MODEL_KEYS)})",
+                      stacklevel=3)
 
 
 def recorded_model_config(cfg: ModelConfig) -> dict[str, Any]:
