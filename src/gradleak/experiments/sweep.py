@@ -28,9 +28,9 @@ from typing import Any
 import yaml
 
 from gradleak.errors import GradleakError
-from gradleak.experiments.kinds import execute
 from gradleak.experiments.spec import Plan, RunSpec
 from gradleak.experiments.store import ResultStore
+from gradleak.experiments.worker import execute
 from gradleak.io import write_text
 from gradleak.provenance import git_commit, versions
 
