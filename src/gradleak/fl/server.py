@@ -46,13 +46,7 @@ from gradleak.data import build_dataset
 from gradleak.data.base import ImageDataset
 from gradleak.data.sampling import select_victim_samples
 from gradleak.errors import GradleakError
-from gradleak.fl.client import (
-    ClientSetup,
-    SharedUpdate,
-    client_update,
-    resolve_bn_mode,
-    set_bn_mode,
-)
+from gradleak.fl.client import ClientSetup, SharedUpdate, client_update, resolve_bn_mode, set_bn_mode
 from gradleak.fl.partition import partition_indices
 from gradleak.io import atomic_write
 
