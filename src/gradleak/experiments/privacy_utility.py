@@ -34,6 +34,7 @@ import torch
 
 from gradleak.attacks import build_attack
 from gradleak.config import Config, set_key
+from gradleak.data import describe_dataset
 from gradleak.errors import GradleakError
 from gradleak.fl.server import FederatedRun, dataset_tensors, run_federated
 from gradleak.images import save_comparison
@@ -240,6 +241,8 @@ def _row(point: GridPoint, run: FederatedRun, score: Score, fl_seconds: float,
         "secure_aggregation": res.secure_aggregation,
         "fl_seconds": round(fl_seconds, 3),
         "attack_seconds": round(attack_seconds, 3),
+        # Where the accuracy was measured (e.g. a held-out part when the data had no test split).
+        "test_data": describe_dataset(run.test)["split"],
     }
 
 
