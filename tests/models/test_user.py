@@ -236,3 +236,16 @@ def test_frozen_layers_are_not_matched(user_file, tmp_path, protocol, capsys):
                  "data.resolution=16", "data.num_samples=2", "attack.iterations=2", *protocol,
                  "--quiet"])
     assert code == 0, capsys.readouterr().err
+
+
+def test_user_file_may_import_its_siblings(tmp_path):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "gl_test_blocks.py").write_text(USER_CODE)
+    (folder / "net.py").write_text("from gl_test_blocks import TinyCNN as Net\n")
+    try:
+        assert _build(f"{folder / 'net.py'}:Net")(torch.rand(1, 3, 16, 16)).shape == (1, 5)
+    finally:
+        sys.modules.pop("gl_test_blocks", None)
+        if str(folder) in sys.path:
+            sys.path.remove(str(folder))

@@ -53,6 +53,11 @@ def _import_file(path: Path, spec_text: str) -> Any:
         raise GradleakError(f"model.name={spec_text!r}: cannot import {str(path)!r} as Python")
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module  # dataclasses and pickling look the module up here
+    # The file may import its siblings (``from layers import Block``), as under ``python file.py``;
+    # appended, not prepended, so a sibling never shadows an installed module.
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.append(folder)
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # the user's code may raise anything; report it in one line
