@@ -115,8 +115,11 @@ def _test_root(cfg: DataConfig) -> Path | None:
 
 @register_dataset("imagefolder")
 def load_imagefolder(cfg: DataConfig) -> ImageFolderDataset:
-    """Folder tree under ``data.root`` (classes: sorted sub-folders); test split from
-    ``data.test_root``, ``test/`` or ``val/``, else a held-out part (``data.holdout``)."""
+    """Folder tree data.root/<class>/*.jpg|png; test split: data.test_root, test/, val/ or held out.
+
+    Classes are the sorted sub-folder names; without a test folder ``data.holdout`` of each class
+    is held out as the test split and removed from the train split.
+    """
     if not cfg.root:
         raise GradleakError(f"dataset imagefolder needs data.root: {_LAYOUT}")
     root = Path(cfg.root).expanduser()
