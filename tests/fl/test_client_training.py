@@ -14,7 +14,7 @@ from gradleak.fl.client import (
     client_generators,
     client_update,
 )
-from gradleak.models import build_model
+from gradleak.models import build_model, prepare_user_model
 
 
 def _model(norm="none"):
@@ -147,3 +147,14 @@ def test_user_local_train_function():
     with pytest.raises(GradleakError, match="missing 'net.0.0.weight'"):
         client_update(model, x, y, ClientSetup.from_config(
             ClientConfig(protocol="fedavg"), 4, local_train=lambda *a: {}), seed=0)
+
+
+def test_train_mode_bn_on_single_values_is_a_one_line_error():
+    from torch import nn
+
+    net = nn.Sequential(nn.Conv2d(3, 2, 8), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 4))
+    model, (x, y) = prepare_user_model(net, normalize=False), _data(2)
+    setup = _setup(2, protocol="fedavg", batch_size=1)
+    with pytest.raises(GradleakError, match="bn_mode=train .* batches of 1.*bn_mode=eval"):
+        client_update(model, x, y, setup, seed=0)
+    client_update(model, x, y, _setup(2, protocol="fedavg", batch_size=1, bn_mode="eval"), seed=0)

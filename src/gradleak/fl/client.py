@@ -188,10 +188,18 @@ def client_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     local = copy.deepcopy(model)
     set_bn_mode(local, setup.bn_mode)
     names = [n for n, p in local.named_parameters() if p.requires_grad]
-    if setup.protocol == "fedsgd":
-        tensors = local_gradient(local, names, images, labels, setup, seed=seed)
-        return SharedUpdate("gradient", tensors, setup.num_samples)
-    tensors = local_training(local, names, images, labels, setup, seed=seed)
+    try:
+        if setup.protocol == "fedsgd":
+            tensors = local_gradient(local, names, images, labels, setup, seed=seed)
+            return SharedUpdate("gradient", tensors, setup.num_samples)
+        tensors = local_training(local, names, images, labels, setup, seed=seed)
+    except ValueError as exc:  # torch's BatchNorm on a single value per channel
+        if "more than 1 value per channel" not in str(exc):
+            raise
+        raise GradleakError(f"client.bn_mode={setup.bn_mode} (FedAvg's default) cannot train this "
+                            f"model on batches of {setup.batch_size}: a BatchNorm layer sees one "
+                            "value per channel; set client.bn_mode=eval or client.batch_size >= 2"
+                            ) from None
     return SharedUpdate("model_delta", tensors, setup.num_samples)
 
 
