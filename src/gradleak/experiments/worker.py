@@ -8,11 +8,13 @@ import socket
 import time
 import traceback
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from gradleak.errors import GradleakError
 from gradleak.experiments.kinds import KINDS, RunContext
+from gradleak.plugins import load_plugins
 
 
 def _error_text(exc: BaseException) -> str:
@@ -23,9 +25,11 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
-def execute(run: dict[str, Any], out: str, *, profile: str, threads: int = 1) -> dict[str, Any]:
+def execute(run: dict[str, Any], out: str, *, profile: str, threads: int = 1,
+            plugins: Sequence[str] = ()) -> dict[str, Any]:
     """Execute one run (a :meth:`RunSpec.to_dict`) and return its store row; never raises for a
-    failing run: the row then has ``status='failed'`` and the error."""
+    failing run: the row then has ``status='failed'`` and the error. ``plugins``: the driver's
+    plug-ins, imported here first (a spawned process or a Ray task starts without them)."""
     import torch
 
     from gradleak.config import flatten
@@ -45,6 +49,7 @@ def execute(run: dict[str, Any], out: str, *, profile: str, threads: int = 1) ->
                            "worker": f"{socket.gethostname()}:{os.getpid()}"}
     started = time.perf_counter()
     try:
+        load_plugins(plugins)
         unresolved = spec.config(resolve=None)
         row["config_hash"] = unresolved.digest()
         row.update(flatten(unresolved.to_dict()))
