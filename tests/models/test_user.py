@@ -123,6 +123,7 @@ def test_bad_names_are_one_line_errors(user_file):
                                     "failed: ValueError: needs resolution 224",
         f"{user_file}:make_tensor": "returned a Tensor",
         "no_such_pkg_xyz.mod:Net": "no module named 'no_such_pkg_xyz'",
+        "os:system": "system is a builtin_function_or_method; expected an nn.Module",
         f"{user_file}:": "expected model.name=path/to/file.py:NAME",
     }
     for name, message in cases.items():

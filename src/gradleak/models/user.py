@@ -9,6 +9,7 @@ images in [0, 1] like every built-in model, normalising them first when asked.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -99,10 +100,13 @@ def resolve_factory(spec_text: str) -> Callable[..., nn.Module]:
 
 
 def _usable(obj: Any) -> bool:
+    """An ``nn.Module`` class or a Python function (or ``functools.partial`` of one): not any
+    callable, so a name can never reach builtins such as ``os.system``."""
     if inspect.isclass(obj):
         return issubclass(obj, nn.Module)
-    return inspect.isfunction(obj) or inspect.isbuiltin(obj) or (
-        callable(obj) and not isinstance(obj, (nn.Module, torch.Tensor)) and not inspect.ismodule(obj))
+    if isinstance(obj, functools.partial):
+        return _usable(obj.func)
+    return inspect.isfunction(obj)
 
 
 def build_arguments(factory: Callable[..., Any], values: dict[str, int]) -> dict[str, int]:
