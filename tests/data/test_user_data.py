@@ -204,3 +204,22 @@ def test_from_torch_dataset_refuses_normalised_or_odd_items():
         from_torch_dataset(_Pairs(torch.rand(2, 3, 4, 4), [-1, 0]))
     with pytest.raises(GradleakError, match="bad std"):
         from_torch_dataset(_Pairs(torch.rand(2, 3, 4, 4), [0, 1]), mean=(0.5,), std=(0.0,))
+
+
+def test_scenario_runs_on_a_torch_dataset_and_a_prepared_module():
+    """The Python path: any Dataset + any nn.Module, wrapped by gradleak's helpers."""
+    from torch import nn
+
+    from gradleak.config import load_config
+    from gradleak.models import prepare_user_model
+    from gradleak.scenario import Scenario
+
+    g = torch.Generator().manual_seed(0)
+    source = _Pairs(torch.rand(6, 3, 12, 12, generator=g), [0, 1, 2, 0, 1, 2])
+    data = from_torch_dataset(source, resolution=8)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
+    model = prepare_user_model(net, mean=data.mean, std=data.std, num_classes=3, resolution=8)
+    cfg = load_config(None, ["data.num_samples=2", "attack.iterations=2"])
+    run = Scenario.from_config(cfg, model=model, data=data).run()
+    assert run.truth.shape == (2, 3, 8, 8)
+    assert "resized from 12x12 to 8x8" in run.result["scenario"]["data"]["transform"]
