@@ -37,7 +37,7 @@ from gradleak.config import DataConfig
 from gradleak.data import build_dataset
 from gradleak.data.base import ImageDataset, TensorImageDataset
 from gradleak.errors import GradleakError
-from gradleak.io import atomic_write
+from gradleak.io import atomic_write, load_weights
 from gradleak.models.generator import DCGANDiscriminator, DCGANGenerator, save_generator
 
 CHECKPOINT = "checkpoint.pt"
@@ -254,11 +254,7 @@ def train_generator(data: DataConfig, out: str | Path, settings: GeneratorTraini
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise GradleakError(f"cannot resume from {str(path)!r}: {first}; delete it or use --fresh") from None
+    state = load_weights(path, f"checkpoint {str(path)!r} (delete it or use --fresh)")
     needed = ("step", "generator", "discriminator", "opt_g", "opt_d", "rng", "settings", "data")
     if not isinstance(state, dict) or any(k not in state for k in needed):
         raise GradleakError(f"cannot resume from {str(path)!r}: not a train-generator checkpoint; "
