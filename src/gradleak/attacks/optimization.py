@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from gradleak.attacks.base import Attack, Observation, Reconstruction
 from gradleak.attacks.labels import infer_labels
@@ -37,6 +36,7 @@ from gradleak.attacks.simulate import batch_order, simulated_delta
 from gradleak.config import AttackConfig
 from gradleak.errors import GradleakError
 from gradleak.fl.client import set_bn_mode
+from gradleak.progress import tqdm
 from gradleak.threat import Knowledge
 
 

@@ -18,7 +18,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
 
 from gradleak.analysis.igsa import igsa, normalise_stages  # noqa: E402
 from gradleak.config import Config, load_config  # noqa: E402
@@ -28,6 +27,7 @@ from gradleak.errors import GradleakError  # noqa: E402
 from gradleak.fl.server import run_federated  # noqa: E402
 from gradleak.io import atomic_write, write_text  # noqa: E402
 from gradleak.models import build_model  # noqa: E402
+from gradleak.progress import tqdm  # noqa: E402
 from gradleak.runner import run_scenario  # noqa: E402
 
 FIELDS = ["round", "accuracy", "igsa", "igsa_normalised", "psnr", "ssim", "lpips", "mse"]

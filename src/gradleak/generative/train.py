@@ -31,7 +31,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
-from tqdm.auto import tqdm
 
 from gradleak.config import DataConfig
 from gradleak.data import build_dataset
@@ -39,6 +38,7 @@ from gradleak.data.base import ImageDataset, TensorImageDataset
 from gradleak.errors import GradleakError
 from gradleak.io import atomic_write, load_weights
 from gradleak.models.generator import DCGANDiscriminator, DCGANGenerator, save_generator
+from gradleak.progress import tqdm
 
 CHECKPOINT = "checkpoint.pt"
 GENERATOR = "generator.pt"
