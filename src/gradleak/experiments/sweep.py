@@ -29,14 +29,9 @@ Every worker calls :func:`worker_setup` first (the hook where plug-ins get impor
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import os
-import signal
-import sys
-import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -50,6 +45,7 @@ from gradleak.errors import GradleakError
 from gradleak.experiments.kinds import execute
 from gradleak.experiments.spec import Plan, RunSpec
 from gradleak.experiments.store import ResultStore
+from gradleak.experiments.workers import init_worker, worker_setup
 from gradleak.io import write_text
 from gradleak.provenance import git_commit, versions
 
@@ -81,37 +77,6 @@ def save_plan(plan: Plan, out: Path) -> Path:
     return path
 
 
-def worker_setup() -> None:
-    """Run at the start of every worker (local pool process, Ray task, or the main process when
-    ``jobs=1``) before any run: the single place for per-worker setup such as plug-ins."""
-
-
-def _die_with_parent(parent: int) -> None:
-    """Make this worker exit when the sweep's main process dies, even by SIGKILL."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:  # died before prctl took effect
-        os._exit(1)
-
-    def watchdog() -> None:  # fallback where prctl is missing (macOS) or the parent was re-parented
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    threading.Thread(target=watchdog, name="gradleak-parent-watchdog", daemon=True).start()
-
-
-def _init_worker(parent: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    _die_with_parent(parent)
-    worker_setup()
-
-
 def _local(todo: list[RunSpec], out: str, kwargs: dict[str, Any], jobs: int, threads: int,
            put: Callable[[dict[str, Any]], None]) -> None:
     if jobs == 1:
@@ -122,7 +87,7 @@ def _local(todo: list[RunSpec], out: str, kwargs: dict[str, Any], jobs: int, thr
     old = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the spawned workers
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
-                               initializer=_init_worker, initargs=(os.getpid(),))
+                               initializer=init_worker, initargs=(os.getpid(),))
     pending = {}
     try:
         pending = {pool.submit(execute, run.to_dict(), out, threads=threads, **kwargs): run
