@@ -29,9 +29,10 @@ def format_metrics(metrics: dict, keys: tuple[str, ...] = ("psnr", "ssim", "lpip
 
 def cmd_attack(args: argparse.Namespace) -> int:
     from gradleak.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # before importing torch: bad input fails fast
     from gradleak.runner import run_scenario, write_run
 
-    cfg = load_config(args.config, args.overrides)
     run = run_scenario(cfg, progress=not args.quiet)
     path = write_run(args.out, run)
     print(f"{format_metrics(run.result['metrics'])}  ->  {path}")

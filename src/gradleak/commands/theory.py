@@ -56,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     if args.samples < 2:
         print("note: with one sample the analytic ratio stays exact for any U; use --samples >= 2")
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    unknown = [a for a in attacks if a not in ("analytic", "ig")]
+    if unknown or not attacks:
+        raise GradleakError(f"bad value {args.attacks!r} for --attacks: a comma list of analytic, ig")
     out = Path(args.out)
     lemma = lemma41_check(args.overrides)
     print(f"Lemma 4.1: analytic attack on one FedSGD gradient, max |error| = "
