@@ -24,7 +24,7 @@ from gradleak.data.sampling import select_victim_samples
 from gradleak.defenses import build_defense
 from gradleak.errors import GradleakError
 from gradleak.fl.client import ClientSetup, SharedUpdate, client_update
-from gradleak.io import write_json, write_text
+from gradleak.io import atomic_write, write_json, write_text
 from gradleak.models import build_model, count_parameters
 from gradleak.provenance import git_commit, seed_everything, versions
 from gradleak.report.images import save_comparison
@@ -144,8 +144,8 @@ def write_run(out: str | Path, run: RunOutput) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", yaml.safe_dump(run.result["config"], sort_keys=False))
     save_comparison(out / "reconstruction.png", run.truth, run.matched)
-    torch.save({"truth": run.truth, "reconstruction": run.matched,
-                "candidates": run.reconstruction.candidates}, out / "tensors.pt.tmp")
-    (out / "tensors.pt.tmp").replace(out / "tensors.pt")
+    tensors = {"truth": run.truth, "reconstruction": run.matched,
+               "candidates": run.reconstruction.candidates}
+    atomic_write(out / "tensors.pt", lambda p: torch.save(tensors, p))  # unique temp name
     write_json(out / "result.json", run.result)
     return out / "result.json"
