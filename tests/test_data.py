@@ -291,11 +291,14 @@ def toy() -> TensorImageDataset:
 
 
 def test_sampling_explicit_indices(toy):
-    cfg = DataConfig(num_samples=3, indices=[7, 0, 7])
+    cfg = DataConfig(num_samples=3, indices=[7, 0, 9])
     images, labels, idx = select_victim_samples(toy, cfg, seed=0)
-    assert idx == [7, 0, 7]
+    assert idx == [7, 0, 9]
     assert images.shape == (3, 1, 4, 4) and labels.dtype == torch.long
-    assert torch.equal(images[1], toy.images[0]) and labels.tolist() == [1, 0, 1]
+    assert torch.equal(images[1], toy.images[0]) and labels.tolist()[:2] == [1, 0]
+    # The same sample twice is not a batch of two samples (issue 12): refused.
+    with pytest.raises(GradleakError, match="repeats"):
+        select_victim_samples(toy, DataConfig(num_samples=3, indices=[7, 0, 7]), seed=0)
 
 
 def test_sampling_bad_indices(toy):

@@ -253,7 +253,7 @@ def test_experiment_cli_list_and_bad_executor(tmp_path, capsys):
     assert all(name in text for name in PAPER)
     assert main(["experiment", "run", write_spec(tmp_path, TINY), "--out", str(tmp_path / "o"),
                  "--executor", "dask"]) == 2
-    assert "bad executor 'dask'" in capsys.readouterr().err
+    assert "invalid choice: 'dask'" in capsys.readouterr().err
 
 
 def test_ray_executor_on_a_local_instance_matches_the_local_executor(tmp_path):

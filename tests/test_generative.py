@@ -97,7 +97,7 @@ def test_load_generator_errors(tmp_path):
     with pytest.raises(GradleakError, match="does not exist.*train-generator"):
         load_generator(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_text("not a checkpoint")
-    with pytest.raises(GradleakError, match="not a torch checkpoint"):
+    with pytest.raises(GradleakError, match="not a torch weights file"):
         load_generator(tmp_path / "junk.pt")
     torch.save({"weights": {}}, tmp_path / "other.pt")
     with pytest.raises(GradleakError, match="'state_dict' and 'config'"):
@@ -106,7 +106,7 @@ def test_load_generator_errors(tmp_path):
             "config": {"latent_dim": 9, "channels": 3, "resolution": 16, "num_classes": 0,
                        "conditional": False, "width": 4}}
     torch.save(blob, tmp_path / "mismatch.pt")
-    with pytest.raises(GradleakError, match="does not fit its config"):
+    with pytest.raises(GradleakError, match="does not fit the model"):
         load_generator(tmp_path / "mismatch.pt")
 
 
@@ -287,25 +287,29 @@ class _Shift(torch.nn.Module):
 
 
 def test_rog_applies_the_postprocess_network(tmp_path, capsys):
+    from gradleak.attacks.postprocess import POSTPROCESS, save_postprocess
+
     exported = tmp_path / "post.pt2"
     program = torch.export.export(_Invert(), (torch.rand(2, 3, 16, 16),),
                                   dynamic_shapes=({0: torch.export.Dim.AUTO},))
     torch.export.save(program, str(exported))
-    shift = _Shift()
-    with torch.no_grad():
-        shift.shift.fill_(0.25)
+    shift = POSTPROCESS.get("residual_cnn")(channels=3, width=4, depth=2)
+    with torch.no_grad():  # the last conv outputs its bias only: x -> x + 0.25
+        shift.body[-1].weight.zero_()
+        shift.body[-1].bias.fill_(0.25)
     state = tmp_path / "post_state.pt"
-    torch.save({"class": f"{__name__}:_Shift", "kwargs": {"channels": 3},
-                "state_dict": shift.state_dict()}, state)
+    save_postprocess(state, "residual_cnn", shift, channels=3, width=4, depth=2)
 
     obs = _observation(_mlp(16), torch.rand(1, 3, 16, 16), torch.tensor([0]))
     settings = {"iterations": 5, "distance": "l2", "lr": 0.05, "signed": False}
     plain = ROG(**settings)(obs, seed=0)
-    inverted = ROG(**settings, postprocess=str(exported))(obs, seed=0)
+    inverted = ROG(**settings, postprocess=_Invert())(obs, seed=0)  # user code: a module object
     assert torch.allclose(inverted.images, 1 - plain.images)
     assert inverted.losses == plain.losses
     shifted = ROG(**settings, postprocess=str(state))(obs, seed=0)
     assert torch.allclose(shifted.images, (plain.images + 0.25).clamp(0, 1))
+    with pytest.raises(GradleakError, match="torch.export program, which carries code"):
+        ROG(**settings, postprocess=str(exported))(obs, seed=0)
 
     (tmp_path / "bad.pt").write_text("nope")
     assert main(["attack", "--out", str(tmp_path / "r"), "attack.name=rog", "attack.iterations=2",

@@ -7,8 +7,9 @@ import importlib
 import json
 import pkgutil
 import sys
+import tempfile
+import typing
 import warnings
-from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -16,53 +17,55 @@ import yaml
 from gradleak.errors import GradleakError
 
 
-def _load_audit_plan(path: str | None) -> dict:
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise GradleakError(f"audit plan {str(p)!r} does not exist")
-        return yaml.safe_load(p.read_text())
-    return yaml.safe_load(resources.files("gradleak").joinpath("configs/audit.yaml").read_text())
+def format_metrics(metrics: dict, keys: tuple[str, ...] = ("psnr", "ssim", "lpips",
+                                                           "label_accuracy")) -> str:
+    """``psnr=18.34 ssim=0.5123 ...``: 4 significant digits; null where not computable."""
+    parts = []
+    for key in keys:
+        value = metrics.get(key)
+        parts.append(f"{key}={value:.4g}" if isinstance(value, (int, float)) else f"{key}=null")
+    return " ".join(parts)
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
     from gradleak.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # before importing torch: bad input fails fast
     from gradleak.runner import run_scenario, write_run
 
-    cfg = load_config(args.config, args.overrides)
     run = run_scenario(cfg, progress=not args.quiet)
     path = write_run(args.out, run)
-    m = run.result["metrics"]
-    print(f"psnr={m['psnr']:.2f} ssim={m['ssim']:.3f} lpips={m['lpips']} "
-          f"label_accuracy={m['label_accuracy']:.2f}  ->  {path}")
+    print(f"{format_metrics(run.result['metrics'])}  ->  {path}")
     return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from gradleak.config import load_config
-    from gradleak.report.audit import render_audit
+    from gradleak.config import flatten, load_config
+    from gradleak.report.audit import load_audit_plan, render_audit
     from gradleak.runner import run_scenario, write_run
 
-    plan = _load_audit_plan(args.plan)
+    plan = load_audit_plan(args.plan)
     out = Path(args.out)
     scenarios = plan["scenarios"]
+    base = dict(flatten(plan.get("base") or {}))
     # Validate every scenario before spending minutes on the first one.
-    configs = [load_config(None, [f"{k}={v}" for k, v in s.get("set", {}).items()]
-                           + list(args.overrides), base=plan.get("base", {}))
+    configs = [load_config(None, args.overrides, base={**base, **dict(flatten(s.get("set") or {}))})
                for s in scenarios]
     for i, (scenario, cfg) in enumerate(zip(scenarios, configs, strict=True), 1):
         print(f"[{i}/{len(scenarios)}] {scenario.get('title', scenario['name'])}", flush=True)
         done = out / scenario["name"] / "result.json"
         if not args.rerun and done.is_file():
-            previous = json.loads(done.read_text())
-            if previous.get("config_digest") == cfg.digest():
+            try:
+                previous = json.loads(done.read_text())
+            except (OSError, ValueError):
+                previous = {}  # a damaged result is redone, not trusted
+            if isinstance(previous, dict) and previous.get("config_digest") == cfg.digest():
                 # An interrupted audit resumes: finished scenarios are not redone.
                 print("    done before (same config): kept", flush=True)
                 continue
         run = run_scenario(cfg, progress=not args.quiet)
         write_run(out / scenario["name"], run)
-        m = run.result["metrics"]
-        print(f"    psnr={m['psnr']:.2f} dB  lpips={m['lpips']}  ssim={m['ssim']:.3f}", flush=True)
+        print(f"    {format_metrics(run.result['metrics'])}", flush=True)
     md, page = render_audit(out, scenarios)
     print(f"report: {page}\n        {md}")
     return 0
@@ -121,8 +124,15 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors become one GradleakError line (exit 2), not usage text plus a line."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise GradleakError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gradleak",
         description="Audit how much of a client's data a server reconstructs from FL updates.",
         epilog="--plugin MODULE_OR_FILE (repeatable, anywhere; also $GRADLEAK_PLUGINS) imports "
@@ -178,33 +188,64 @@ def _take_plugins(argv: list[str]) -> tuple[list[str], list[str]]:
     return plugins, rest
 
 
+def check_out_folder(value: str, option: str = "--out") -> Path:
+    """Refuse an output folder that is empty, a file, or not creatable/writable, before any work.
+
+    Nothing is created here: the nearest existing ancestor must be a writable folder."""
+    if not value.strip():
+        raise GradleakError(f"{option} is empty; give a folder path")
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise GradleakError(f"{option} {value!r} exists and is not a folder")
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise GradleakError(f"{option} {value!r} cannot be created: {str(ancestor)!r} is a file")
+    try:  # os.access is wrong for root and read-only mounts: try for real
+        tempfile.TemporaryDirectory(dir=ancestor, prefix=".gradleak-probe-").cleanup()
+    except OSError as exc:
+        raise GradleakError(f"{option} {value!r} is not writable: {exc.strerror or exc}") from None
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one sub-command; bad input is one ``gradleak: error:`` line and exit code 2."""
     from gradleak.plugins import load_plugins
 
-    plugins, argv = _take_plugins(list(sys.argv[1:] if argv is None else argv))
-    try:  # plug-ins register their names before any config is resolved (docs/extending.md)
-        load_plugins(plugins)
-    except GradleakError as exc:
-        print(f"gradleak: error: {exc}", file=sys.stderr)
-        return 2
-    parser = build_parser()
-    # Overrides may sit between options (`attack --quiet a=1 --out X b=2`): collect them all.
-    args, extra = parser.parse_known_args(argv)
-    for item in extra:
-        if item.startswith("-") or not hasattr(args, "overrides"):
-            parser.error(f"unrecognized argument: {item}")
-        args.overrides.append(item)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("default")
-            warnings.formatwarning = _one_line_warning
+    warnings.onceregistry.clear()  # "once" is per command, also when main() is called in-process
+    with warnings.catch_warnings():
+        # Each distinct warning once per command (an audit's scenarios repeat the same notes).
+        warnings.simplefilter("once")
+        warnings.formatwarning = _one_line_warning
+        try:
+            plugins, argv = _take_plugins(list(sys.argv[1:] if argv is None else argv))
+            load_plugins(plugins)  # they register their names before any config is resolved
+            parser = build_parser()
+            # Overrides may sit between options (`attack --quiet a=1 --out X b=2`): collect them.
+            args, extra = parser.parse_known_args(argv)
+            for item in extra:
+                if item.startswith("-") or not hasattr(args, "overrides"):
+                    raise GradleakError(f"unrecognized argument: {item!r} (see gradleak "
+                                        f"{getattr(args, 'command', '')} --help)")
+                args.overrides.append(item)
+            if getattr(args, "out", None) is not None:
+                check_out_folder(args.out)
             return args.func(args)
-    except GradleakError as exc:
-        print(f"gradleak: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("gradleak: interrupted", file=sys.stderr)
-        return 130
+        except GradleakError as exc:
+            print(f"gradleak: error: {_one_line(str(exc))}", file=sys.stderr)
+            return 2
+        except OSError as exc:  # a file-system problem (disk full, permissions): no traceback
+            print(f"gradleak: error: {_one_line(str(exc))}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("gradleak: interrupted; finished results are kept (rerun to resume)",
+                  file=sys.stderr)
+            return 130
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "unknown error"
 
 
 if __name__ == "__main__":

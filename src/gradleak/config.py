@@ -11,7 +11,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from gradleak.config_values import check_config, check_value, coerce, describe, parse_text
 from gradleak.errors import GradleakError
 
 
@@ -220,75 +220,6 @@ class Config:
 # --- setting and validating keys -------------------------------------------------------------
 
 
-def _describe(tp: Any) -> str:
-    if tp is type(None):
-        return "null"
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"a list of {_describe(typing.get_args(tp)[0])}"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any) -> Any:
-    """Return ``value`` as ``tp`` or raise TypeError."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            try:
-                return _coerce(value, arg)
-            except TypeError:
-                continue
-        raise TypeError
-    if tp is type(None):
-        if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
-            return None
-        raise TypeError
-    if origin is list:
-        if isinstance(value, str):
-            value = yaml.safe_load(value)
-        if not isinstance(value, (list, tuple)):
-            raise TypeError
-        (inner,) = typing.get_args(tp)
-        return [_coerce(v, inner) for v in value]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise TypeError
-    if tp is int:
-        if isinstance(value, bool):
-            raise TypeError
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                raise TypeError from None
-        raise TypeError
-    if tp is float:
-        if isinstance(value, bool):
-            raise TypeError
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise TypeError from None
-        raise TypeError
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise TypeError
-    raise TypeError
-
-
 def _section_fields(obj: Any) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(obj)}
 
@@ -330,25 +261,18 @@ def set_key(cfg: Config, key: str, value: Any) -> None:
         hints = _type_hints(type(target))
         tp = hints[part]
         if isinstance(value, str) and typing.get_origin(tp) is not list and tp is not str:
-            parsed = yaml.safe_load(value) if value.strip() else value
+            parsed = parse_text(value)
         else:
             parsed = value
         try:
-            coerced = _coerce(parsed, tp)
-        except TypeError:
+            coerced = coerce(parsed, tp)
+        except (TypeError, ValueError, OverflowError):
             raise GradleakError(
-                f"bad value {value!r} for {key}: expected {_describe(tp)}"
+                f"bad value {value!r} for {key}: expected {describe(tp)}"
+                + (" (a finite number)" if "float" in describe(tp) else "")
             ) from None
-        choices = f.metadata.get("choices")
-        if choices and coerced not in choices:
-            raise GradleakError(
-                f"bad value {value!r} for {key}; allowed: {', '.join(map(str, choices))}"
-            )
-        minimum = f.metadata.get("minimum")
-        if minimum is not None and coerced is not None:
-            items = coerced if isinstance(coerced, list) else [coerced]
-            if any(v < minimum for v in items):
-                raise GradleakError(f"bad value {value!r} for {key}: must be >= {minimum}")
+        check_value(key, value, coerced, choices=f.metadata.get("choices"),
+                    minimum=f.metadata.get("minimum"))
         setattr(target, part, coerced)
         return
 
@@ -415,6 +339,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     cfg = Config()
     for key, value in flatten(attack_preset(probe.attack.name)) + items:
         set_key(cfg, key, value)
+    check_config(cfg)
     return cfg
 
 

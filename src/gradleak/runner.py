@@ -14,7 +14,7 @@ import yaml
 from gradleak.config import Config
 from gradleak.errors import GradleakError
 from gradleak.images import save_comparison
-from gradleak.io import write_json, write_text
+from gradleak.io import atomic_write, write_json, write_text
 from gradleak.scenario import RunOutput, Scenario, resolve_device
 
 __all__ = ["RunOutput", "resolve_device", "run_scenario", "write_run"]
@@ -37,8 +37,8 @@ def write_run(out: str | Path, run: RunOutput) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", yaml.safe_dump(run.result["config"], sort_keys=False))
     save_comparison(out / "reconstruction.png", run.truth, run.matched)
-    torch.save({"truth": run.truth, "reconstruction": run.matched,
-                "candidates": run.reconstruction.candidates}, out / "tensors.pt.tmp")
-    (out / "tensors.pt.tmp").replace(out / "tensors.pt")
+    tensors = {"truth": run.truth, "reconstruction": run.matched,
+               "candidates": run.reconstruction.candidates}
+    atomic_write(out / "tensors.pt", lambda p: torch.save(tensors, p))  # unique temp name
     write_json(out / "result.json", run.result)
     return out / "result.json"

@@ -37,7 +37,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from gradleak.attacks import register_attack
 from gradleak.attacks.base import Attack, AttackInfo, Observation, Reconstruction
@@ -49,6 +48,7 @@ from gradleak.config import AttackConfig
 from gradleak.errors import GradleakError
 from gradleak.fl.client import SharedUpdate, set_bn_mode
 from gradleak.models.generator import DCGANGenerator
+from gradleak.progress import tqdm
 from gradleak.threat import Knowledge
 
 KL_WEIGHT = 0.1

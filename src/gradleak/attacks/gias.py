@@ -27,7 +27,6 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
 from gradleak.attacks import register_attack
 from gradleak.attacks.base import AttackInfo, Observation, Reconstruction
@@ -36,6 +35,7 @@ from gradleak.attacks.simulate import batch_order
 from gradleak.config import AttackConfig
 from gradleak.errors import GradleakError
 from gradleak.models.generator import DCGANGenerator, load_generator
+from gradleak.progress import tqdm
 from gradleak.threat import Knowledge
 
 GeneratorSpec = str | Path | DCGANGenerator | None

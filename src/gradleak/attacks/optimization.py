@@ -22,7 +22,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from gradleak.attacks.base import Attack, Observation, Reconstruction
 from gradleak.attacks.labels import infer_labels
@@ -38,6 +37,7 @@ from gradleak.attacks.simulate import batch_order, simulated_delta
 from gradleak.config import AttackConfig
 from gradleak.errors import GradleakError
 from gradleak.fl.client import SharedUpdate, set_bn_mode
+from gradleak.progress import tqdm
 from gradleak.threat import Knowledge
 
 

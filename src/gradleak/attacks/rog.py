@@ -10,25 +10,15 @@ engine's step decay is replaced here), box constraint on ``v``.
 
 Optional post-processing (``attack.postprocess``): a network the user trained to denoise or
 sharpen ROG's outputs (the paper uses a learned super-resolution/denoising net), applied to the
-final images. The file is one of
-
-- a ``torch.export`` program (``torch.export.save(torch.export.export(net, (example,),
-  dynamic_shapes=({0: torch.export.Dim.AUTO},)), path)``; the batch dimension must be dynamic),
-- a TorchScript module (``torch.jit.save(torch.jit.script(net), path)``; deprecated by torch), or
-- a ``torch.save``d dict ``{"class": "package.module:ClassName", "kwargs": {...},
-  "state_dict": {...}}``; the class is imported by name and built with ``kwargs``.
-
-Either way the module maps images ``[N, C, H, W]`` in [0, 1] to the same shape; its output is
-clamped to [0, 1]. Reported gradient losses are those before post-processing.
+final images ``[N, C, H, W]`` in [0, 1] and clamped to [0, 1]. The file holds only an architecture
+name from :data:`gradleak.attacks.postprocess.POSTPROCESS` and its weights (never code; see that
+module). Reported gradient losses are those before post-processing.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import itertools
-import warnings
-import zipfile
 from pathlib import Path
 
 import torch
@@ -38,55 +28,9 @@ from torch import nn
 from gradleak.attacks import register_attack
 from gradleak.attacks.base import AttackInfo, Observation, Reconstruction
 from gradleak.attacks.optimization import GradientMatchingAttack
+from gradleak.attacks.postprocess import load_postprocess
 from gradleak.config import AttackConfig
 from gradleak.errors import GradleakError
-
-
-def _archive_kind(path: Path) -> str:
-    """``export`` (torch.export.save), ``script`` (torch.jit.save) or ``checkpoint`` (torch.save)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return "checkpoint"
-    if any(n.endswith("/archive_format") for n in names):
-        return "export"
-    if any(n.endswith("/constants.pkl") for n in names):
-        return "script"
-    return "checkpoint"
-
-
-def load_postprocess(path: str | Path, *, map_location: str | torch.device = "cpu") -> nn.Module:
-    """The post-processing network at ``path`` (formats in the module docstring)."""
-    p = Path(path)
-    if not p.is_file():
-        raise GradleakError(f"attack.postprocess {str(p)!r} does not exist")
-    kind = _archive_kind(p)
-    try:
-        if kind == "export":
-            return torch.export.load(str(p)).module().to(map_location)
-        if kind == "script":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still loads
-                return torch.jit.load(str(p), map_location=map_location).eval()
-        blob = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as exc:  # a corrupt or foreign file
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise GradleakError(f"attack.postprocess {str(p)!r} cannot be loaded: {first}") from None
-    if not (isinstance(blob, dict) and isinstance(blob.get("class"), str)
-            and isinstance(blob.get("state_dict"), dict)):
-        raise GradleakError(f"attack.postprocess {str(p)!r} must be a torch.export or TorchScript file, "
-                            "or a dict with 'class' ('package.module:ClassName'), 'state_dict' and "
-                            "optional 'kwargs'")
-    module_name, _, class_name = blob["class"].partition(":")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-        net = cls(**blob.get("kwargs", {}))
-        net.load_state_dict(blob["state_dict"])
-    except Exception as exc:  # import errors, bad kwargs, mismatched weights
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise GradleakError(f"attack.postprocess {str(p)!r}: cannot build {blob['class']}: {first}") from None
-    return net.to(map_location).eval()
 
 
 @register_attack("rog")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from gradleak.argtypes import finite_float, int_at_least
+
 
 def _list(args: argparse.Namespace) -> int:
     from gradleak.experiments.spec import experiment_names, load_experiment
@@ -36,7 +38,7 @@ def _run(args: argparse.Namespace) -> int:
 
     plan = make_plan(args.name, args.profile, args.overrides)
     result = run_sweep(plan, args.out, jobs=args.jobs, executor=args.executor,
-                       address=args.address, gpus_per_task=args.gpus_per_task,
+                       address=args.address, gpus_per_task=args.gpus_per_task, retries=args.retries,
                        retry_failed=not args.skip_failed, progress=not args.quiet, log=print)
     print(f"{plan.experiment.name} ({plan.profile}): {len(result.ok)} ran, "
           f"{len(result.skipped)} already stored, {len(result.failed)} failed; store: "
@@ -61,11 +63,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         q.set_defaults(func=fn)
         if name == "run":
             q.add_argument("--out", required=True, help="sweep folder: results.sqlite, runs/, cache/")
-            q.add_argument("--jobs", type=int, default=1, help="parallel runs (threads = cores / jobs)")
-            q.add_argument("--executor", default="local", help="local (default) or ray")
+            q.add_argument("--jobs", type=int_at_least(1, 1024), default=1,
+                           help="parallel runs (threads = cores / jobs)")
+            q.add_argument("--executor", default="local", choices=("local", "ray"),
+                           help="local (default) or ray")
             q.add_argument("--address", default=None,
                            help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-            q.add_argument("--gpus-per-task", type=float, default=0.0, help="Ray: GPUs per run")
+            q.add_argument("--gpus-per-task", type=finite_float(0.0), default=0.0,
+                           help="Ray: GPUs per run; > 0 also runs each run on CUDA")
+            q.add_argument("--retries", type=int_at_least(0, 100), default=2,
+                           help="Ray: times a run is retried when its worker or node is lost")
             q.add_argument("--skip-failed", action="store_true",
                            help="do not retry runs stored as failed")
             q.add_argument("--quiet", action="store_true", help="no progress bar")

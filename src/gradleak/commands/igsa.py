@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+from gradleak.argtypes import finite_float, int_at_least
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -16,9 +18,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "See docs/igsa.md for the formula.")
     p.add_argument("--config", help="YAML file with config sections")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--radius", type=float, default=None,
+    p.add_argument("--radius", type=finite_float(0.0, exclusive=True), default=None,
                    help="L2 radius of the ball in pixel space (default 0.25 * sqrt(C*H*W))")
-    p.add_argument("--points", type=int, default=None, help="points M per sample (default 16)")
+    p.add_argument("--points", type=int_at_least(1, 100_000), default=None,
+                   help="points M per sample (default 16)")
     p.add_argument("--absolute", action="store_true",
                    help="raw gradient differences instead of the normalised gradient direction")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
@@ -39,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     sc = Scenario.from_config(cfg)
     model, images, labels, indices = sc.model, sc.images.to(sc.device), sc.labels, sc.indices
     result = igsa(model, images, labels, radius=args.radius,
-                  num_points=args.points or DEFAULT_POINTS, seed=cfg.seed,
+                  num_points=DEFAULT_POINTS if args.points is None else args.points, seed=cfg.seed,
                   relative=not args.absolute)
     out = {
         "igsa": result.value,

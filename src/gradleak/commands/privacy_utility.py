@@ -8,6 +8,7 @@ import argparse
 
 import yaml
 
+from gradleak.argtypes import int_at_least
 from gradleak.errors import GradleakError
 
 
@@ -28,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="small defaults: skimage, MLP, 10 clients, 5 rounds, 300 attack iterations")
     p.add_argument("--save-checkpoints", action="store_true",
                    help="keep every round's global model in OUT/runs/<row>/round_XXX.pt")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
+    p.add_argument("--threads", type=int_at_least(1, 1024), default=None, metavar="N",
                    help="torch threads (default: torch's own; 1 with --quick, as tiny models only "
                         "lose to OpenMP spin-waiting on shared cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -39,11 +40,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def parse_grid(items: list[str]) -> dict[str, list]:
     """``["topk=0.9,0.95"]`` -> ``{"topk": [0.9, 0.95]}`` (values read as YAML scalars)."""
     grid: dict[str, list] = {}
+    seen: set[str] = set()
     for item in items:
         name, sep, values = item.partition("=")
         if not sep or not name.strip() or not values.strip():
             raise GradleakError(f"bad --grid {item!r}: expected NAME=V1,V2, e.g. topk=0.9,0.95")
-        grid[name.strip()] = [yaml.safe_load(v) for v in values.split(",") if v.strip()]
+        parts = [v.strip() for v in values.split(",")]
+        if any(not v for v in parts):
+            raise GradleakError(f"bad --grid {item!r}: an empty strength; expected NAME=V1,V2, "
+                                "e.g. topk=0.9,0.95")
+        try:
+            grid[name.strip()] = [yaml.safe_load(v) for v in parts]
+        except yaml.YAMLError:
+            raise GradleakError(f"bad --grid {item!r}: strengths must be numbers or words") from None
+        if name.strip() in seen:
+            raise GradleakError(f"bad --grid {item!r}: {name.strip()} is given twice")
+        seen.add(name.strip())
     return grid
 
 
@@ -55,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         QUICK,
         best_tradeoff,
         build_grid,
+        point_config,
         run_privacy_utility,
     )
     from gradleak.report.plots import save_png, tradeoff_figure
@@ -70,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     defenses = (tuple(d.strip() for d in args.defenses.split(",") if d.strip())
                 if args.defenses else DEFAULT_DEFENSES)
     grid = build_grid(defenses, parse_grid(args.grid))
+    for point in grid:  # every strength validated before the first (minutes-long) FL training
+        point_config(cfg, point)
     result = run_privacy_utility(cfg, args.out, grid=grid, progress=not args.quiet,
                                  save_checkpoints=args.save_checkpoints,
                                  log=lambda m: print(m, flush=True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from gradleak.argtypes import int_at_least
 from gradleak.config import load_config
 
 QUICK = ["fl.clients=10", "fl.fraction=0.5", "fl.rounds=6", "client.protocol=fedavg",
@@ -34,10 +35,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                               description=__doc__)
     p.add_argument("--config", help="YAML file with config sections")
     p.add_argument("--out", required=True, help="output folder (also the resume store)")
-    p.add_argument("--every", type=int, default=1, help="record every k rounds")
-    p.add_argument("--igsa-points", type=int, default=8, help="IGSA points per sample")
+    p.add_argument("--every", type=int_at_least(1), default=1, help="record every k rounds")
+    p.add_argument("--igsa-points", type=int_at_least(1, 100_000), default=8, help="IGSA points per sample")
     p.add_argument("--quick", action="store_true", help="CPU-sized defaults: " + " ".join(QUICK))
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids OpenMP stalls)")
+    p.add_argument("--threads", type=int_at_least(1, 1024), default=1,
+                   help="torch threads (1 avoids OpenMP stalls)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=run)

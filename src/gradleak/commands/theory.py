@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from gradleak.argtypes import finite_float, int_at_least
 from gradleak.errors import GradleakError
 
 
@@ -17,12 +18,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "N >= 2 samples; writes OUT/theory.csv, OUT/theory.png and OUT/theory.json "
                     "(with the Thm. 4.3 dimension check).")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--max-updates", type=int, default=8, help="largest U (default 8)")
-    p.add_argument("--samples", type=int, default=2, help="victim batch N (default 2)")
-    p.add_argument("--lr", type=float, default=0.1, help="client learning rate (default 0.1)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds averaged per U (default 1)")
+    p.add_argument("--max-updates", type=int_at_least(1, 10_000), default=8, help="largest U (default 8)")
+    p.add_argument("--samples", type=int_at_least(1, 10_000), default=2, help="victim batch N (default 2)")
+    p.add_argument("--lr", type=finite_float(0.0, exclusive=True), default=0.1,
+                   help="client learning rate (default 0.1)")
+    p.add_argument("--seeds", type=int_at_least(1, 10_000), default=1,
+                   help="seeds averaged per U (default 1)")
     p.add_argument("--attacks", default="analytic,ig", help="comma list of analytic, ig")
-    p.add_argument("--iterations", type=int, default=200, help="ig iterations (default 200)")
+    p.add_argument("--iterations", type=int_at_least(1, 10_000_000), default=200,
+                   help="ig iterations (default 200)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted overrides applied to every scenario, e.g. model.hidden=[128]")
     p.set_defaults(func=run)
@@ -51,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
     if args.samples < 2:
         print("note: with one sample the analytic ratio stays exact for any U; use --samples >= 2")
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    unknown = [a for a in attacks if a not in ("analytic", "ig")]
+    if unknown or not attacks:
+        raise GradleakError(f"bad value {args.attacks!r} for --attacks: a comma list of analytic, ig")
     out = Path(args.out)
     lemma = lemma41_check(args.overrides)
     print(f"Lemma 4.1: analytic attack on one FedSGD gradient, max |error| = "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from gradleak.argtypes import finite_float, int_at_least
 from gradleak.errors import GradleakError
 
 
@@ -19,15 +20,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "attack.generator=OUT/generator.pt.")
     p.add_argument("--config", help="YAML file; only its data section is read")
     p.add_argument("--out", required=True, help="output folder (checkpoint, generator.pt, samples.png)")
-    p.add_argument("--steps", type=int, default=3000, help="total training steps (default 3000)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--latent-dim", type=int, default=128)
-    p.add_argument("--width", type=int, default=32, help="base channel count of G and D")
-    p.add_argument("--lr", type=float, default=2e-4, help="Adam lr, betas (0.5, 0.999)")
+    p.add_argument("--steps", type=int_at_least(1, 10_000_000), default=3000,
+                   help="total training steps (default 3000)")
+    p.add_argument("--batch-size", type=int_at_least(1, 65_536), default=64)
+    p.add_argument("--latent-dim", type=int_at_least(1, 8192), default=128)
+    p.add_argument("--width", type=int_at_least(1, 2048), default=32, help="base channel count of G and D")
+    p.add_argument("--lr", type=finite_float(0.0, exclusive=True), default=2e-4,
+                   help="Adam lr, betas (0.5, 0.999)")
     p.add_argument("--conditional", action="store_true", help="class-conditional G and D (for ggl)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_at_least(0, 2**31 - 1), default=0)
     p.add_argument("--no-augment", action="store_true", help="no DiffAugment (not advised on small data)")
-    p.add_argument("--checkpoint-every", type=int, default=250, metavar="K")
+    p.add_argument("--checkpoint-every", type=int_at_least(1), default=250, metavar="K")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint, start at 0")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="data.key=value", help="dataset overrides")

@@ -7,6 +7,7 @@ the train split, so utility is never measured on training images (``split_note``
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,21 +27,37 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _LAYOUT = "expected root/<split>/<class>/*.jpg|png or root/<class>/*.jpg|png"
 # Folder names tried for each split, in order ("val" is ImageNet's name for its test split).
 _SPLIT_DIRS = {"train": ("train",), "test": ("test", "val")}
+_UPSCALE_WARNED: set[int] = set()  # one warning per resolution and process, not per image
 
 
 def load_square(path: str | Path, resolution: int) -> torch.Tensor:
     """Decode ``path`` as RGB, centre-crop to a square and resize: ``[3, R, R]`` in [0, 1]."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
+        with warnings.catch_warnings():
+            # Over PIL's MAX_IMAGE_PIXELS (~89 Mpx) PIL only warns; treat it as the bomb it may be.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             w, h = im.size
             s = min(w, h)
+            if s < 4:
+                raise GradleakError(f"image {path} is {w}x{h} pixels: too small to be a sample "
+                                    "(at least 4x4); remove or replace it")
+            if s < resolution and resolution not in _UPSCALE_WARNED:
+                _UPSCALE_WARNED.add(resolution)
+                warnings.warn(f"images smaller than data.resolution={resolution} are upscaled "
+                              f"(first: {path}, {w}x{h}); reconstructions of them look blurred",
+                              stacklevel=2)
+            im = im.convert("RGB")
             left, top = (w - s) // 2, (h - s) // 2
             # PIL's bicubic resize widens its filter when shrinking, i.e. it is anti-aliased.
             im = im.resize((resolution, resolution), Image.Resampling.BICUBIC,
                            box=(left, top, left + s, top + s))
             arr = np.asarray(im, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise GradleakError(f"image {path} is too large to decode safely ({exc}); "
+                            "remove or shrink it") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise GradleakError(f"cannot read image {path}: {exc}; remove or replace it") from None
     return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from gradleak.config import DataConfig
@@ -29,6 +31,10 @@ def select_victim_samples(dataset: ImageDataset, cfg: DataConfig, *,
     name = getattr(dataset, "name", type(dataset).__name__)
     if cfg.indices is not None:
         indices = [int(i) for i in cfg.indices]
+        repeated = sorted({i for i in indices if indices.count(i) > 1})
+        if repeated:
+            raise GradleakError(f"data.indices repeats {repeated}: the victim's samples must be "
+                                "distinct")
         if len(indices) != n:
             raise GradleakError(
                 f"data.indices has {len(indices)} entries but data.num_samples={n}; "
@@ -61,6 +67,10 @@ def _distinct_label_indices(dataset: ImageDataset, n: int, gen: torch.Generator)
     """Round-robin over a seeded class order, one sample per class per round."""
     targets = torch.as_tensor(dataset.targets(), dtype=torch.long)
     classes = torch.unique(targets)  # only the classes that have samples
+    if n > len(classes):
+        warnings.warn(f"data.distinct_labels=true but data.num_samples={n} exceeds the "
+                      f"{len(classes)} classes with samples: labels repeat (round-robin)",
+                      stacklevel=3)
     order = classes[torch.randperm(len(classes), generator=gen)].tolist()
     preferred = set(getattr(dataset, "preferred_indices", None) or ())
     queues: list[list[int]] = []

@@ -4,7 +4,8 @@
 * federated training runs whose per-round checkpoints a training-stage study attacks.
 
 Each artifact lives in a folder named by the hash of what defines it and is built under an
-exclusive file lock, so parallel workers (processes or Ray tasks on one machine) build it once;
+exclusive POSIX file lock, so parallel workers (processes, or Ray tasks on nodes sharing the
+sweep folder's file system) build it once;
 a crash mid-build leaves a resumable checkpoint (generators) or is redone (federated runs).
 """
 
@@ -32,14 +33,17 @@ def _key(obj: Any) -> str:
 
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if needed) for the block."""
+    """Hold an exclusive lock on ``path`` (created if needed) for the block.
+
+    POSIX record locks (``lockf``), not ``flock``: NFS, Lustre, GPFS and CephFS honour them
+    across nodes (storage needs: :mod:`gradleak.experiments.sweep`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.lockf(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.lockf(handle, fcntl.LOCK_UN)
 
 
 def ensure_generator(name: str, spec: dict[str, Any], cache: Path, *,

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from gradleak.errors import GradleakError
+
 FIXED = {
     "run_id": "TEXT PRIMARY KEY",
     "experiment": "TEXT",
@@ -55,11 +57,23 @@ class ResultStore:
     def __init__(self, folder: str | Path) -> None:
         self.path = Path(folder) / STORE_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        cols = ", ".join(f"{_quote(k)} {t}" for k, t in FIXED.items())
-        self._db.execute(f"CREATE TABLE IF NOT EXISTS runs ({cols})")
-        self._columns = self._read_columns()
+        if self.path.exists() and not self.path.is_file():
+            raise GradleakError(f"results store {str(self.path)!r} is not a file")
+        try:
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            cols = ", ".join(f"{_quote(k)} {t}" for k, t in FIXED.items())
+            self._db.execute(f"CREATE TABLE IF NOT EXISTS runs ({cols})")
+            self._columns = self._read_columns()
+        except sqlite3.DatabaseError as exc:  # random bytes, truncated file, not SQLite
+            raise GradleakError(f"results store {str(self.path)!r} is not a gradleak results "
+                                f"database ({exc}); move it away or use another folder") from None
+        lacking = [k for k in FIXED if k not in self._columns]
+        if lacking:
+            self._db.close()
+            raise GradleakError(f"results store {str(self.path)!r} is not a gradleak results "
+                                f"database (table runs lacks {', '.join(lacking[:4])}); move it "
+                                "away or use another folder")
 
     def _read_columns(self) -> set[str]:
         return {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
@@ -117,7 +131,12 @@ class ResultStore:
             row = dict(zip(names, values, strict=True))
             for key in ("labels", "result"):
                 if row.get(key):
-                    row[key] = json.loads(row[key])
+                    try:
+                        row[key] = json.loads(row[key])
+                    except (TypeError, ValueError):
+                        raise GradleakError(f"results store {str(self.path)!r}: run "
+                                            f"{row.get('run_id')!r} has a damaged {key} column "
+                                            "(not JSON)") from None
             out.append(row)
         return out
 

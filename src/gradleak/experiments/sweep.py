@@ -3,22 +3,36 @@
 Executors:
 
 * ``local``: ``jobs=1`` runs in this process; ``jobs=N`` in N spawned worker processes, each with
-  ``cores // N`` torch threads (oversubscribed OpenMP threads stall on small CPUs).
+  ``cores // N`` torch threads (oversubscribed OpenMP threads stall on small CPUs). Workers die
+  with the main process (Linux ``PR_SET_PDEATHSIG`` plus a parent-pid watchdog elsewhere) and
+  ignore Ctrl-C, which the main process handles: it stores every run already finished, kills the
+  workers and returns within about a second.
 * ``ray``: one Ray task per run on the cluster at ``address`` (else ``$RAY_ADDRESS``, else a
-  local Ray instance), ``num_cpus`` = threads per task, ``num_gpus`` = ``gpus_per_task``. The
-  sweep folder must be on storage every node sees (runs write their images and share cached
-  artifacts there).
+  local Ray instance). Each task reserves ``cluster CPUs // jobs`` CPUs (at most the largest
+  node's), so ``jobs`` is the number of runs in flight (at least one per node); ``gpus_per_task``
+  > 0 reserves that share of a GPU *and* runs on it (``device=cuda``, which Ray maps to the
+  reserved GPU). A task whose worker or node is lost is retried ``retries`` times.
+
+Shared storage: the sweep folder must be one file system that every node mounts at the same
+path (runs write their images there, and shared artifacts are built once under
+``<out>/cache`` with POSIX ``fcntl.lockf`` locks). Those locks exclude across nodes on local
+disks, NFSv3 with ``lockd`` and NFSv4 (Linux clients), Lustre with ``-o flock``, GPFS and
+CephFS; they do NOT on mounts without POSIX locking (``nolock`` NFS, s3fs/gcsfuse and other
+object-store FUSE mounts), where two nodes may build the same artifact at once.
 
 Either way the main process is the store's only writer: it inserts each row as its run
 returns, so killing the sweep loses only the runs in flight, and a rerun skips every run whose
 row says ``ok``. Failed runs are stored with their error and retried on the next invocation.
+
+Every run imports the driver's plug-ins first (:func:`gradleak.experiments.worker.execute`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -29,6 +43,7 @@ import yaml
 
 from gradleak import plugins
 from gradleak.errors import GradleakError
+from gradleak.experiments.lifecycle import init_worker
 from gradleak.experiments.spec import Plan, RunSpec
 from gradleak.experiments.store import ResultStore
 from gradleak.experiments.worker import execute
@@ -63,28 +78,35 @@ def save_plan(plan: Plan, out: Path) -> Path:
     return path
 
 
-def _local(todo: list[RunSpec], out: str, kwargs: dict[str, Any], jobs: int,
-           threads: int) -> Iterator[dict[str, Any]]:
+def _local(todo: list[RunSpec], out: str, kwargs: dict[str, Any], jobs: int, threads: int,
+           put: Callable[[dict[str, Any]], None]) -> None:
     if jobs == 1:
         for run in todo:
-            yield execute(run.to_dict(), out, threads=threads, **kwargs)
+            put(execute(run.to_dict(), out, threads=threads, **kwargs))
         return
     old = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the spawned workers
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
+                               initializer=init_worker, initargs=(os.getpid(),))
+    pending = {}
     try:
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
         pending = {pool.submit(execute, run.to_dict(), out, threads=threads, **kwargs): run
                    for run in todo}
-        try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    run = pending.pop(fut)
-                    exc = fut.exception()
-                    yield fut.result() if exc is None else _crashed(run, kwargs["profile"], exc)
-        finally:  # on interruption, do not wait for the queued runs
-            pool.shutdown(wait=False, cancel_futures=True)
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                run = pending.pop(fut)
+                exc = fut.exception()
+                put(fut.result() if exc is None else _crashed(run, kwargs["profile"], exc))
+    except BaseException:  # Ctrl-C or an error: keep what finished, stop the rest now
+        for fut in list(pending):
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                put(fut.result())
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.kill()  # queued and running runs are redone on the next invocation
+        raise
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         if old is None:
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
@@ -98,8 +120,29 @@ def _crashed(run: RunSpec, profile: str, exc: BaseException) -> dict[str, Any]:
             "status": "failed", "error": f"worker crashed: {type(exc).__name__}: {exc}"}
 
 
-def _ray(todo: list[RunSpec], out: str, kwargs: dict[str, Any], threads: int,
-         address: str | None, gpus: float) -> Iterator[dict[str, Any]]:
+def _ray_task(run: dict[str, Any], out: str, threads: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """One Ray task: the run (execute imports the driver's plug-ins first)."""
+    return execute(run, out, threads=threads, **kwargs)
+
+
+def ray_threads(nodes: list[dict[str, Any]], jobs: int) -> int:
+    """CPUs (= torch threads) per Ray task from the cluster's alive nodes: ``total // jobs``,
+    at most the largest node's CPUs (a task runs on one node), at least 1."""
+    cpus = [int(n.get("Resources", {}).get("CPU", 0)) for n in nodes if n.get("Alive", True)]
+    if not cpus or max(cpus) < 1:
+        raise GradleakError("the Ray cluster has no alive node with CPUs")
+    return max(1, min(max(cpus), sum(cpus) // max(1, jobs)))
+
+
+def on_gpu(plan_runs: list[RunSpec]) -> list[RunSpec]:
+    """The runs with ``device=cuda`` unless a run already names a CUDA device (``cuda:N``)."""
+    return [run if str(run.overrides.get("device", "")).startswith("cuda") else
+            dataclasses.replace(run, overrides={**run.overrides, "device": "cuda"})
+            for run in plan_runs]
+
+
+def _ray(todo: list[RunSpec], out: str, kwargs: dict[str, Any], jobs: int, address: str | None,
+         gpus: float, retries: int, put: Callable[[dict[str, Any]], None]) -> None:
     try:
         import ray
     except ImportError:
@@ -107,81 +150,93 @@ def _ray(todo: list[RunSpec], out: str, kwargs: dict[str, Any], threads: int,
     address = address or os.environ.get("RAY_ADDRESS")
     started_here = not ray.is_initialized()
     if started_here:
-        env = {"env_vars": {"OMP_NUM_THREADS": str(threads)}}
         if address:
-            ray.init(address=address, runtime_env=env, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False)
         else:
             # Ray starts task workers at nice 15; on a busy machine they would starve behind
             # any other process, so a local instance runs them at normal priority.
             os.environ.setdefault("RAY_worker_niceness", "0")
-            ray.init(num_cpus=os.cpu_count(), runtime_env=env, include_dashboard=False,
-                     log_to_driver=False)
-    task = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(execute)
-    refs = {task.remote(run.to_dict(), out, threads=threads, **kwargs): run for run in todo}
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    refs: dict[Any, RunSpec] = {}
     try:
+        threads = ray_threads(ray.nodes(), jobs)
+        # max_retries: resubmitted when the worker process or its node dies (system failures);
+        # a run that raises is not retried here: execute() stores it as a failed row.
+        task = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=retries,
+                          retry_exceptions=False)(_ray_task)
+        refs = {task.remote(run.to_dict(), out, threads, kwargs): run for run in todo}
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1)
             for ref in ready:
                 run = refs.pop(ref)
                 try:
-                    yield ray.get(ref)
-                except Exception as exc:  # the task's worker died
-                    yield _crashed(run, kwargs["profile"], exc)
+                    put(ray.get(ref))
+                except Exception as exc:  # retries exhausted: the task's worker kept dying
+                    put(_crashed(run, kwargs["profile"], exc))
     finally:
         for ref in refs:
-            ray.cancel(ref)
+            ray.cancel(ref, force=True)
         if started_here:
             ray.shutdown()
 
 
 def run_sweep(plan: Plan, out: str | Path, *, jobs: int = 1, executor: str = "local",
-              address: str | None = None, gpus_per_task: float = 0.0, retry_failed: bool = True,
-              progress: bool = True, log: Callable[[str], None] = lambda _m: None) -> SweepResult:
+              address: str | None = None, gpus_per_task: float = 0.0, retries: int = 2,
+              retry_failed: bool = True, progress: bool = True,
+              log: Callable[[str], None] = lambda _m: None) -> SweepResult:
     """Run every run of ``plan`` not yet stored as ok in ``out/results.sqlite``."""
-    from tqdm.auto import tqdm
+    from gradleak.progress import tqdm
 
     if executor not in EXECUTORS:
         raise GradleakError(f"bad executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
     if jobs < 1:
         raise GradleakError(f"bad value {jobs} for --jobs: must be >= 1")
-    if gpus_per_task < 0:
+    if not gpus_per_task >= 0 or gpus_per_task == float("inf"):
         raise GradleakError(f"bad value {gpus_per_task} for --gpus-per-task: must be >= 0")
+    if retries < 0:
+        raise GradleakError(f"bad value {retries} for --retries: must be >= 0")
+    if gpus_per_task > 0 and executor != "ray":
+        raise GradleakError("--gpus-per-task needs --executor ray; locally, set device=cuda")
+    runs = on_gpu(plan.runs) if gpus_per_task > 0 else plan.runs
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    save_plan(plan, out)
-    result = SweepResult(total=len(plan.runs))
-    with ResultStore(out) as store:
-        done = store.finished(r.run_id for r in plan.runs)
+    with ResultStore(out) as store:  # a corrupt store is refused before anything is written
+        out.mkdir(parents=True, exist_ok=True)
+        save_plan(plan, out)
+        result = SweepResult(total=len(runs))
+        done = store.finished(r.run_id for r in runs)
         failed_before = {r["run_id"] for r in store.rows(experiment=plan.experiment.name,
                                                         status="failed")}
         todo, seen = [], set()
-        for run in plan.runs:
+        for run in runs:
             if run.run_id in done or run.run_id in seen or not retry_failed and run.run_id in failed_before:
                 result.skipped.append(run.run_id)
             else:
                 todo.append(run)
             seen.add(run.run_id)
         if result.skipped:
-            log(f"{plan.experiment.name}: {len(result.skipped)} of {len(plan.runs)} runs already "
+            log(f"{plan.experiment.name}: {len(result.skipped)} of {len(runs)} runs already "
                 "stored, skipping them")
-        threads = threads_per_worker(jobs)
         kwargs = {"profile": plan.profile, "plugins": plugins.loaded()}  # re-imported by workers
-        rows = (_ray(todo, str(out), kwargs, threads, address, gpus_per_task) if executor == "ray"
-                else _local(todo, str(out), kwargs, jobs, threads))
         bar = tqdm(total=len(todo), desc=plan.experiment.name, unit="run", disable=not progress)
+
+        def put(row: dict[str, Any]) -> None:
+            store.put(row)
+            if row["status"] == "ok":
+                result.ok.append(row["run_id"])
+            else:
+                result.failed[row["run_id"]] = row["error"]
+                log(f"run {row['run_id']} ({row['variant']} {row['labels']}, seed "
+                    f"{row['seed']}) failed: {row['error']}")
+            bar.update(1)
+            shown = {k: row[k] for k in ("psnr", "lpips", "final_accuracy")
+                     if isinstance(row.get(k), float)}
+            bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
+
         try:
-            for row in rows:
-                store.put(row)
-                if row["status"] == "ok":
-                    result.ok.append(row["run_id"])
-                else:
-                    result.failed[row["run_id"]] = row["error"]
-                    log(f"run {row['run_id']} ({row['variant']} {row['labels']}, seed "
-                        f"{row['seed']}) failed: {row['error']}")
-                bar.update(1)
-                shown = {k: row[k] for k in ("psnr", "lpips", "final_accuracy")
-                         if isinstance(row.get(k), float)}
-                bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()})
+            if executor == "ray":
+                _ray(todo, str(out), kwargs, jobs, address, gpus_per_task, retries, put)
+            else:
+                _local(todo, str(out), kwargs, jobs, threads_per_worker(jobs), put)
         finally:
             bar.close()
     return result

@@ -39,7 +39,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
-from tqdm.auto import tqdm
 
 from gradleak.config import ClientConfig, Config, FLConfig
 from gradleak.data import build_dataset
@@ -49,6 +48,7 @@ from gradleak.errors import GradleakError
 from gradleak.fl.client import ClientSetup, SharedUpdate, client_update, resolve_bn_mode, set_bn_mode
 from gradleak.fl.partition import partition_indices
 from gradleak.io import atomic_write
+from gradleak.progress import tqdm
 
 VICTIM = 0
 Defense = Callable[..., SharedUpdate]

@@ -22,6 +22,8 @@ writes into ``out``:
 from __future__ import annotations
 
 import dataclasses
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,14 +33,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
-from tqdm.auto import tqdm
 
 from gradleak.config import DataConfig
 from gradleak.data import build_dataset
 from gradleak.data.base import ImageDataset, TensorImageDataset
 from gradleak.errors import GradleakError
-from gradleak.io import atomic_write
+from gradleak.io import atomic_write, load_weights
 from gradleak.models.generator import DCGANDiscriminator, DCGANGenerator, save_generator
+from gradleak.progress import tqdm
 
 CHECKPOINT = "checkpoint.pt"
 GENERATOR = "generator.pt"
@@ -207,58 +209,86 @@ def train_generator(data: DataConfig, out: str | Path, settings: GeneratorTraini
     out.mkdir(parents=True, exist_ok=True)
     gen.train()
     disc.train()
-    n, batch = len(images), settings.batch_size
     loss_d = loss_g = torch.tensor(float("nan"))
     bar = tqdm(total=settings.steps, initial=step, disable=not progress, desc="train-generator",
                unit="step", dynamic_ncols=True)
+    aug = (lambda t: diff_augment(t, rng)) if settings.augment else (lambda t: t)
     try:
-        while step < settings.steps:
-            idx = torch.randint(n, (batch,), generator=rng)
-            real, y = images[idx], labels[idx]
-            flip = torch.rand(batch, generator=rng) < 0.5
-            real = torch.where(flip[:, None, None, None], real.flip(-1), real)
-            z = torch.randn(batch, settings.latent_dim, generator=rng)
-            y_in = y if settings.conditional else None
-
-            fake = gen(z, y_in)
-            aug = (lambda t: diff_augment(t, rng)) if settings.augment else (lambda t: t)
-            logits_real, logits_fake = disc(aug(real), y_in), disc(aug(fake.detach()), y_in)
-            loss_d = (F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real))
-                      + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake)))
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-
-            logits = disc(aug(fake), y_in)  # non-saturating generator loss
-            loss_g = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
-
-            step += 1
-            bar.update(1)
-            if step % 10 == 0 or step == settings.steps:
-                bar.set_postfix(loss_d=f"{float(loss_d.detach()):.3f}",
-                                loss_g=f"{float(loss_g.detach()):.3f}")
-            if step % settings.checkpoint_every == 0 or step == settings.steps:
-                save_all(step)
-    except KeyboardInterrupt:
-        if step > start:
-            save_all(step)
-            log(f"interrupted: saved step {step} to {ckpt_path}; run again to resume")
-        raise
+        with DeferredInterrupt() as interrupt:
+            while step < settings.steps:
+                loss_d, loss_g = _step(gen, disc, opt_g, opt_d, images, labels, rng, aug, settings)
+                step += 1
+                bar.update(1)
+                if step % 10 == 0 or step == settings.steps:
+                    bar.set_postfix(loss_d=f"{float(loss_d):.4g}", loss_g=f"{float(loss_g):.4g}")
+                if step % settings.checkpoint_every == 0 or step == settings.steps:
+                    save_all(step)
+                if interrupt.requested:  # Ctrl-C: checkpoint between steps, so resuming is exact
+                    if step % settings.checkpoint_every and step != settings.steps:
+                        save_all(step)
+                    log(f"interrupted: saved step {step} to {ckpt_path}; run again to resume")
+                    raise KeyboardInterrupt
     finally:
         bar.close()
     return TrainResult(start, step, out / GENERATOR, out / SAMPLES, time.perf_counter() - started,
                        float(loss_d.detach()), float(loss_g.detach()))
 
 
+def _step(gen: DCGANGenerator, disc: DCGANDiscriminator, opt_g: torch.optim.Optimizer,
+          opt_d: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+          rng: torch.Generator, aug: Callable[[torch.Tensor], torch.Tensor],
+          settings: GeneratorTraining) -> tuple[torch.Tensor, torch.Tensor]:
+    """One discriminator and one generator update; all randomness from ``rng``."""
+    batch = settings.batch_size
+    idx = torch.randint(len(images), (batch,), generator=rng)
+    real, y = images[idx], labels[idx]
+    flip = torch.rand(batch, generator=rng) < 0.5
+    real = torch.where(flip[:, None, None, None], real.flip(-1), real)
+    z = torch.randn(batch, settings.latent_dim, generator=rng)
+    y_in = y if settings.conditional else None
+
+    fake = gen(z, y_in)
+    logits_real, logits_fake = disc(aug(real), y_in), disc(aug(fake.detach()), y_in)
+    loss_d = (F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real))
+              + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake)))
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+
+    logits = disc(aug(fake), y_in)  # non-saturating generator loss
+    loss_g = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+    return loss_d.detach(), loss_g.detach()
+
+
+class DeferredInterrupt:
+    """Within the block, a first Ctrl-C (SIGINT) only sets :attr:`requested`, so the caller can
+    finish the current step and checkpoint a consistent state; a second one interrupts at once.
+    Outside the main thread (where signals cannot be handled) it does nothing."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> DeferredInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def _load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise GradleakError(f"cannot resume from {str(path)!r}: {first}; delete it or use --fresh") from None
+    state = load_weights(path, f"checkpoint {str(path)!r} (delete it or use --fresh)")
     needed = ("step", "generator", "discriminator", "opt_g", "opt_d", "rng", "settings", "data")
     if not isinstance(state, dict) or any(k not in state for k in needed):
         raise GradleakError(f"cannot resume from {str(path)!r}: not a train-generator checkpoint; "

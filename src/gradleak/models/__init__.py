@@ -19,6 +19,7 @@ from torch import nn
 
 from gradleak.config import ModelConfig
 from gradleak.errors import GradleakError
+from gradleak.io import load_weights
 from gradleak.models.base import Classifier
 from gradleak.models.user import (
     USER_MODEL_KEYS,
@@ -103,17 +104,47 @@ def _uniform_init(model: nn.Module, bound: float = 0.5) -> None:
             p.uniform_(-bound, bound)
 
 
+def _names(keys: list[str], limit: int = 4) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def check_state_dict(model: nn.Module, state: object, where: str) -> None:
+    """Raise one GradleakError unless ``state`` fits ``model`` exactly: names the missing and
+    unexpected keys, mismatched shapes and non-finite weights."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise GradleakError(f"{where} is not a state_dict (got {type(state).__name__}); expected "
+                            "a dict of parameter name -> tensor")
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise GradleakError(f"{where}: entries {_names(not_tensors)} are not tensors")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = ([f"missing keys {_names(missing)}"] if missing else []) + (
+            [f"unexpected keys {_names(unexpected)}"] if unexpected else [])
+        raise GradleakError(f"{where} does not fit the model ({'; '.join(parts)}); was it saved "
+                            "from another model or config?")
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if tuple(state[k].shape) != tuple(v.shape)]
+    if shapes:
+        raise GradleakError(f"{where} does not fit the model: shape of {_names(shapes, 2)} "
+                            "(file vs model)")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise GradleakError(f"{where} holds NaN or infinite values in {_names(bad)}")
+
+
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load ``model.checkpoint`` (a state_dict, or ``{"model": state_dict}``) as weights only."""
     p = Path(path)
+    where = f"model.checkpoint {str(p)!r}"
     if not p.is_file():
-        raise GradleakError(f"model.checkpoint {str(p)!r} does not exist")
-    state = torch.load(p, map_location="cpu", weights_only=True)
-    state = map_checkpoint_keys(state, model)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise GradleakError(f"model.checkpoint {str(p)!r} does not fit model: {first}") from None
+        raise GradleakError(f"{where} does not exist")
+    state = map_checkpoint_keys(load_weights(p, where), model)
+    check_state_dict(model, state, where)
+    model.load_state_dict(state)
 
 
 # Wrappers training scripts save the state_dict under, and prefixes they add to every key

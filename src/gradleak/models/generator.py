@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from gradleak.errors import GradleakError
-from gradleak.io import atomic_write
+from gradleak.io import atomic_write, load_weights
 
 CONFIG_KEYS = ("latent_dim", "channels", "resolution", "num_classes", "conditional")
 
@@ -127,11 +127,7 @@ def load_generator(path: str | Path, *, map_location: str | torch.device = "cpu"
     if not p.is_file():
         raise GradleakError(f"generator file {str(p)!r} does not exist; run `gradleak train-generator "
                             "--out DIR` and pass DIR/generator.pt")
-    try:
-        blob = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise GradleakError(f"generator file {str(p)!r} is not a torch checkpoint: {first}") from None
+    blob = load_weights(p, f"generator file {str(p)!r}")
     if not (isinstance(blob, dict) and isinstance(blob.get("state_dict"), dict)
             and isinstance(blob.get("config"), dict)):
         raise GradleakError(f"generator file {str(p)!r} must hold a dict with 'state_dict' and "
@@ -140,12 +136,25 @@ def load_generator(path: str | Path, *, map_location: str | torch.device = "cpu"
     missing = [k for k in CONFIG_KEYS if k not in cfg]
     if missing:
         raise GradleakError(f"generator file {str(p)!r}: config lacks {', '.join(missing)}")
+    # The file's sizes decide how much memory is allocated: bound them before building.
+    limits = {"latent_dim": (1, 8192), "channels": (1, 4), "resolution": (4, 1024),
+              "num_classes": (0, 100_000), "width": (1, 2048)}
+    for key, (low, high) in limits.items():
+        value = cfg.get(key, 64)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise GradleakError(f"generator file {str(p)!r}: config {key}={value!r} is not an int in "
+                                f"[{low}, {high}]")
+    if not isinstance(cfg["conditional"], bool):
+        raise GradleakError(f"generator file {str(p)!r}: config conditional must be true or false")
     try:
-        generator = DCGANGenerator(int(cfg["latent_dim"]), int(cfg["channels"]), int(cfg["resolution"]),
-                                   num_classes=int(cfg["num_classes"]),
-                                   conditional=bool(cfg["conditional"]), width=int(cfg.get("width", 64)))
-        generator.load_state_dict(blob["state_dict"])
+        generator = DCGANGenerator(cfg["latent_dim"], cfg["channels"], cfg["resolution"],
+                                   num_classes=cfg["num_classes"], conditional=cfg["conditional"],
+                                   width=cfg.get("width", 64))
     except (RuntimeError, TypeError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise GradleakError(f"generator file {str(p)!r} does not fit its config: {first}") from None
+        raise GradleakError(f"generator file {str(p)!r} has an unusable config: {first}") from None
+    from gradleak.models import check_state_dict
+
+    check_state_dict(generator, blob["state_dict"], f"generator file {str(p)!r}")
+    generator.load_state_dict(blob["state_dict"])
     return generator.to(map_location).eval()

@@ -1,0 +1,165 @@
+"""The two-line rule for every sub-command: bad input -> one stderr line, exit code 2, no work.
+
+Each case runs ``gradleak.cli.main`` in-process; ``{tmp}`` in an argument is the test's folder.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+import torch
+
+from gradleak.cli import main
+
+TINY = ["model.name=mlp", "model.hidden=[8]", "data.resolution=16", "attack.iterations=1",
+        "--quiet"]
+ATTACK = ["attack", "--out", "{tmp}/o", *TINY]
+
+
+def _files(tmp) -> None:
+    """Bad files the cases below point at."""
+    (tmp / "random.pt").write_bytes(bytes(range(256)) * 4)
+    (tmp / "empty.pt").write_bytes(b"")
+    torch.save([1, 2, 3], tmp / "list.pt")
+    good = {"net.0.weight": torch.zeros(8, 768), "net.0.bias": torch.zeros(8)}
+    torch.save({k: v.clone() for k, v in good.items()}, tmp / "other.pt")
+    blob = tmp / "full.pt"
+    torch.save({"x": torch.zeros(1000)}, blob)
+    (tmp / "truncated.pt").write_bytes(blob.read_bytes()[:300])
+    (tmp / "a_file").write_text("x")
+    (tmp / "bad.yaml").write_text("data: [unclosed\n")
+    (tmp / "list.yaml").write_text("- 1\n- 2\n")
+    (tmp / "empty.yaml").write_text("")
+    (tmp / "noscen.yaml").write_text("base: {}\n")
+    (tmp / "noname.yaml").write_text("scenarios:\n  - {title: x}\n")
+    (tmp / "setlist.yaml").write_text("scenarios:\n  - {name: a, set: [client.lr, 1]}\n")
+    (tmp / "escape.yaml").write_text("scenarios:\n  - {name: ../../x}\n")
+    (tmp / "dup.yaml").write_text("scenarios:\n  - {name: a}\n  - {name: a}\n")
+    (tmp / "badkey.yaml").write_text("scenarios:\n  - {name: a, set: {attack.bogus: 1}}\n")
+    sweep = tmp / "corrupt"
+    sweep.mkdir()
+    (sweep / "results.sqlite").write_bytes(b"definitely not sqlite" * 100)
+    foreign = tmp / "foreign"
+    foreign.mkdir()
+    db = sqlite3.connect(foreign / "results.sqlite")
+    db.execute("CREATE TABLE runs (a TEXT)")
+    db.commit()
+    db.close()
+
+
+CASES = [
+    # attack / config: values that used to pass validation or crash later
+    (ATTACK + ["attack.lr=nan"], "attack.lr"),
+    (ATTACK + ["client.lr=inf"], "client.lr"),
+    (ATTACK + ["defense.noise_multiplier=1e400"], "defense.noise_multiplier"),
+    (ATTACK + ["model.dropout=1.5"], "model.dropout"),
+    (ATTACK + ["model.kernel_size=40"], "model.kernel_size"),
+    (ATTACK + ["model.hidden=[-3]"], "model.hidden"),
+    (ATTACK + ["model.hidden=[0]"], "model.hidden"),
+    (ATTACK + ["metrics.lpips_threshold=-1"], "metrics.lpips_threshold"),
+    (ATTACK + ["fl.fraction=0"], "fl.fraction"),
+    (ATTACK + ["fl.fraction=2"], "fl.fraction"),
+    (ATTACK + ["data.indices=[3,3]", "data.num_samples=2"], "data.indices"),
+    (ATTACK + ["model.hidden=[1"], "model.hidden"),
+    (ATTACK + ["seed=-1"], "seed"),
+    (ATTACK + ["device=gpu0"], "device"),
+    (ATTACK + ["model.checkpoint="], "model.checkpoint"),
+    (ATTACK + ["attack.bogus=1"], "attack.bogus"),
+    (ATTACK + ["noequals"], "noequals"),
+    (ATTACK + ["--bogus-flag"], "--bogus-flag"),
+    (ATTACK + ["--config", "{tmp}/bad.yaml"], "not valid YAML"),
+    (ATTACK + ["--config", "{tmp}/list.yaml"], "mapping"),
+    # checkpoints: corrupt, truncated, empty, foreign
+    (ATTACK + ["model.checkpoint={tmp}/random.pt"], "not a torch weights file"),
+    (ATTACK + ["model.checkpoint={tmp}/empty.pt"], "not a torch weights file"),
+    (ATTACK + ["model.checkpoint={tmp}/truncated.pt"], "not a torch weights file"),
+    (ATTACK + ["model.checkpoint={tmp}/list.pt"], "not a state_dict"),
+    (ATTACK + ["model.checkpoint={tmp}/other.pt"], "missing keys"),
+    (ATTACK + ["model.checkpoint={tmp}/missing.pt"], "does not exist"),
+    (ATTACK + ["attack.name=gias", "threat.knows_data_distribution=true",
+               "attack.generator={tmp}/random.pt"], "generator file"),
+    (ATTACK + ["attack.name=rog", "attack.postprocess={tmp}/list.pt"], "attack.postprocess"),
+    # --out
+    (["attack", "--out", "", *TINY], "--out is empty"),
+    (["attack", "--out", "{tmp}/a_file", *TINY], "not a folder"),
+    (["attack", "--out", "{tmp}/a_file/sub", *TINY], "is a file"),
+    (["attack", *TINY], "--out"),
+    # audit plans
+    (["audit", "--plan", "{tmp}/bad.yaml", "--out", "{tmp}/a"], "not valid YAML"),
+    (["audit", "--plan", "{tmp}/list.yaml", "--out", "{tmp}/a"], "must be a mapping"),
+    (["audit", "--plan", "{tmp}/empty.yaml", "--out", "{tmp}/a"], "empty file"),
+    (["audit", "--plan", "{tmp}/noscen.yaml", "--out", "{tmp}/a"], "scenarios"),
+    (["audit", "--plan", "{tmp}/noname.yaml", "--out", "{tmp}/a"], "name"),
+    (["audit", "--plan", "{tmp}/setlist.yaml", "--out", "{tmp}/a"], "'set' must be a mapping"),
+    (["audit", "--plan", "{tmp}/escape.yaml", "--out", "{tmp}/a"], "not a path"),
+    (["audit", "--plan", "{tmp}/dup.yaml", "--out", "{tmp}/a"], "used twice"),
+    (["audit", "--plan", "{tmp}/badkey.yaml", "--out", "{tmp}/a"], "attack.bogus"),
+    (["audit", "--plan", "{tmp}/nope.yaml", "--out", "{tmp}/a"], "does not exist"),
+    # config
+    (["config", "fl.fraction=0"], "fl.fraction"),
+    (["config", "--config", "{tmp}/nope.yaml"], "does not exist"),
+    # igsa
+    (["igsa", "--out", "{tmp}/i", "--radius", "nan", *TINY[:3]], "--radius"),
+    (["igsa", "--out", "{tmp}/i", "--radius", "-1", *TINY[:3]], "--radius"),
+    (["igsa", "--out", "{tmp}/i", "--points", "0", *TINY[:3]], "--points"),
+    # theory
+    (["theory", "--out", "{tmp}/t", "--lr", "inf"], "--lr"),
+    (["theory", "--out", "{tmp}/t", "--samples", "0"], "--samples"),
+    # train-generator
+    (["train-generator", "--out", "{tmp}/g", "--lr", "nan"], "--lr"),
+    (["train-generator", "--out", "{tmp}/g", "--steps", "0"], "--steps"),
+    (["train-generator", "--out", "{tmp}/g", "--batch-size", "x"], "--batch-size"),
+    (["train-generator", "--out", "{tmp}/g", "attack.lr=1"], "data.*"),
+    # stage-study
+    (["stage-study", "--out", "{tmp}/s", "--threads", "0"], "--threads"),
+    (["stage-study", "--out", "{tmp}/s", "--every", "-2"], "--every"),
+    (["stage-study", "--out", "{tmp}/s", "fl.fraction=2"], "fl.fraction"),
+    # privacy-utility
+    (["privacy-utility", "--out", "{tmp}/p", "--grid", "topk=,"], "--grid"),
+    (["privacy-utility", "--out", "{tmp}/p", "--grid", "topk=0.9,,0.95"], "--grid"),
+    (["privacy-utility", "--out", "{tmp}/p", "--grid", "topk=2"], "defense.sparsity"),
+    (["privacy-utility", "--out", "{tmp}/p", "--defenses", "bogus"], "bogus"),
+    (["privacy-utility", "--out", "{tmp}/p", "--threads", "0"], "--threads"),
+    # experiment
+    (["experiment", "show", "nope"], "nope"),
+    (["experiment", "run", "nope", "--out", "{tmp}/e"], "nope"),
+    (["experiment", "run", "tab2", "--out", "{tmp}/e", "--jobs", "0"], "--jobs"),
+    (["experiment", "run", "tab2", "--out", "{tmp}/e", "--executor", "slurm"], "--executor"),
+    (["experiment", "run", "tab2", "--out", "{tmp}/e", "--gpus-per-task", "-1"], "--gpus-per-task"),
+    (["experiment", "run", "tab2", "--out", "{tmp}/corrupt"], "results store"),
+    # report
+    (["report", "{tmp}/corrupt"], "results store"),
+    (["report", "{tmp}/foreign"], "results store"),
+    (["report", "{tmp}/nowhere"], "results store"),
+    # no sub-command / unknown one
+    ([], "command"),
+    (["bogus-command"], "bogus-command"),
+]
+
+
+@pytest.mark.parametrize("argv, fragment", CASES, ids=[" ".join(a[:2]) + f" #{i}"
+                                                        for i, (a, _) in enumerate(CASES)])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, fragment):
+    _files(tmp_path)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    code = main(argv)
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert code == 2, (code, err, captured.out[-500:])
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("gradleak: error:") and "Traceback" not in err
+    assert fragment in err, err
+
+
+def test_distinct_labels_warns_when_impossible(tmp_path, capsys):
+    """skimage has fewer classes than 40 samples: labels must repeat, and the user is told."""
+    with pytest.warns(UserWarning, match="labels repeat"):
+        assert main(["attack", "--out", str(tmp_path / "o"), *TINY, "data.num_samples=40"]) == 0
+
+
+def test_non_finite_metric_does_not_lose_the_result(tmp_path):
+    from gradleak.io import write_json
+
+    write_json(tmp_path / "r.json", {"psnr": float("inf"), "x": [float("nan"), 1.0]})
+    assert (tmp_path / "r.json").read_text().count("null") == 2
