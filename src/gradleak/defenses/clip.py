@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from gradleak.defenses import check_param, register_defense
+from gradleak.defenses import check_param, map_float, register_defense
 from gradleak.fl.client import SharedUpdate
 
 
@@ -19,4 +19,4 @@ def clip(update: SharedUpdate, *, generator: torch.Generator | None = None,
     Deterministic: ``generator`` is unused.
     """
     check_param(bound > 0, "bound", bound, "> 0")
-    return update.replace({n: t.clamp(-bound, bound) for n, t in update.tensors.items()})
+    return map_float(update, lambda t: t.clamp(-bound, bound))
