@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from gradleak.attacks.simulate import simulated_delta
 from gradleak.config import ClientConfig, ModelConfig
 from gradleak.errors import GradleakError
-from gradleak.fl.client import ClientSetup, client_update, set_bn_mode
+from gradleak.fl.client import ClientSetup, client_round, client_update, set_bn_mode
 from gradleak.models import build_model
 
 
@@ -87,15 +87,18 @@ def test_simulation_with_true_data_and_order_reproduces_the_client():
         torch.testing.assert_close(d.detach(), update.tensors[n], rtol=1e-4, atol=1e-6)
 
 
-def test_batch_larger_than_data_is_refused():
-    with pytest.raises(GradleakError, match="client.batch_size"):
-        ClientSetup.from_config(ClientConfig(protocol="fedavg", batch_size=8), 4)
+def test_batch_is_capped_at_the_clients_own_samples():
+    # One rule for every client (FL clients and the victim): B above N trains on one batch of N.
+    setup = ClientSetup.from_config(ClientConfig(protocol="fedavg", batch_size=8), 4)
+    assert setup.batch_size == 4 and setup.local_updates == 1
+    assert ClientSetup.from_config(ClientConfig(protocol="fedavg", batch_size=3), 4).batch_size == 3
 
 
 def test_bn_statistics_are_recorded():
     model, (x, y) = _model(norm="batch"), _data()
     setup = ClientSetup.from_config(ClientConfig(), 4)
-    update = client_update(model, x, y, setup, seed=0)
-    assert len(update.bn_statistics) == 3
-    mean, var = update.bn_statistics[0]
+    rnd = client_round(model, x, y, setup, seed=0)
+    assert not hasattr(rnd.update, "bn_statistics"), "the uploaded update must not carry them"
+    assert len(rnd.bn_statistics) == 3
+    mean, var = rnd.bn_statistics[0]
     assert mean.shape == var.shape == (4,)

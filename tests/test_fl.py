@@ -149,13 +149,18 @@ def test_secure_aggregation_shows_the_attack_only_the_aggregate(monkeypatch):
         def needs(self):
             return frozenset()
 
-        def __call__(self, obs, *, seed, progress):
+        def prepare_model(self, model, **_kw):
+            return model
+
+        def run(self, obs, *, seed, progress):
             seen["update"] = obs.update
             n = obs.num_samples
             imgs = torch.rand(n, 3, 8, 8)
             return Reconstruction(imgs, imgs[None], [0.0], obs.labels.tolist(), 1, "known")
 
-    monkeypatch.setattr(pu, "build_attack", lambda _cfg: Spy())
+    import gradleak.scenario
+
+    monkeypatch.setattr(gradleak.scenario, "build_attack", lambda _cfg: Spy())
     cfg = load_config(overrides=["model.name=mlp", "model.hidden=[8]", "metrics.lpips_net=alex"])
     pu.attack_observed(cfg, FederatedRun(res, model, ds, ds, parts))
     assert seen["update"] is res.observed

@@ -28,7 +28,7 @@ def test_stage_study_writes_rows_and_resumes(tmp_path, monkeypatch):
     def fail(*_a, **_k):
         raise AssertionError("a finished round was redone")
 
-    monkeypatch.setattr(study, "run_scenario", fail)
+    monkeypatch.setattr(study.Scenario, "from_config", fail)
     monkeypatch.setattr(study, "run_federated", fail)
     again = study.stage_study(cfg, tmp_path, every=1, igsa_points=2)
     assert [r["psnr"] for r in again] == pytest.approx([r["psnr"] for r in rows])

@@ -33,16 +33,11 @@ import torch
 from torch import nn
 
 from gradleak import metrics
-from gradleak.attacks import build_attack, observe
 from gradleak.config import Config, load_config
-from gradleak.data import build_dataset
-from gradleak.data.sampling import select_victim_samples
 from gradleak.errors import GradleakError
-from gradleak.fl.client import ClientSetup, client_update
 from gradleak.io import atomic_write, write_text
-from gradleak.models import build_model, count_parameters
-from gradleak.provenance import seed_everything
-from gradleak.threat import ThreatModel
+from gradleak.models import count_parameters
+from gradleak.scenario import Scenario
 
 
 def dimension_check(model: nn.Module, batch: int, input_shape: Sequence[int]) -> dict:
@@ -74,25 +69,15 @@ class AttackOutcome:
 
 def run_update_attack(cfg: Config) -> AttackOutcome:
     """Client update + attack for ``cfg`` (no LPIPS), scored by matched MSE/PSNR."""
-    seed_everything(cfg.seed)
-    dataset = build_dataset(cfg.data)
-    images, labels, _ = select_victim_samples(dataset, cfg.data, seed=cfg.seed)
-    setup = ClientSetup.from_config(cfg.client, num_samples=len(labels))
-    threat = ThreatModel.from_config(cfg.threat)
-    attack = build_attack(cfg.attack)
-    model = build_model(cfg.model, num_classes=dataset.num_classes, channels=dataset.channels,
-                        resolution=dataset.resolution, mean=dataset.mean, std=dataset.std)
-    model = attack.prepare_model(model, input_shape=tuple(images.shape[1:]),
-                                 num_classes=dataset.num_classes, seed=cfg.seed)
-    update = client_update(model, images, labels, setup, seed=cfg.seed)
-    obs = observe(model=model, update=update, threat=threat, setup=setup, labels=labels,
-                  input_shape=tuple(images.shape[1:]), num_classes=dataset.num_classes)
-    recon = attack(obs, seed=cfg.seed).images
+    sc = Scenario.from_config(cfg)
+    rnd = sc.client_round()
+    recon = sc.reconstruct(sc.observe(rnd.update, bn_statistics=rnd.bn_statistics)).images
+    images = sc.images
     matched = metrics.reorder(recon, metrics.match_reconstructions(recon, images))
     psnr = metrics.psnr(matched, images).clamp(max=metrics.PSNR_REPORT_CAP)
     return AttackOutcome(mse=float(metrics.mse(matched, images).mean()), psnr=float(psnr.mean()),
                          max_abs=float((matched - images).abs().max()),
-                         local_updates=setup.local_updates)
+                         local_updates=sc.setup.local_updates)
 
 
 MLP_SCENARIO = ["model.name=mlp", "model.hidden=[256]", "data.resolution=16",

@@ -168,16 +168,12 @@ def transform_for(defense: DefenseConfig, update: SharedUpdate | None = None,
     return build_transform(defense.name, params, observed, sign_surrogate=sign_surrogate)
 
 
-def attach_adaptive(attack: Any, defense: DefenseConfig, update: SharedUpdate,
-                    model: nn.Module) -> bool:
-    """Give a gradient-matching ``attack`` (anything with a ``transform`` attribute) the
-    surrogate of ``defense``, aligned to the parameters it matches (its ``layers``). Returns
-    False, doing nothing, for attacks without that attribute (they handle ``adaptive`` alone)."""
-    if not hasattr(attack, "transform"):
-        return False
+def matched_transform(defense: DefenseConfig, update: SharedUpdate, model: nn.Module,
+                      layers: Sequence[str] | None) -> Transform:
+    """The surrogate of ``defense`` aligned to the parameters a gradient-matching attack matches
+    (those of ``model`` selected by the attack's ``layers`` prefixes, in model order)."""
     from gradleak.attacks.optimization import select_layers
 
     all_names = [n for n, _ in model.named_parameters()]
-    names = [all_names[i] for i in select_layers(all_names, getattr(attack, "layers", None))]
-    attack.transform = transform_for(defense, update, names)
-    return True
+    names = [all_names[i] for i in select_layers(all_names, layers)]
+    return transform_for(defense, update, names)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from gradleak.errors import GradleakError
 from gradleak.fl.client import ClientSetup, SharedUpdate
 from gradleak.threat import Knowledge, ThreatModel
 
@@ -39,9 +40,11 @@ class Observation:
 
 
 def observe(*, model: nn.Module, update: SharedUpdate, threat: ThreatModel, setup: ClientSetup,
-            labels: torch.Tensor, input_shape: tuple[int, int, int],
-            num_classes: int) -> Observation:
-    """What the server sees of a client round, filtered by the threat model."""
+            labels: torch.Tensor, input_shape: tuple[int, int, int], num_classes: int,
+            bn_statistics: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Observation:
+    """What the server sees of a client round, filtered by the threat model: ``labels``, the
+    client ``setup`` and the client's ``bn_statistics`` only when granted. The update itself is
+    passed on as the client sent it (it carries no side information)."""
     return Observation(
         model=model,
         update=update,
@@ -52,7 +55,8 @@ def observe(*, model: nn.Module, update: SharedUpdate, threat: ThreatModel, setu
         bn_mode=setup.bn_mode,
         labels=labels.clone() if threat.grants(Knowledge.LABELS) else None,
         client=setup if threat.grants(Knowledge.CLIENT_TRAINING) else None,
-        bn_statistics=update.bn_statistics if threat.grants(Knowledge.BN_STATISTICS) else None,
+        bn_statistics=([(m.clone(), v.clone()) for m, v in bn_statistics or []]
+                       if threat.grants(Knowledge.BN_STATISTICS) else None),
     )
 
 
@@ -102,6 +106,13 @@ class Attack:
         """The global model the server sends to the client. Honest servers send it unchanged; a
         malicious attack (level 5) may return a crafted or modified model here."""
         return model
+
+    def adapt(self, defense: Any, observed: SharedUpdate, model: nn.Module) -> None:
+        """The adaptive attacker (``attack.adaptive=true``): learn the client's post-processing
+        ``defense`` (a :class:`~gradleak.config.DefenseConfig`) from the scenario, given the
+        ``observed`` (defended) update and the global ``model``. Attacks with an adaptive mode
+        override this; the others refuse in one line."""
+        raise GradleakError(f"attack {self.name!r} has no adaptive mode; set attack.adaptive=false")
 
     def __call__(self, obs: Observation, *, seed: int = 0, progress: bool = False) -> Reconstruction:
         obs.threat.require(self.needs(), who=f"attack {self.name!r}")

@@ -31,10 +31,12 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from gradleak.attacks import register_attack
@@ -87,6 +89,12 @@ class GGL(Attack):
     def use_defense(self, defense: Callable[..., SharedUpdate]) -> None:
         """Give the attack the scenario's defense (``defense(update, generator=...)``)."""
         self.defense = defense
+
+    def adapt(self, defense: Any, observed: SharedUpdate, model: nn.Module) -> None:
+        """Gradient-free search applies the client's real defense to its trial gradients."""
+        from gradleak.defenses import build_defense
+
+        self.use_defense(build_defense(defense))
 
     def needs(self) -> frozenset[Knowledge]:
         return self.requires | ({Knowledge.LABELS} if self.labels == "known" else frozenset())

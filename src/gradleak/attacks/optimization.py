@@ -17,6 +17,7 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,7 @@ from gradleak.attacks.priors import (
 from gradleak.attacks.simulate import batch_order, simulated_delta
 from gradleak.config import AttackConfig
 from gradleak.errors import GradleakError
-from gradleak.fl.client import set_bn_mode
+from gradleak.fl.client import SharedUpdate, set_bn_mode
 from gradleak.threat import Knowledge
 
 
@@ -101,6 +102,14 @@ class GradientMatchingAttack(Attack):
     # Adaptive attacker (attack.adaptive): maps the dummy gradients of the matched parameters to
     # their defended version before the distance; see gradleak.attacks.adaptive.
     transform: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None
+
+
+    def adapt(self, defense: Any, observed: SharedUpdate, model: nn.Module) -> None:
+        """Adaptive attacker: post-process every dummy gradient with the differentiable surrogate
+        of the client's defense (:mod:`gradleak.attacks.adaptive`) before the distance."""
+        from gradleak.attacks.adaptive import matched_transform
+
+        self.transform = matched_transform(defense, observed, model, self.layers)
 
     def __init__(self, *, iterations: int = 4800, lr: float = 0.1, restarts: int = 1,
                  labels: str = "known", init: str = "randn", lr_decay: bool = True,

@@ -31,20 +31,13 @@ def run(args: argparse.Namespace) -> int:
     from gradleak.analysis.igsa import DEFAULT_POINTS, igsa
     from gradleak.analysis.theory import dimension_check
     from gradleak.config import load_config
-    from gradleak.data import build_dataset
-    from gradleak.data.sampling import select_victim_samples
     from gradleak.io import write_json
-    from gradleak.models import build_model
-    from gradleak.provenance import seed_everything, versions
-    from gradleak.runner import _device
+    from gradleak.provenance import versions
+    from gradleak.scenario import Scenario
 
     cfg = load_config(args.config, args.overrides)
-    device = _device(cfg.device)
-    seed_everything(cfg.seed)
-    dataset = build_dataset(cfg.data)
-    images, labels, indices = select_victim_samples(dataset, cfg.data, seed=cfg.seed)
-    model = build_model(cfg.model, num_classes=dataset.num_classes, channels=dataset.channels,
-                        resolution=dataset.resolution, mean=dataset.mean, std=dataset.std).to(device)
+    sc = Scenario.from_config(cfg)
+    model, images, labels, indices = sc.model, sc.images.to(sc.device), sc.labels, sc.indices
     result = igsa(model, images, labels, radius=args.radius,
                   num_points=args.points or DEFAULT_POINTS, seed=cfg.seed,
                   relative=not args.absolute)

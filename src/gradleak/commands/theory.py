@@ -40,10 +40,9 @@ def run(args: argparse.Namespace) -> int:
         write_local_updates_csv,
     )
     from gradleak.config import load_config
-    from gradleak.data import build_dataset
     from gradleak.io import write_json
-    from gradleak.models import build_model
     from gradleak.provenance import versions
+    from gradleak.scenario import Scenario
 
     for name, value in (("--max-updates", args.max_updates), ("--samples", args.samples),
                         ("--seeds", args.seeds), ("--iterations", args.iterations)):
@@ -57,11 +56,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"Lemma 4.1: analytic attack on one FedSGD gradient, max |error| = "
           f"{lemma['max_abs_error']:.2e} ({'exact' if lemma['exact'] else 'NOT exact'})")
     cfg = load_config(None, [*MLP_SCENARIO, f"data.num_samples={args.samples}", *args.overrides])
-    dataset = build_dataset(cfg.data)
-    model = build_model(cfg.model, num_classes=dataset.num_classes, channels=dataset.channels,
-                        resolution=dataset.resolution, mean=dataset.mean, std=dataset.std)
-    dims = dimension_check(model, args.samples, (dataset.channels, dataset.resolution,
-                                                 dataset.resolution))
+    sc = Scenario.from_config(cfg)
+    dims = dimension_check(sc.model, args.samples, tuple(sc.images.shape[1:]))
     print(f"Thm. 4.3: {dims['message']}")
     rows = []
     for attack in attacks:

@@ -4,9 +4,9 @@ A defense is a function ``defense(update, *, generator=None, **params) -> Shared
 apart from the seeded ``generator``, so any FL code can use it on its own. Its keyword-only
 ``params`` are named after :class:`DefenseConfig` fields; ``build_defense(cfg)`` binds them.
 Defenses transform ``update.tensors`` only and never modify their input; ``kind``,
-``num_samples`` and ``bn_statistics`` are passed through. Only floating-point tensors are
-transformed: integer or boolean tensors (a framework's ``num_batches_tracked`` counter in a
-``state_dict`` delta) are passed through unchanged and take no part in norms or top-k counts.
+``num_samples`` are passed through. Only floating-point tensors are transformed: integer or
+boolean tensors (a framework's ``num_batches_tracked`` counter in a ``state_dict`` delta) are
+passed through unchanged and take no part in norms or top-k counts.
 """
 
 from __future__ import annotations

@@ -47,36 +47,17 @@ def _flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics.get(k) for k in METRIC_KEYS}
 
 
-def _victim_and_model(cfg: Any) -> tuple[Any, Any, Any]:
-    """The victim's samples and the model exactly as :func:`run_scenario` builds them."""
-    from gradleak.data import build_dataset
-    from gradleak.data.sampling import select_victim_samples
-    from gradleak.models import build_model
-    from gradleak.provenance import seed_everything
-
-    seed_everything(cfg.seed)
-    dataset = build_dataset(cfg.data)
-    images, labels, _ = select_victim_samples(dataset, cfg.data, seed=cfg.seed)
-    model = build_model(cfg.model, num_classes=dataset.num_classes, channels=dataset.channels,
-                        resolution=dataset.resolution, mean=dataset.mean, std=dataset.std)
-    return images, labels, model
-
-
-def _igsa(cfg: Any, points: int) -> float:
+def _scenario_metrics(sc: Any, ctx: RunContext, *, igsa_points: int | None) -> dict[str, Any]:
+    """Run ``sc`` (a :class:`~gradleak.scenario.Scenario`) into the run folder; with
+    ``igsa_points``, first the IGSA of its model at the victim's samples."""
     from gradleak.analysis.igsa import igsa
-
-    images, labels, model = _victim_and_model(cfg)
-    return igsa(model, images, labels, num_points=points, seed=cfg.seed).value
-
-
-@register_kind("attack")
-def run_attack(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> dict[str, Any]:
-    from gradleak.runner import run_scenario, write_run
+    from gradleak.runner import write_run
 
     out: dict[str, Any] = {}
-    if options.get("igsa"):
-        out["igsa"] = _igsa(cfg, int(options.get("igsa_points", 4)))
-    run = run_scenario(cfg)
+    if igsa_points:
+        out["igsa"] = igsa(sc.model, sc.images, sc.labels, num_points=igsa_points,
+                           seed=sc.cfg.seed).value
+    run = sc.run()
     write_run(ctx.run_dir, run)
     res = run.result
     out.update(_flat_metrics(res["metrics"]))
@@ -88,12 +69,19 @@ def run_attack(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> dict[str, 
     return out
 
 
+@register_kind("attack")
+def run_attack(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> dict[str, Any]:
+    from gradleak.scenario import Scenario
+
+    points = int(options.get("igsa_points", 4)) if options.get("igsa") else None
+    return _scenario_metrics(Scenario.from_config(cfg), ctx, igsa_points=points)
+
+
 @register_kind("stage")
 def run_stage(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> dict[str, Any]:
-    from gradleak.analysis.igsa import igsa
     from gradleak.config import load_config
     from gradleak.experiments.artifacts import ensure_federated
-    from gradleak.runner import run_scenario, write_run
+    from gradleak.scenario import Scenario
 
     if "round" not in options:
         raise GradleakError("kind 'stage' needs a run.round grid axis (the FL round to attack)")
@@ -103,39 +91,31 @@ def run_stage(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> dict[str, A
     folder, accuracy = ensure_federated(cfg, ctx.cache)
     tree = cfg.to_dict()
     tree["model"]["checkpoint"] = str(folder / f"round_{r:03d}.pt")
-    # The victim trains like every client; its mini-batch is capped at its own N.
-    batch = tree["client"]["batch_size"]
-    tree["client"]["batch_size"] = None if batch is None else min(batch, cfg.data.num_samples)
-    round_cfg = load_config(base=tree)
-    images, labels, model = _victim_and_model(round_cfg)
-    smooth = igsa(model, images, labels, num_points=int(options.get("igsa_points", 4)),
-                  seed=cfg.seed).value
-    run = run_scenario(round_cfg)
-    write_run(ctx.run_dir, run)
-    res = run.result
-    return {**_flat_metrics(res["metrics"]), "accuracy": accuracy[r], "igsa": smooth,
-            "attack_seconds": res["attack_seconds"],
-            "_result": {k: res[k] for k in ("per_sample", "warnings", "git_commit")}}
+    out = _scenario_metrics(Scenario.from_config(load_config(base=tree)), ctx,
+                            igsa_points=int(options.get("igsa_points", 4)))
+    out["accuracy"] = accuracy[r]
+    out["_result"] = {k: out["_result"][k] for k in ("per_sample", "warnings", "git_commit")}
+    return out
 
 
 @register_kind("privacy_utility")
 def run_privacy_utility(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> dict[str, Any]:
     from gradleak.experiments.privacy_utility import attack_observed
     from gradleak.fl.server import run_federated
-    from gradleak.report.images import save_comparison
+    from gradleak.images import save_comparison
 
     started = time.perf_counter()
     fed = run_federated(cfg)
     fl_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    scores, truth, matched = attack_observed(cfg, fed)
+    score, truth = attack_observed(cfg, fed)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    save_comparison(ctx.run_dir / "reconstruction.png", truth, matched)
-    out = _flat_metrics(scores)
+    save_comparison(ctx.run_dir / "reconstruction.png", truth, score.matched)
+    out = _flat_metrics(score.metrics())
     out.update(final_accuracy=fed.result.final_accuracy, victim_epsilon=fed.result.victim_epsilon,
                fl_seconds=round(fl_seconds, 3),
                attack_seconds=round(time.perf_counter() - started, 3))
-    out["_result"] = {"per_sample": scores["per_sample"], "warnings": scores["warnings"],
+    out["_result"] = {"per_sample": score.per_sample, "warnings": score.warnings,
                       "accuracy": list(fed.result.accuracy)}
     return out
 

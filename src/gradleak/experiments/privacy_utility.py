@@ -32,16 +32,14 @@ from typing import Any
 
 import torch
 
-from gradleak import metrics
-from gradleak.attacks import build_attack, observe
-from gradleak.attacks.adaptive import attach_adaptive
+from gradleak.attacks import build_attack
 from gradleak.config import Config, set_key
 from gradleak.errors import GradleakError
 from gradleak.fl.server import FederatedRun, dataset_tensors, run_federated
+from gradleak.images import save_comparison
 from gradleak.io import atomic_write, write_json, write_text
-from gradleak.models import build_model
 from gradleak.provenance import git_commit, versions
-from gradleak.report.images import save_comparison
+from gradleak.scenario import Scenario, Score
 from gradleak.threat import ThreatModel
 
 # defense -> (DefenseConfig field varied, paper grid for ResNet-18, App. C iii).
@@ -129,36 +127,20 @@ def point_config(cfg: Config, point: GridPoint) -> Config:
     return out
 
 
-def attack_observed(cfg: Config, run: FederatedRun, *,
-                    progress: bool = False) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+def attack_observed(cfg: Config, run: FederatedRun, *, progress: bool = False) -> tuple[Score, torch.Tensor]:
     """Attack what the server observed of the victim at ``fl.attack_round``.
 
     The model is the global model of that round; the truth is the victim's samples (under secure
     aggregation: every sampled client's, since the attack sees only their aggregate). Returns
-    ``(scores from metrics.score, truth [N, C, H, W], matched reconstruction [N, C, H, W])``.
+    ``(score, truth [N, C, H, W])``; ``score.matched`` is the matched reconstruction.
     """
     res = run.result
-    threat = ThreatModel.from_config(cfg.threat)
-    attack = build_attack(cfg.attack)
-    threat.require(attack.needs(), who=f"attack {cfg.attack.name!r}")
-    device = next(run.model.parameters()).device
-    train = run.train
-    model = build_model(cfg.model, num_classes=train.num_classes, channels=train.channels,
-                        resolution=train.resolution, mean=train.mean, std=train.std)
+    model = copy.deepcopy(run.model)
     model.load_state_dict(res.attack_state)
-    model = model.to(device)
-    images, labels = dataset_tensors(train, res.observed_indices)
-    if cfg.attack.adaptive:
-        attach_adaptive(attack, cfg.defense, res.observed, model)
-    obs = observe(model=model, update=res.observed, threat=threat, setup=res.observed_setup,
-                  labels=labels, input_shape=tuple(images.shape[1:]), num_classes=train.num_classes)
-    recon = attack(obs, seed=cfg.seed, progress=progress)
-    scores = metrics.score(recon.candidates, images, lpips_net=cfg.metrics.lpips_net,
-                           psnr_threshold=cfg.metrics.psnr_threshold,
-                           lpips_threshold=cfg.metrics.lpips_threshold)
-    scores["label_accuracy"] = metrics.label_accuracy(recon.labels, labels.tolist())
-    matched = recon.images[torch.tensor(scores["matching"])]
-    return scores, images, matched
+    images, labels = dataset_tensors(run.train, res.observed_indices)
+    sc = Scenario.from_config(cfg, model=model, data=run.train, victim=(images, labels))
+    obs = sc.observe(res.observed, setup=res.observed_setup)
+    return sc.score(sc.reconstruct(obs, progress=progress)), images
 
 
 def best_tradeoff(rows: Sequence[dict[str, Any]], lpips_threshold: float) -> dict[str, str]:
@@ -187,8 +169,8 @@ def run_privacy_utility(cfg: Config, out: str | Path, *, grid: Sequence[GridPoin
         raise GradleakError("privacy-utility models an honest-but-curious server; set "
                             "threat.malicious=false")
     configs = [point_config(cfg, p) for p in grid]  # validates every point before any training
-    probe = build_attack(cfg.attack)
-    ThreatModel.from_config(cfg.threat).require(probe.needs(), who=f"attack {cfg.attack.name!r}")
+    ThreatModel.from_config(cfg.threat).require(build_attack(cfg.attack).needs(),
+                                                who=f"attack {cfg.attack.name!r}")
 
     json_path, csv_path, plot_path = (out / "results.json", out / "privacy_utility.csv",
                                       out / "privacy_utility.png")
@@ -209,10 +191,10 @@ def run_privacy_utility(cfg: Config, out: str | Path, *, grid: Sequence[GridPoin
                             progress=progress)
         fl_seconds = time.perf_counter() - fl_started
         attack_started = time.perf_counter()
-        scores, truth, matched = attack_observed(pcfg, run, progress=progress)
+        score, truth = attack_observed(pcfg, run, progress=progress)
         attack_seconds = time.perf_counter() - attack_started
-        save_comparison(run_dir / "reconstruction.png", truth, matched)
-        row = _row(point, run, scores, fl_seconds, attack_seconds)
+        save_comparison(run_dir / "reconstruction.png", truth, score.matched)
+        row = _row(point, run, score, fl_seconds, attack_seconds)
         rows.append(row)
         done.add(point.key)
         result.ran.append(point.key)
@@ -231,7 +213,7 @@ def run_privacy_utility(cfg: Config, out: str | Path, *, grid: Sequence[GridPoin
 # --- rows, store and outputs ------------------------------------------------------------------
 
 
-def _row(point: GridPoint, run: FederatedRun, scores: dict[str, Any], fl_seconds: float,
+def _row(point: GridPoint, run: FederatedRun, score: Score, fl_seconds: float,
          attack_seconds: float) -> dict[str, Any]:
     res = run.result
     eps = list(res.epsilon.values())
@@ -243,14 +225,14 @@ def _row(point: GridPoint, run: FederatedRun, scores: dict[str, Any], fl_seconds
         "final_accuracy": res.final_accuracy,
         "accuracy_drop": None,
         "accuracy_curve": res.accuracy,
-        "psnr": scores["psnr"],
-        "ssim": scores["ssim"],
-        "lpips": scores["lpips"],
-        "mse": scores["mse"],
-        "brr": scores["brr"],
-        "label_accuracy": scores["label_accuracy"],
-        "leaked": (None if scores["per_sample"]["leaked"] is None
-                   else bool(any(scores["per_sample"]["leaked"]))),
+        "psnr": score.psnr,
+        "ssim": score.ssim,
+        "lpips": score.lpips,
+        "mse": score.mse,
+        "brr": score.brr,
+        "label_accuracy": score.label_accuracy,
+        "leaked": (None if score.per_sample["leaked"] is None
+                   else bool(any(score.per_sample["leaked"]))),
         "victim_epsilon": res.victim_epsilon,
         "max_epsilon": max(eps) if eps else None,
         "attack_round": res.attack_round,

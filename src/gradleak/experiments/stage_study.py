@@ -22,13 +22,10 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from gradleak.analysis.igsa import igsa, normalise_stages  # noqa: E402
 from gradleak.config import Config, load_config  # noqa: E402
-from gradleak.data import build_dataset  # noqa: E402
-from gradleak.data.sampling import select_victim_samples  # noqa: E402
 from gradleak.errors import GradleakError  # noqa: E402
 from gradleak.fl.server import run_federated  # noqa: E402
 from gradleak.io import atomic_write, write_text  # noqa: E402
-from gradleak.models import build_model  # noqa: E402
-from gradleak.runner import run_scenario  # noqa: E402
+from gradleak.scenario import Scenario  # noqa: E402
 
 FIELDS = ["round", "accuracy", "igsa", "igsa_normalised", "psnr", "ssim", "lpips", "mse"]
 
@@ -69,8 +66,6 @@ def stage_study(cfg: Config, out: str | Path, *, every: int = 1, igsa_points: in
         with (out / "accuracy.csv").open() as f:
             accuracy = [float(r["accuracy"]) for r in csv.DictReader(f)]
 
-    dataset = build_dataset(cfg.data)
-    images, labels, _ = select_victim_samples(dataset, cfg.data, seed=cfg.seed)
     done = _read_rows(out / "stage_study.csv")
     rows: list[dict[str, Any]] = []
     for r in tqdm(rounds, desc="stage study", unit="round", disable=not progress):
@@ -78,18 +73,11 @@ def stage_study(cfg: Config, out: str | Path, *, every: int = 1, igsa_points: in
             rows.append({k: float(v) if k != "round" else int(v) for k, v in done[r].items()
                          if k in FIELDS and v not in ("", "None")})
             continue
-        path = ckpt_dir / f"round_{r:03d}.pt"
         tree = cfg.to_dict()
-        tree["model"]["checkpoint"] = str(path)
-        # The victim trains like every client; its mini-batch is capped at its own N.
-        batch = tree["client"]["batch_size"]
-        tree["client"]["batch_size"] = None if batch is None else min(batch, len(labels))
-        round_cfg = load_config(base=tree)
-        model = build_model(round_cfg.model, num_classes=dataset.num_classes,
-                            channels=dataset.channels, resolution=dataset.resolution,
-                            mean=dataset.mean, std=dataset.std)
-        smoothness = igsa(model, images, labels, num_points=igsa_points, seed=cfg.seed).value
-        metrics = run_scenario(round_cfg).result["metrics"]
+        tree["model"]["checkpoint"] = str(ckpt_dir / f"round_{r:03d}.pt")
+        sc = Scenario.from_config(load_config(base=tree))
+        smoothness = igsa(sc.model, sc.images, sc.labels, num_points=igsa_points, seed=cfg.seed).value
+        metrics = sc.run().result["metrics"]
         rows.append({"round": r, "accuracy": accuracy[r], "igsa": smoothness,
                      "psnr": metrics["psnr"], "ssim": metrics["ssim"], "lpips": metrics["lpips"],
                      "mse": metrics["mse"]})

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradleak.config import ClientConfig
-from gradleak.errors import GradleakError
 
 
 @dataclass(frozen=True)
@@ -33,11 +32,11 @@ class ClientSetup:
 
     @classmethod
     def from_config(cls, cfg: ClientConfig, num_samples: int) -> ClientSetup:
-        batch = cfg.batch_size or num_samples
-        if batch > num_samples:
-            raise GradleakError(
-                f"bad value {batch} for client.batch_size: must be <= data.num_samples={num_samples}"
-            )
+        """The setup of a client holding ``num_samples`` samples. One rule for every client: the
+        configured batch size (null = all N) is capped at the client's own N, as a client with
+        fewer samples than B trains on one batch. (A single-victim scenario refuses B > N before
+        any work, in :class:`gradleak.scenario.Scenario`.)"""
+        batch = min(cfg.batch_size or num_samples, num_samples)
         if cfg.protocol == "fedsgd":
             return cls("fedsgd", 1, num_samples, cfg.lr, num_samples, cfg.bn_mode)
         return cls("fedavg", cfg.local_epochs, batch, cfg.lr, num_samples, cfg.bn_mode)
@@ -57,14 +56,13 @@ class SharedUpdate:
     """What the client sends: per-parameter tensors keyed by parameter name.
 
     ``kind="gradient"`` holds dL/dW (FedSGD); ``kind="model_delta"`` holds W_local - W_global
-    (FedAvg), which points *against* the summed gradients. ``bn_statistics`` are the per-BN-layer
-    batch (mean, var) the client computed; a server only sees them when granted (level 4).
+    (FedAvg), which points *against* the summed gradients. It holds exactly what a real client
+    uploads: the client's BN batch statistics are not part of it (see :class:`ClientRound`).
     """
 
     kind: Literal["gradient", "model_delta"]
     tensors: dict[str, torch.Tensor]
     num_samples: int
-    bn_statistics: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
     def gradient_direction(self) -> dict[str, torch.Tensor]:
         """Tensors pointing along the (summed) loss gradient: a model delta is negated."""
@@ -73,7 +71,17 @@ class SharedUpdate:
         return {k: -v for k, v in self.tensors.items()}
 
     def replace(self, tensors: dict[str, torch.Tensor]) -> SharedUpdate:
-        return SharedUpdate(self.kind, tensors, self.num_samples, self.bn_statistics)
+        return SharedUpdate(self.kind, tensors, self.num_samples)
+
+
+@dataclass(frozen=True)
+class ClientRound:
+    """One local round of the victim: the update it uploads and, kept apart from it, the per-BN-layer
+    batch ``(mean, var)`` it computed. The statistics reach a server only when the threat model
+    grants them (level 4), through :func:`gradleak.attacks.observe`."""
+
+    update: SharedUpdate
+    bn_statistics: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
 
 def set_bn_mode(model: nn.Module, mode: str, *, dropout: bool = True) -> None:
@@ -109,14 +117,13 @@ def client_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     """Run the client's local training on a copy of ``model``; ``images [N, C, H, W]``."""
     local = copy.deepcopy(model)
     set_bn_mode(local, setup.bn_mode)
-    bn_stats = capture_bn_statistics(copy.deepcopy(local), images)
     names = [n for n, p in local.named_parameters() if p.requires_grad]
     params = [p for p in local.parameters() if p.requires_grad]
     if setup.protocol == "fedsgd":
         loss = F.cross_entropy(local(images), labels)
         grads = torch.autograd.grad(loss, params)
         tensors = {n: g.detach().clone() for n, g in zip(names, grads, strict=True)}
-        return SharedUpdate("gradient", tensors, setup.num_samples, bn_stats)
+        return SharedUpdate("gradient", tensors, setup.num_samples)
 
     start = [p.detach().clone() for p in params]
     generator = torch.Generator().manual_seed(seed)
@@ -128,4 +135,13 @@ def client_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
             F.cross_entropy(local(images[batch]), labels[batch]).backward()
             optimizer.step()
     tensors = {n: (p.detach() - s) for n, p, s in zip(names, params, start, strict=True)}
-    return SharedUpdate("model_delta", tensors, setup.num_samples, bn_stats)
+    return SharedUpdate("model_delta", tensors, setup.num_samples)
+
+
+def client_round(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                 setup: ClientSetup, *, seed: int) -> ClientRound:
+    """:func:`client_update` plus the BN batch statistics of the client's first forward pass."""
+    local = copy.deepcopy(model)
+    set_bn_mode(local, setup.bn_mode)
+    stats = capture_bn_statistics(local, images)
+    return ClientRound(client_update(model, images, labels, setup, seed=seed), stats)

@@ -126,11 +126,8 @@ def sample_clients(num_clients: int, fraction: float, round_: int, *, seed: int,
 
 
 def local_setup(cfg: ClientConfig, num_samples: int) -> ClientSetup:
-    """A client's :class:`ClientSetup`; the batch size is capped at the client's own N."""
-    batch = min(cfg.batch_size or num_samples, num_samples)
-    if cfg.protocol == "fedsgd":
-        return ClientSetup("fedsgd", 1, num_samples, cfg.lr, num_samples, cfg.bn_mode)
-    return ClientSetup("fedavg", cfg.local_epochs, batch, cfg.lr, num_samples, cfg.bn_mode)
+    """A client's :class:`ClientSetup` (kept for callers; the rule is :meth:`ClientSetup.from_config`)."""
+    return ClientSetup.from_config(cfg, num_samples)
 
 
 # --- DP-SGD -----------------------------------------------------------------------------------
@@ -188,14 +185,14 @@ def dp_client_update(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
 
     if setup.protocol == "fedsgd":
         return SharedUpdate("gradient", noisy_mean(torch.arange(setup.num_samples)),
-                            setup.num_samples, [])
+                            setup.num_samples)
     for _ in range(setup.local_epochs):
         order = torch.randperm(setup.num_samples, generator=order_gen)
         for batch in order.split(setup.batch_size):
             step = noisy_mean(batch)
             params = {n: params[n] - setup.lr * step[n] for n in names}
     return SharedUpdate("model_delta", {n: params[n] - start[n] for n in names},
-                        setup.num_samples, [])
+                        setup.num_samples)
 
 
 # --- the server -------------------------------------------------------------------------------
@@ -334,7 +331,7 @@ def train_federated(model: nn.Module, train: ImageDataset, parts: Sequence[Seque
     victim_setup = captured["setups"][VICTIM]
     if fl.secure_aggregation:
         total = captured["total"]
-        observed = SharedUpdate(victim_update.kind, captured["mean"], total, [])
+        observed = SharedUpdate(victim_update.kind, captured["mean"], total)
         observed_setup = local_setup(client, total)
         observed_indices = [i for k in captured["sampled"] for i in parts[k]]
     else:

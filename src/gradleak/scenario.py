@@ -1,0 +1,275 @@
+"""One scenario end to end, built once: data -> model -> client -> defense -> attack -> metrics.
+
+:class:`Scenario` owns everything a run needs (the breaching ``construct_case`` idea, done once):
+the dataset and the victim's samples, the global model, the client's setup, the threat model, the
+attack and the defense. It is built from a :class:`~gradleak.config.Config` or from the user's own
+objects (``model=`` an ``nn.Module``, ``data=`` a dataset), and exposes the pipeline's steps one by
+one so that every command, experiment kind, analysis and integration calls the same code::
+
+    sc = Scenario.from_config(cfg)                  # or Scenario.from_config(cfg, model=m, data=d)
+    rnd = sc.client_round()                         # ClientRound: SharedUpdate + BN statistics
+    obs = sc.observe(sc.defend(rnd.update), bn_statistics=rnd.bn_statistics)
+    score = sc.score(sc.reconstruct(obs))           # Score: psnr, ssim, lpips, brr, wsrr, ...
+
+or ``sc.run()`` for all of it. The threat check happens once, when the scenario is built.
+
+Randomness comes from independent streams derived from ``cfg.seed`` (:class:`SeedStreams`): the
+victim selection, the client's local training (shuffling), the defense's noise and the attack's
+initialisation never share a generator, and the attack only ever sees its own seed.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from gradleak import metrics
+from gradleak.attacks import build_attack, observe
+from gradleak.attacks.base import Attack, Observation, Reconstruction
+from gradleak.config import Config
+from gradleak.data import build_dataset
+from gradleak.data.base import ImageDataset
+from gradleak.data.sampling import select_victim_samples
+from gradleak.defenses import build_defense
+from gradleak.errors import GradleakError
+from gradleak.fl.client import ClientRound, ClientSetup, SharedUpdate, client_round
+from gradleak.models import build_model, count_parameters
+from gradleak.provenance import git_commit, seed_everything, versions
+from gradleak.threat import ThreatModel
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N``; one-line error when unknown or unavailable."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise GradleakError(f"bad value {name!r} for device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GradleakError(f"bad value {name!r} for device: CUDA is not available here; use cpu")
+    return device
+
+
+STREAMS = ("victim", "client", "defense", "attack")
+
+
+@dataclass(frozen=True)
+class SeedStreams:
+    """Independent seeds for the parties of one scenario, derived from the scenario seed with
+    ``numpy.random.SeedSequence(seed).spawn``: knowing one stream's seed tells nothing about the
+    others, so the attack (given only ``attack``) cannot regenerate the client's shuffling, the
+    defense's noise or the victim selection."""
+
+    victim: int
+    client: int
+    defense: int
+    attack: int
+
+    @classmethod
+    def from_seed(cls, seed: int) -> SeedStreams:
+        children = np.random.SeedSequence(int(seed)).spawn(len(STREAMS))
+        return cls(*(int(c.generate_state(1, dtype=np.uint32)[0]) for c in children))
+
+
+@dataclass
+class Score:
+    """An attack's reconstruction scored against the ground truth (after optimal matching).
+
+    Batch means ``mse``/``psnr``/``ssim``/``lpips`` of the best initialisation; ``brr``/``wsrr``
+    the paper's leakage rates (App. C); ``None`` with a reason in ``warnings`` when a metric cannot
+    be computed. ``matched``: the reconstruction reordered to the truth's order ``[N, C, H, W]``.
+    """
+
+    mse: float
+    psnr: float
+    ssim: float
+    lpips: float | None
+    brr: float | None
+    wsrr: float | None
+    label_accuracy: float | None
+    per_sample: dict[str, list]
+    thresholds: dict[str, float]
+    wsrr_initializations: int
+    matching: list[int]
+    matched: torch.Tensor
+    warnings: list[str] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, Any]:
+        """The ``metrics`` block of ``result.json``."""
+        return {"mse": self.mse, "psnr": self.psnr, "ssim": self.ssim, "lpips": self.lpips,
+                "label_accuracy": self.label_accuracy, "brr": self.brr, "wsrr": self.wsrr}
+
+
+@dataclass
+class RunOutput:
+    """A finished run: the JSON-ready ``result``, the victim's images and the reconstruction."""
+
+    result: dict[str, Any]
+    truth: torch.Tensor
+    reconstruction: Reconstruction
+    matched: torch.Tensor  # reconstruction reordered to the ground truth's order
+    update: SharedUpdate  # what the client shared, after the defense
+
+
+def as_image_dataset(data: Dataset) -> ImageDataset:
+    """A user's dataset as an :class:`ImageDataset` (``(image [C, H, W] in [0, 1], label)`` items)."""
+    if isinstance(data, ImageDataset):
+        return data
+    from gradleak.data import from_torch_dataset
+
+    return from_torch_dataset(data)
+
+
+class Scenario:
+    """Everything one run needs, built once; see the module docstring. Use :meth:`from_config`."""
+
+    def __init__(self, cfg: Config, *, dataset: ImageDataset, images: torch.Tensor,
+                 labels: torch.Tensor, indices: list[int], model: nn.Module, setup: ClientSetup,
+                 threat: ThreatModel, attack: Attack, seeds: SeedStreams,
+                 device: torch.device) -> None:
+        self.cfg, self.dataset, self.device, self.seeds = cfg, dataset, device, seeds
+        self.images, self.labels, self.indices = images, labels, indices
+        self.model, self.setup, self.threat, self.attack = model, setup, threat, attack
+        self.defense = build_defense(cfg.defense)
+
+    @classmethod
+    def from_config(cls, cfg: Config, *, model: nn.Module | None = None,
+                    data: Dataset | None = None,
+                    victim: tuple[torch.Tensor, torch.Tensor] | None = None) -> Scenario:
+        """Build the scenario of ``cfg``; ``model``/``data`` replace what ``cfg.model``/``cfg.data``
+        would build, ``victim=(images [N, C, H, W], labels [N])`` replaces the victim selection."""
+        device = resolve_device(cfg.device)
+        seeds = SeedStreams.from_seed(cfg.seed)
+        seed_everything(cfg.seed)  # the global RNG initialises the model (server side)
+        threat = ThreatModel.from_config(cfg.threat)
+        attack = build_attack(cfg.attack)
+        # Refuse before any expensive work if the attack needs more than the scenario grants.
+        threat.require(attack.needs(), who=f"attack {cfg.attack.name!r}")
+        dataset = build_dataset(cfg.data) if data is None else as_image_dataset(data)
+        if victim is None:
+            images, labels, indices = select_victim_samples(dataset, cfg.data, seed=cfg.seed)
+        else:
+            images, labels, indices = victim[0], victim[1].long(), []
+        setup = ClientSetup.from_config(cfg.client, num_samples=len(labels))
+        if model is None:
+            model = build_model(cfg.model, num_classes=dataset.num_classes,
+                                channels=dataset.channels, resolution=dataset.resolution,
+                                mean=dataset.mean, std=dataset.std)
+        model = attack.prepare_model(model, input_shape=tuple(images.shape[1:]),
+                                     num_classes=dataset.num_classes, seed=cfg.seed).to(device)
+        return cls(cfg, dataset=dataset, images=images, labels=labels, indices=indices,
+                   model=model, setup=setup, threat=threat, attack=attack, seeds=seeds,
+                   device=device)
+
+    # --- the steps ---------------------------------------------------------------------------
+
+    def client_round(self) -> ClientRound:
+        """The victim's local training on the global model (client seed stream)."""
+        return client_round(self.model, self.images.to(self.device), self.labels.to(self.device),
+                            self.setup, seed=self.cfg.seed)
+
+    def defend(self, update: SharedUpdate) -> SharedUpdate:
+        """The configured post-processing, with the defense's own generator."""
+        return self.defense(update, generator=torch.Generator().manual_seed(self.cfg.seed + 1))
+
+    def observe(self, update: SharedUpdate, *, bn_statistics: list | None = None,
+                labels: torch.Tensor | None = None, setup: ClientSetup | None = None) -> Observation:
+        """What the server sees of ``update``, filtered by the threat model. ``labels`` default to
+        the victim's (passed on only when granted); ``setup`` to the victim's client setup."""
+        return observe(model=self.model, update=update, threat=self.threat,
+                       setup=setup or self.setup,
+                       labels=self.labels if labels is None else labels,
+                       bn_statistics=bn_statistics or [],
+                       input_shape=tuple(self.images.shape[1:]),
+                       num_classes=self.dataset.num_classes)
+
+    def reconstruct(self, obs: Observation, *, progress: bool = False) -> Reconstruction:
+        """Run the attack on ``obs`` (attack seed stream). With ``attack.adaptive`` the attack is
+        first told the client's defense (the real one or its differentiable surrogate)."""
+        if self.cfg.attack.adaptive:
+            self.attack.adapt(self.cfg.defense, obs.update, obs.model)
+        return self.attack.run(obs, seed=self.cfg.seed, progress=progress)
+
+    def score(self, recon: Reconstruction, *, images: torch.Tensor | None = None,
+              labels: torch.Tensor | None = None) -> Score:
+        """Score ``recon`` against the victim's samples (or the given ground truth)."""
+        truth = (self.images if images is None else images).cpu()
+        true_labels = self.labels if labels is None else labels
+        m = self.cfg.metrics
+        s = metrics.score(recon.candidates, truth, lpips_net=m.lpips_net,
+                          psnr_threshold=m.psnr_threshold, lpips_threshold=m.lpips_threshold)
+        return Score(mse=s["mse"], psnr=s["psnr"], ssim=s["ssim"], lpips=s["lpips"], brr=s["brr"],
+                     wsrr=s["wsrr"],
+                     label_accuracy=metrics.label_accuracy(recon.labels, true_labels.tolist()),
+                     per_sample=s["per_sample"], thresholds=s["thresholds"],
+                     wsrr_initializations=s["wsrr_initializations"], matching=s["matching"],
+                     matched=recon.images[torch.tensor(s["matching"])], warnings=list(s["warnings"]))
+
+    def run(self, *, progress: bool = False) -> RunOutput:
+        """Every step: client round, defense, observation, attack, scoring -> :class:`RunOutput`."""
+        started = time.perf_counter()
+        rnd = self.client_round()
+        shared = self.defend(rnd.update)
+        obs = self.observe(shared, bn_statistics=rnd.bn_statistics)
+        attack_started = time.perf_counter()
+        recon = self.reconstruct(obs, progress=progress)
+        attack_seconds = time.perf_counter() - attack_started
+        score = self.score(recon)
+        for message in score.warnings:
+            warnings.warn(message, stacklevel=2)
+        result = self._result(recon, score, seconds=time.perf_counter() - started,
+                              attack_seconds=attack_seconds)
+        return RunOutput(result=result, truth=self.images.cpu(), reconstruction=recon,
+                         matched=score.matched, update=shared)
+
+    # --- reporting ---------------------------------------------------------------------------
+
+    def notes(self) -> list[str]:
+        """Scenario-level warnings (e.g. Thm. 4.3: more data dimensions than parameters)."""
+        notes = []
+        params, data_dim = count_parameters(self.model), int(self.images.numel())
+        if data_dim > params:
+            notes.append(f"data dimension {data_dim} exceeds the {params} model parameters: by "
+                         "the paper's Thm. 4.3 another input yields the same gradient")
+        asked = self.cfg.client.batch_size
+        if self.setup.protocol == "fedavg" and asked is not None and asked > self.setup.batch_size:
+            notes.append(f"client.batch_size={asked} exceeds the victim's {self.setup.num_samples} "
+                         f"samples: the client trains on batches of {self.setup.batch_size}")
+        return notes
+
+    def describe(self) -> dict[str, Any]:
+        """The ``scenario`` block of ``result.json``."""
+        return {"dataset": self.dataset.name, "victim_indices": self.indices,
+                "protocol": self.setup.protocol, "local_updates": self.setup.local_updates,
+                "model_parameters": count_parameters(self.model),
+                "data_dimension": int(self.images.numel()), "threat": self.threat.describe()}
+
+    def _result(self, recon: Reconstruction, score: Score, *, seconds: float,
+                attack_seconds: float) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "metrics": score.metrics(),
+            "labels": {"true": self.labels.tolist(), "inferred": recon.labels,
+                       "source": recon.label_source},
+            "per_sample": score.per_sample,
+            "thresholds": score.thresholds,
+            "wsrr_initializations": score.wsrr_initializations,
+            "iterations": recon.iterations,
+            "seconds": round(seconds, 3),
+            "attack_seconds": round(attack_seconds, 3),
+            "attack_losses": recon.losses,
+            "loss_history": recon.history,
+            "scenario": self.describe(),
+            "warnings": [*score.warnings, *self.notes()],
+            "config": cfg.to_dict(),
+            "config_digest": cfg.digest(),
+            "versions": versions(),
+            "git_commit": git_commit(),
+            "seed": cfg.seed,
+        }
