@@ -28,7 +28,8 @@ def to_tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
 
 
 def to_record(tensors: dict[str, torch.Tensor]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(t.detach().cpu().numpy()))
+    # ``ascontiguousarray`` would turn a 0-d counter into shape (1,); ``contiguous`` keeps shapes.
+    return ArrayRecord({k: Array(t.detach().cpu().contiguous().numpy().copy())
                         for k, t in tensors.items()})
 
 
@@ -46,12 +47,14 @@ def apply_update(incoming: ArrayRecord, outgoing: ArrayRecord, update: SharedUpd
     arrays always do."""
     before, after = to_tensors(incoming), to_tensors(outgoing)
     original = array_update(incoming, outgoing, num_samples=update.num_samples).tensors
-    out: dict[str, torch.Tensor] = {}
+    out = ArrayRecord()
     for k, sent in after.items():
         new = update.tensors[k]
-        unchanged = not is_float(sent) or torch.equal(new, original[k])
-        out[k] = sent if unchanged else (before[k] + new.to(before[k].dtype))
-    return to_record(out)
+        if not is_float(sent) or torch.equal(new, original[k]):
+            out[k] = outgoing[k]  # the client's own array, bit for bit
+        else:
+            out[k] = Array((before[k] + new.to(before[k].dtype)).contiguous().numpy().copy())
+    return out
 
 
 def message_seed(seed: int, node_id: int, server_round: int) -> int:

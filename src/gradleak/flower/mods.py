@@ -28,6 +28,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from gradleak.config import load_config
 from gradleak.defenses import Defense, build_defense
 from gradleak.errors import GradleakError
+from gradleak.fl.client import SharedUpdate
 from gradleak.flower.arrays import (
     apply_update,
     around_train,
@@ -55,7 +56,10 @@ def resolve_defense(spec: DefenseSpec, **params: Any) -> tuple[str, Defense]:
     if not isinstance(spec, str) or not spec:
         raise GradleakError(f"bad defense {spec!r}: give a name, e.g. defense_mod('qsgd', bits=4)")
     cfg = load_config(base={"defense": {"name": spec, **params}})
-    return spec, build_defense(cfg.defense)
+    fn = build_defense(cfg.defense)
+    # A dry run on a tiny update: parameter checks that live in the defense fire now, not in round 1.
+    fn(SharedUpdate("model_delta", {"probe": torch.ones(4)}, 1), generator=torch.Generator())
+    return spec, fn
 
 
 def defend_update(defense: Defense, incoming: ArrayRecord, outgoing: ArrayRecord, *,
