@@ -19,6 +19,7 @@ import torch
 from flwr.app import ArrayRecord
 from torch import nn
 
+from gradleak.attacks import build_attack
 from gradleak.attacks.base import Reconstruction
 from gradleak.config import Config, flatten, load_config, parse_override
 from gradleak.data.base import TensorImageDataset
@@ -52,6 +53,8 @@ def probe_config(attack: str, budget: int | None, config: ConfigSpec, *,
     if threat.grants(Knowledge.MALICIOUS):
         raise GradleakError("threat.malicious=true: the Flower guard and audit model a passive "
                             "(honest-but-curious) server that sends the global model unchanged")
+    # Unknown attacks and attacks needing ungranted knowledge are refused now, not in round 1.
+    threat.require(build_attack(cfg.attack).needs(), who=f"attack {cfg.attack.name!r}")
     return cfg
 
 
@@ -92,7 +95,8 @@ class GlobalModel:
     @classmethod
     def load(cls, model_fn: Callable[[], nn.Module], arrays: ArrayRecord, *,
              mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> GlobalModel:
-        net = model_fn()
+        with private_rng():  # building the app's model must not move the app's random state
+            net = model_fn()
         try:
             net.load_state_dict(to_tensors(arrays))
         except RuntimeError as exc:
