@@ -75,4 +75,4 @@ def test_run_simulation_with_defense_guard_and_audit(tmp_path, monkeypatch):
     db = sqlite3.connect(tmp_path / "audit" / "results.sqlite")
     kinds = db.execute("SELECT count(*), sum(client LIKE '%-guard') FROM runs WHERE status='ok'").fetchone()
     assert kinds == (8, 4)  # 4 audits + 4 guard reports
-    assert len(list((tmp_path / "audit").glob("round_000*/node*.png"))) == 4
+    assert len(list((tmp_path / "audit").glob("*/round_000*/node*.png"))) == 4

@@ -5,7 +5,7 @@ exactly like the wrapped strategy (it only reads the replies, then delegates agg
 unchanged) and, in audited rounds, reconstructs the chosen clients' data from their updates
 (reply arrays minus the global arrays it sent) with the knowledge the configured threat model
 grants. Reconstructions, final gradient losses and, with a simulation's ``ground_truth`` hook,
-the scores are written to ``<out>/results.sqlite`` and ``<out>/round_RRRR/*.png``.
+the scores are written to ``<out>/results.sqlite`` and ``<out>/<run>/round_RRRR/*.png``.
 
 Under secure aggregation (``secure_aggregation=True``) the server sees only the aggregate: the
 audit then attacks the aggregated update (``sum_k n_k u_k / sum_k n_k`` with N = ``sum_k n_k``
@@ -214,11 +214,12 @@ class LeakageAuditStrategy(Strategy):
                     result = {"round": server_round, "client": who, "withheld": True,
                               "reason": reply.error.reason}
                     self.writer.put(server_round=server_round, who=who, result=result,
-                                    status="withheld", error=reply.error.reason)
+                                    status="withheld", error=reply.error.reason, kind="flower-guard")
                 continue
             numbers = {k: v for rec in reply.content.metric_records.values() for k, v in rec.items()
                        if k.startswith(GUARD_PREFIX)}
             if numbers:
                 result = {"round": server_round, "client": who, "withheld": False,
                           "guard": numbers}
-                self.writer.put(server_round=server_round, who=who, result=result)
+                self.writer.put(server_round=server_round, who=who, result=result,
+                                kind="flower-guard", columns=numbers)

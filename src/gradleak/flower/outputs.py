@@ -1,8 +1,10 @@
 """Where the audit strategy writes: ``<out>/results.sqlite`` (gradleak's result store, one row per
-audited client and round) and ``<out>/round_RRRR/<who>.png`` images, each written atomically."""
+audited client and round, and one per client guard report) and ``<out>/<run>/round_RRRR/<who>.png``
+images, each written atomically (``<run>`` tags one Flower run, so runs never overwrite each other)."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -39,17 +41,22 @@ class AuditWriter:
         self.out = Path(out)
         self.cfg = cfg
         self.store = ResultStore(self.out)
+        # One Flower run = one tag: a second run into the same folder adds rows, never replaces.
+        self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{id(self) % 10000:04d}"
 
     def image_path(self, server_round: int, who: str) -> Path:
-        return self.out / f"round_{server_round:04d}" / f"{who}.png"
+        return self.out / self.run / f"round_{server_round:04d}" / f"{who}.png"
 
     def put(self, *, server_round: int, who: str, result: dict[str, Any], status: str = "ok",
-            error: str | None = None, seconds: float = 0.0,
+            error: str | None = None, seconds: float = 0.0, kind: str = "flower-audit",
+            columns: dict[str, Any] | None = None,
             recon: torch.Tensor | None = None, truth: torch.Tensor | None = None) -> None:
-        """Write the image (if any), then the row that points to it."""
+        """Write the image (if any), then the row that points to it. ``kind``: ``flower-audit``
+        (the server's own attack) or ``flower-guard`` (what a client's guard reported);
+        ``columns``: extra queryable columns."""
         row: dict[str, Any] = {
-            "run_id": f"{EXPERIMENT}/round{server_round:04d}/{who}",
-            "experiment": EXPERIMENT, "kind": "flower-audit", "variant": who,
+            "run_id": f"{EXPERIMENT}/{self.run}/round{server_round:04d}/{who}", "flower_run": self.run,
+            "experiment": EXPERIMENT, "kind": kind, "variant": who,
             "seed": self.cfg.seed, "status": status, "error": error, "seconds": round(seconds, 3),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config_hash": self.cfg.digest(),
             "labels": {"round": server_round, "client": who}, "round": server_round, "client": who,
@@ -63,6 +70,7 @@ class AuditWriter:
                     "label_accuracy"):
             if result.get(key) is not None:
                 row[key] = result[key]
+        row.update(columns or {})
         self.store.put(row)
 
     def close(self) -> None:
