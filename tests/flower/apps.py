@@ -74,10 +74,11 @@ def train(msg: Message, ctx: Context) -> Message:
 # --- building messages by hand (no SuperLink) ---------------------------------------------------
 
 
-def train_message(arrays: ArrayRecord, node_id: int, server_round: int = 1) -> Message:
+def train_message(arrays: ArrayRecord, node_id: int, server_round: int = 1, *,
+                  message_type: str = "train") -> Message:
     meta = Metadata(run_id=1, message_id=f"m{node_id}-{server_round}", src_node_id=0,
                     dst_node_id=node_id, reply_to_message_id="", group_id=str(server_round),
-                    created_at=time.time(), ttl=3600.0, message_type="train")
+                    created_at=time.time(), ttl=3600.0, message_type=message_type)
     content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round})})
     return Message(metadata=meta, content=content)
 

@@ -115,3 +115,12 @@ def test_the_guard_does_not_disturb_the_apps_random_state(arrays):
 def test_bad_guard_settings_fail_in_one_line_before_any_round(kwargs, fragment):
     with pytest.raises(GradleakError, match=fragment):
         leakage_guard_mod(apps.make_model, apps.data_fn, **kwargs)
+
+
+def test_data_fn_must_return_the_samples_the_reply_declares(arrays):
+    def two_samples(msg, ctx):
+        return apps.client_data(0, num_samples=2)
+
+    mod = leakage_guard_mod(apps.make_model, two_samples, budget=1, on_leak="report")
+    _, _, out = run(mod, arrays)
+    assert out.has_error() and "num-examples=1" in out.error.reason

@@ -78,6 +78,10 @@ def test_defense_none_and_evaluate_messages_leave_the_reply_bit_identical():
     out = defense_mod("none")(msg, ctx, shifting_app).content["arrays"]
     for k in plain:
         assert np.array_equal(out[k].numpy(), plain[k].numpy())
+    evaluate = apps.train_message(arrays, 3, message_type="evaluate")
+    out = defense_mod("topk", sparsity=0.99)(evaluate, ctx, shifting_app).content["arrays"]
+    for k in plain:
+        assert np.array_equal(out[k].numpy(), plain[k].numpy())
 
 
 def test_apply_update_round_trips_and_keeps_dtypes():

@@ -19,12 +19,13 @@ in the error reason when the update is withheld, so the server can log it withou
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
+from logging import WARNING
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord
 from flwr.clientapp.typing import ClientAppCallable, Mod
+from flwr.common import log
 from torch import nn
 
 from gradleak.errors import GradleakError
@@ -33,13 +34,13 @@ from gradleak.flower.arrays import (
     array_update,
     error_reply,
     message_seed,
+    num_examples,
     replace_arrays,
     server_round,
 )
 from gradleak.flower.leakage import ConfigSpec, GlobalModel, Measurement, attack_update, probe_config
 from gradleak.flower.mods import DefenseSpec, defend_update, resolve_defense
 
-log = logging.getLogger("gradleak.flower")
 ON_LEAK = ("defend", "drop", "report")
 DataFn = Callable[[Message, Context], tuple[torch.Tensor, torch.Tensor]]
 
@@ -104,11 +105,16 @@ def leakage_guard_mod(model_fn: Callable[[], nn.Module], data_fn: DataFn, *, att
                   outgoing: ArrayRecord) -> Message:
         images, labels = data_fn(msg, ctxt)
         truth = (torch.as_tensor(images).float(), torch.as_tensor(labels).long())
+        declared = num_examples(reply)
+        if declared is not None and declared != len(truth[1]):
+            return error_reply(msg, f"leakage_guard_mod: data_fn returned {len(truth[1])} samples but "
+                                    f"the reply declares num-examples={declared}; data_fn must return "
+                                    "the samples this round's update was computed on")
         model = GlobalModel.load(model_fn, incoming, mean=mean, std=std)
         first = measure(model, incoming, outgoing, truth)
         final, sent, used_fallback = first, outgoing, False
         if first.leak_rate > threshold and on_leak == "drop":
-            log.warning("gradleak guard: update withheld, %s", describe(first))
+            log(WARNING, "gradleak guard: update withheld, %s", describe(first))
             return error_reply(msg, f"gradleak leakage guard withheld the update: {describe(first)}")
         if first.leak_rate > threshold and on_leak == "defend":
             s = message_seed(seed, ctxt.node_id, server_round(msg, ctxt, "guard"))
@@ -116,15 +122,15 @@ def leakage_guard_mod(model_fn: Callable[[], nn.Module], data_fn: DataFn, *, att
                                  seed=s)
             final, used_fallback = measure(model, incoming, sent, truth), True
             if final.leak_rate > threshold:
-                log.warning("gradleak guard: update withheld, still leaking after the fallback: %s",
-                            describe(final))
+                log(WARNING, "gradleak guard: update withheld, still leaking after the fallback: %s",
+                    describe(final))
                 return error_reply(msg, "gradleak leakage guard withheld the update: it still "
                                         f"leaks after the fallback defense: {describe(final)} "
                                         f"(undefended: {describe(first)})")
             replace_arrays(reply, sent)
         leaked = final.leak_rate > threshold
         if leaked:
-            log.warning("gradleak guard: update leaks (reported only): %s", describe(final))
+            log(WARNING, "gradleak guard: update leaks (reported only): %s", describe(final))
         numbers = guard_metrics(first, final, fallback=used_fallback, leaked=leaked)
         records = reply.content.metric_records
         if records:

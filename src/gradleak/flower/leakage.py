@@ -9,6 +9,7 @@ grants of the update (``Scenario.observe``) and nothing else.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -162,8 +163,6 @@ def attack_update(cfg: Config, model: GlobalModel, update: SharedUpdate, *,
     Without the truth, the samples are unknown: the Scenario gets zero images of the data
     dimension (basic server knowledge) as shape carriers, and labels are never passed on (the
     caller refuses ``threat.knows_labels`` without a truth)."""
-    import time
-
     started = time.perf_counter()
     shared = model.parameter_update(update)
     n = shared.num_samples
