@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -40,9 +41,13 @@ def main() -> None:
         raise SystemExit("the simulation did not finish; see the log above")
     (res,) = summary
     print(f"\n{task.NUM_CLIENTS} clients, {args.rounds} rounds, {time.perf_counter() - started:.0f} s")
+    with sqlite3.connect(Path(args.out) / "results.sqlite") as db:
+        withheld = dict(db.execute("SELECT round, count(*) FROM runs WHERE status = 'withheld' "
+                                   "AND flower_run = (SELECT max(flower_run) FROM runs) GROUP BY round"))
     for rnd, m in sorted(res["train"].items()):
-        print(f"round {rnd}: guard (mean over clients) psnr before {m['gradleak-psnr-initial']:.1f} dB"
-              f" -> sent {m['gradleak-psnr']:.1f} dB, fallback used by {m['gradleak-fallback']:.0%}")
+        print(f"round {rnd}: guard (mean over sent updates) psnr before {m['gradleak-psnr-initial']:.1f}"
+              f" dB -> sent {m['gradleak-psnr']:.1f} dB, fallback used by {m['gradleak-fallback']:.0%}"
+              f"; {withheld.get(rnd, 0)} of {task.NUM_CLIENTS} updates withheld")
     for r in res["records"]:
         print(f"audit round {r['round']} {r['client']}: psnr {r['psnr']:.1f} dB, "
               f"leak rate {r['leak_rate']:.2f}, attack loss {r['attack_loss']:.3f}")

@@ -7,6 +7,7 @@ that the data comes from gradleak's offline dataset registry (``data.dataset=ski
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -25,12 +26,14 @@ LR = 0.05
 ALPHA = 0.3  # Dirichlet label skew: small = each client sees few classes
 
 
+@functools.cache
 def dataset(split: str = "train"):
     cfg = load_config(None, [f"data.dataset={DATASET}", f"data.resolution={RESOLUTION}",
                              f"data.split={split}"])
     return build_dataset(cfg.data)
 
 
+@functools.cache
 def partitions() -> list[list[int]]:
     """Each client's train indices (non-IID: Dirichlet(ALPHA) label skew, seed 0)."""
     return partition_indices(dataset().targets(), NUM_CLIENTS, scheme="dirichlet", alpha=ALPHA, seed=0)

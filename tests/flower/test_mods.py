@@ -40,14 +40,14 @@ def shifting_app(msg, ctx):
                                          ("signsgd", {"scale_sign": True}), ("clip", {"bound": 0.01})])
 def test_defense_mod_applies_the_defense_function_to_the_float_update(name, params):
     arrays = ArrayRecord(bn_net().state_dict())
-    msg, ctx = apps.train_message(arrays, node_id=42, server_round=3), apps.context(42, 0)
+    msg, ctx = apps.train_message(arrays, node_id=42, server_round=3), apps.context(42, 5)
     plain = shifting_app(msg, ctx).content["arrays"]
     out = defense_mod(name, seed=7, **params)(msg, ctx, shifting_app)
     assert not out.has_error()
     sent = to_tensors(out.content["arrays"])
 
     update = array_update(arrays, plain, num_samples=4)
-    gen = torch.Generator().manual_seed(message_seed(7, 42, 3))
+    gen = torch.Generator().manual_seed(message_seed(7, 5, 3))  # seeded by the partition-id
     expected = DEFENSES.get(name)(update, generator=gen, **params)
     before = to_tensors(arrays)
     for k, t in sent.items():
@@ -62,13 +62,19 @@ def test_defense_mod_seeds_differ_per_node_and_round_and_repeat_per_seed():
     arrays = ArrayRecord(bn_net().state_dict())
     mod = defense_mod("gaussian", noise_multiplier=0.1, seed=1)
 
-    def sent(node: int, rnd: int) -> np.ndarray:
-        out = mod(apps.train_message(arrays, node, rnd), apps.context(node, 0), shifting_app)
+    def sent(node: int, rnd: int, partition: int | None) -> np.ndarray:
+        ctx = apps.context(node, partition)
+        if partition is None:
+            ctx.node_config = {}
+        out = mod(apps.train_message(arrays, node, rnd), ctx, shifting_app)
         return out.content["arrays"]["3.weight"].numpy()
 
-    assert np.array_equal(sent(1, 1), sent(1, 1))
-    assert not np.array_equal(sent(1, 1), sent(2, 1))
-    assert not np.array_equal(sent(1, 1), sent(1, 2))
+    assert np.array_equal(sent(1, 1, 0), sent(1, 1, 0))
+    assert not np.array_equal(sent(1, 1, 0), sent(2, 1, 1))  # another client
+    assert not np.array_equal(sent(1, 1, 0), sent(1, 2, 0))  # another round
+    # A simulation draws node ids at random: the partition-id keeps runs reproducible.
+    assert np.array_equal(sent(1, 1, 0), sent(99, 1, 0))
+    assert not np.array_equal(sent(1, 1, None), sent(2, 1, None))  # no partition: the node id
 
 
 def test_defense_none_and_evaluate_messages_leave_the_reply_bit_identical():

@@ -57,9 +57,17 @@ def apply_update(incoming: ArrayRecord, outgoing: ArrayRecord, update: SharedUpd
     return out
 
 
+def node_key(ctxt: Context) -> int:
+    """Which client this is, for seeding: its ``partition-id`` node config when it has one (stable
+    across simulation runs, where node ids are drawn at random), else its node id."""
+    partition = ctxt.node_config.get("partition-id")
+    return int(partition) if isinstance(partition, int) else int(ctxt.node_id)
+
+
 def message_seed(seed: int, node_id: int, server_round: int) -> int:
     """The defense seed of one (node, round): independent streams per client and round, so noise
-    never repeats across clients or rounds, and reproducible from ``seed``."""
+    never repeats across clients or rounds, and reproducible from ``seed``. ``node_id``: the
+    client's :func:`node_key`."""
     digest = hashlib.sha256(f"gradleak:{seed}:{node_id}:{server_round}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 

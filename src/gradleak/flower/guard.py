@@ -34,6 +34,7 @@ from gradleak.flower.arrays import (
     array_update,
     error_reply,
     message_seed,
+    node_key,
     num_examples,
     replace_arrays,
     server_round,
@@ -117,7 +118,7 @@ def leakage_guard_mod(model_fn: Callable[[], nn.Module], data_fn: DataFn, *, att
             log(WARNING, "gradleak guard: update withheld, %s", describe(first))
             return error_reply(msg, f"gradleak leakage guard withheld the update: {describe(first)}")
         if first.leak_rate > threshold and on_leak == "defend":
-            s = message_seed(seed, ctxt.node_id, server_round(msg, ctxt, "guard"))
+            s = message_seed(seed, node_key(ctxt), server_round(msg, ctxt, "guard"))
             sent = defend_update(defense, incoming, outgoing, num_samples=first.recon.images.shape[0],
                                  seed=s)
             final, used_fallback = measure(model, incoming, sent, truth), True

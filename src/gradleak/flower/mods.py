@@ -2,7 +2,7 @@
 
 ``ClientApp(mods=[...])`` wraps the app: the FIRST mod in the list is the OUTERMOST, so it sees the
 reply LAST. A defense mod computes the update (reply arrays minus the arrays the app received,
-float arrays only), applies the defense with a seed derived from ``seed``, the node id and the
+float arrays only), applies the defense with a seed derived from ``seed``, the node and the
 round (:func:`~gradleak.flower.arrays.message_seed`), and puts incoming + defended update back.
 
 Order relative to Flower's own mods (see ``docs/flower.md``)::
@@ -34,6 +34,7 @@ from gradleak.flower.arrays import (
     around_train,
     array_update,
     message_seed,
+    node_key,
     num_examples,
     replace_arrays,
     server_round,
@@ -76,8 +77,9 @@ def defense_mod(defense: DefenseSpec, *, seed: int = 0, **params: Any) -> Mod:
     ``defense_mod("qsgd", bits=4)``, ``defense_mod("topk", sparsity=0.9)``,
     ``defense_mod("gaussian", noise_multiplier=0.01, clip_norm=1.0)``; parameters are the
     ``defense.*`` config keys (``gradleak defenses`` lists them). Randomised defenses draw from
-    ``torch.Generator().manual_seed(message_seed(seed, node_id, server_round))``. Evaluate and query
-    messages pass through.
+    ``torch.Generator().manual_seed(message_seed(seed, node_key, server_round))`` (``node_key``: the
+    node's ``partition-id`` config if set, else its node id). Evaluate and query messages pass
+    through.
     """
     name, fn = resolve_defense(defense, **params)
     label = f"defense_mod({name})"
@@ -85,7 +87,7 @@ def defense_mod(defense: DefenseSpec, *, seed: int = 0, **params: Any) -> Mod:
     def mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
         def transform(msg: Message, ctxt: Context, reply: Message, incoming: ArrayRecord,
                       outgoing: ArrayRecord) -> Message:
-            s = message_seed(seed, ctxt.node_id, server_round(msg, ctxt, label))
+            s = message_seed(seed, node_key(ctxt), server_round(msg, ctxt, label))
             replace_arrays(reply, defend_update(fn, incoming, outgoing,
                                                 num_samples=num_examples(reply) or 1, seed=s))
             return reply
