@@ -1,12 +1,10 @@
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 from gradleak.attacks.simulate import simulated_delta
 from gradleak.config import ClientConfig, ModelConfig
-from gradleak.errors import GradleakError
 from gradleak.fl.client import ClientSetup, client_round, client_update, set_bn_mode
 from gradleak.models import build_model
 

@@ -143,7 +143,8 @@ def test_fresh_convnet_smoother_than_trained():
         opt.zero_grad()
         F.cross_entropy(model(images[batch]), labels[batch]).backward()
         opt.step()
-    victims = torch.tensor([1, 2, 4, 7]) * data.per_class  # whole photos of four classes
+    victims = torch.tensor([data.classes.index(n) for n in ("chelsea", "coffee", "astronaut",
+                                                            "motorcycle")]) * data.per_class
     before = igsa(fresh, images[victims], labels[victims], num_points=4, seed=0)
     after = igsa(model, images[victims], labels[victims], num_points=4, seed=0)
     raw_before = igsa(fresh, images[victims], labels[victims], num_points=4, seed=0, relative=False)

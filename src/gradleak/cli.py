@@ -124,7 +124,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gradleak",
-        description="Audit how much of a client's data a server reconstructs from FL updates.")
+        description="Audit how much of a client's data a server reconstructs from FL updates.",
+        epilog="--plugin MODULE_OR_FILE (repeatable, anywhere; also $GRADLEAK_PLUGINS) imports "
+               "your own attacks, defenses, models or datasets first (docs/extending.md).")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("attack", help="run one scenario and write result.json + images")
@@ -163,7 +165,28 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:  #
     return f"gradleak: warning: {message}\n"
 
 
+def _take_plugins(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split ``--plugin X`` / ``--plugin=X`` (anywhere on the line, repeatable) from ``argv``."""
+    plugins, rest, it = [], [], iter(argv)
+    for item in it:
+        if item == "--plugin":
+            plugins.append(next(it, ""))
+        elif item.startswith("--plugin="):
+            plugins.append(item.split("=", 1)[1])
+        else:
+            rest.append(item)
+    return plugins, rest
+
+
 def main(argv: list[str] | None = None) -> int:
+    from gradleak.plugins import load_plugins
+
+    plugins, argv = _take_plugins(list(sys.argv[1:] if argv is None else argv))
+    try:  # plug-ins register their names before any config is resolved (docs/extending.md)
+        load_plugins(plugins)
+    except GradleakError as exc:
+        print(f"gradleak: error: {exc}", file=sys.stderr)
+        return 2
     parser = build_parser()
     # Overrides may sit between options (`attack --quiet a=1 --out X b=2`): collect them all.
     args, extra = parser.parse_known_args(argv)

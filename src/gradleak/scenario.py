@@ -20,6 +20,7 @@ initialisation never share a generator, and the attack only ever sees its own se
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -126,6 +127,26 @@ def as_image_dataset(data: Dataset) -> ImageDataset:
     return from_torch_dataset(data)
 
 
+def generator_overlap(cfg: Config) -> list[str]:
+    """A warning when a GIA-L attack's generator was trained on the very split the victim's
+    samples are drawn from (its checkpoint records its training data): the generator may then
+    have seen the victim, which makes the attack look stronger than a real adversary's."""
+    path = cfg.attack.generator
+    if not path or cfg.attack.name not in ("gias", "ggl"):
+        return []
+    try:
+        trained_on = torch.load(path, map_location="cpu", weights_only=True).get("data") or {}
+    except Exception:  # the attack itself reports unreadable files in one line
+        return []
+    same = all(trained_on.get(k) == getattr(cfg.data, k) for k in ("dataset", "split", "root"))
+    if not same:
+        return []
+    return [f"the generator {path!r} was trained on data.dataset={cfg.data.dataset!r} "
+            f"split={cfg.data.split!r}, the split the victim's samples come from: it may have seen "
+            "them, so the GIA-L result is optimistic; take victims from another split "
+            "(e.g. data.split=test) or train the generator on disjoint data"]
+
+
 class Scenario:
     """Everything one run needs, built once; see the module docstring. Use :meth:`from_config`."""
 
@@ -153,7 +174,7 @@ class Scenario:
         threat.require(attack.needs(), who=f"attack {cfg.attack.name!r}")
         dataset = build_dataset(cfg.data) if data is None else as_image_dataset(data)
         if victim is None:
-            images, labels, indices = select_victim_samples(dataset, cfg.data, seed=cfg.seed)
+            images, labels, indices = select_victim_samples(dataset, cfg.data, seed=seeds.victim)
         else:
             images, labels, indices = victim[0], victim[1].long(), []
         setup = ClientSetup.from_config(cfg.client, num_samples=len(labels))
@@ -162,7 +183,7 @@ class Scenario:
                                 channels=dataset.channels, resolution=dataset.resolution,
                                 mean=dataset.mean, std=dataset.std)
         model = attack.prepare_model(model, input_shape=tuple(images.shape[1:]),
-                                     num_classes=dataset.num_classes, seed=cfg.seed).to(device)
+                                     num_classes=dataset.num_classes, seed=seeds.attack).to(device)
         return cls(cfg, dataset=dataset, images=images, labels=labels, indices=indices,
                    model=model, setup=setup, threat=threat, attack=attack, seeds=seeds,
                    device=device)
@@ -172,11 +193,11 @@ class Scenario:
     def client_round(self) -> ClientRound:
         """The victim's local training on the global model (client seed stream)."""
         return client_round(self.model, self.images.to(self.device), self.labels.to(self.device),
-                            self.setup, seed=self.cfg.seed)
+                            self.setup, seed=self.seeds.client)
 
     def defend(self, update: SharedUpdate) -> SharedUpdate:
         """The configured post-processing, with the defense's own generator."""
-        return self.defense(update, generator=torch.Generator().manual_seed(self.cfg.seed + 1))
+        return self.defense(update, generator=torch.Generator().manual_seed(self.seeds.defense))
 
     def observe(self, update: SharedUpdate, *, bn_statistics: list | None = None,
                 labels: torch.Tensor | None = None, setup: ClientSetup | None = None) -> Observation:
@@ -194,7 +215,7 @@ class Scenario:
         first told the client's defense (the real one or its differentiable surrogate)."""
         if self.cfg.attack.adaptive:
             self.attack.adapt(self.cfg.defense, obs.update, obs.model)
-        return self.attack.run(obs, seed=self.cfg.seed, progress=progress)
+        return self.attack.run(obs, seed=self.seeds.attack, progress=progress)
 
     def score(self, recon: Reconstruction, *, images: torch.Tensor | None = None,
               labels: torch.Tensor | None = None) -> Score:
@@ -237,6 +258,7 @@ class Scenario:
         if data_dim > params:
             notes.append(f"data dimension {data_dim} exceeds the {params} model parameters: by "
                          "the paper's Thm. 4.3 another input yields the same gradient")
+        notes += generator_overlap(self.cfg)
         asked = self.cfg.client.batch_size
         if self.setup.protocol == "fedavg" and asked is not None and asked > self.setup.batch_size:
             notes.append(f"client.batch_size={asked} exceeds the victim's {self.setup.num_samples} "
@@ -272,4 +294,5 @@ class Scenario:
             "versions": versions(),
             "git_commit": git_commit(),
             "seed": cfg.seed,
+            "seed_streams": dataclasses.asdict(self.seeds),
         }

@@ -40,7 +40,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
 from gradleak.config import DefenseConfig
 from gradleak.errors import GradleakError
@@ -166,14 +165,3 @@ def transform_for(defense: DefenseConfig, update: SharedUpdate | None = None,
         keys = list(names) if names is not None else list(update.tensors)
         observed = [update.tensors[k] for k in keys]
     return build_transform(defense.name, params, observed, sign_surrogate=sign_surrogate)
-
-
-def matched_transform(defense: DefenseConfig, update: SharedUpdate, model: nn.Module,
-                      layers: Sequence[str] | None) -> Transform:
-    """The surrogate of ``defense`` aligned to the parameters a gradient-matching attack matches
-    (those of ``model`` selected by the attack's ``layers`` prefixes, in model order)."""
-    from gradleak.attacks.optimization import select_layers
-
-    all_names = [n for n, _ in model.named_parameters()]
-    names = [all_names[i] for i in select_layers(all_names, layers)]
-    return transform_for(defense, update, names)

@@ -159,7 +159,7 @@ class GGL(Attack):
             for restart in range(self.restarts):
                 # A fixed number of generations: CMA's own stopping rules are not consulted.
                 es = cma.CMAEvolutionStrategy(np.zeros(n * d), self.sigma, {
-                    "popsize": popsize, "seed": seed * 1000 + restart + 1, "verbose": -9})
+                    "popsize": popsize, "seed": (seed * 1000 + restart) % (2**32 - 1) + 1, "verbose": -9})
                 best = (math.inf, math.inf, None)
                 for _ in range(generations):
                     xs = es.ask()

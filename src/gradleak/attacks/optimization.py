@@ -107,9 +107,11 @@ class GradientMatchingAttack(Attack):
     def adapt(self, defense: Any, observed: SharedUpdate, model: nn.Module) -> None:
         """Adaptive attacker: post-process every dummy gradient with the differentiable surrogate
         of the client's defense (:mod:`gradleak.attacks.adaptive`) before the distance."""
-        from gradleak.attacks.adaptive import matched_transform
+        from gradleak.attacks.adaptive import transform_for
 
-        self.transform = matched_transform(defense, observed, model, self.layers)
+        names = [n for n, _ in model.named_parameters()]
+        self.transform = transform_for(defense, observed,
+                                       [names[i] for i in select_layers(names, self.layers)])
 
     def __init__(self, *, iterations: int = 4800, lr: float = 0.1, restarts: int = 1,
                  labels: str = "known", init: str = "randn", lr_decay: bool = True,

@@ -28,19 +28,20 @@ from gradleak.data.base import TensorImageDataset
 from gradleak.errors import GradleakError
 
 # name -> loader returning the raw array as scikit-image ships it. The class order is chosen so
-# that the sampler's seeded class order for seed 0 (torch.randperm(10) = 4, 1, 7, 5, ...) starts
-# with the most recognisable photos: the default demo (seed 0, N = 1) shows the astronaut.
+# that the victim selection's seeded class order for seed 0 (the victim stream of
+# gradleak.scenario.SeedStreams: randperm(10) = 2, 0, 4, 1, 5, ...) starts with the most
+# recognisable photos: the default demo (seed 0, N = 1) shows the astronaut, then chelsea.
 COLOUR_PHOTOS: dict[str, Callable[[], np.ndarray]] = {
-    "hubble_deep_field": skdata.hubble_deep_field,
     "chelsea": skdata.chelsea,
-    "coffee": skdata.coffee,
-    "rocket": skdata.rocket,
-    "astronaut": skdata.astronaut,
     "immunohistochemistry": skdata.immunohistochemistry,
-    "retina": skdata.retina,
-    "motorcycle": lambda: skdata.stereo_motorcycle()[0],  # left view of the stereo pair
-    "logo": skdata.logo,
+    "astronaut": skdata.astronaut,
     "colorwheel": skdata.colorwheel,
+    "motorcycle": lambda: skdata.stereo_motorcycle()[0],  # left view of the stereo pair
+    "rocket": skdata.rocket,
+    "logo": skdata.logo,
+    "coffee": skdata.coffee,
+    "retina": skdata.retina,
+    "hubble_deep_field": skdata.hubble_deep_field,
 }
 
 GRAY_PHOTOS: dict[str, Callable[[], np.ndarray]] = {

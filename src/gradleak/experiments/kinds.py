@@ -1,4 +1,5 @@
-"""How one run of an experiment executes, by kind, and the worker entry point :func:`execute`.
+"""How one run of an experiment executes, by kind (the worker entry point is
+:func:`gradleak.experiments.worker.execute`).
 
 A kind is ``fn(cfg, ctx, options) -> dict`` returning the run's metrics (flat, JSON-ready) and
 optionally ``"_result"`` (extra JSON kept in the store). Kinds register with
@@ -14,11 +15,7 @@ optionally ``"_result"`` (extra JSON kept in the store). Kinds register with
 
 from __future__ import annotations
 
-import os
-import socket
 import time
-import traceback
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,57 +115,3 @@ def run_privacy_utility(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> d
     out["_result"] = {"per_sample": score.per_sample, "warnings": score.warnings,
                       "accuracy": list(fed.result.accuracy)}
     return out
-
-
-def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, GradleakError):
-        return str(exc)
-    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-    where = f" (at {Path(frame.filename).name}:{frame.lineno})" if frame else ""
-    return f"{type(exc).__name__}: {exc}{where}"
-
-
-def execute(run: dict[str, Any], out: str, *, profile: str, threads: int = 1) -> dict[str, Any]:
-    """Execute one run (a :meth:`RunSpec.to_dict`) and return its store row; never raises for a
-    failing run: the row then has ``status='failed'`` and the error."""
-    import torch
-
-    from gradleak.config import flatten
-    from gradleak.experiments.artifacts import ensure_generator
-    from gradleak.experiments.spec import RunSpec
-    from gradleak.io import write_json
-
-    torch.set_num_threads(max(1, threads))
-    spec = RunSpec(run["experiment"], run["kind"], run["variant"], run["labels"],
-                   run["overrides"], run["options"], run["seed"], run.get("prepare") or {})
-    out_path = Path(out)
-    ctx = RunContext(run_dir=out_path / "runs" / spec.run_id, cache=out_path / "cache")
-    row: dict[str, Any] = {"run_id": spec.run_id, "experiment": spec.experiment,
-                           "profile": profile, "kind": spec.kind, "variant": spec.variant,
-                           "seed": spec.seed, "labels": spec.labels,
-                           "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                           "worker": f"{socket.gethostname()}:{os.getpid()}"}
-    started = time.perf_counter()
-    try:
-        unresolved = spec.config(resolve=None)
-        row["config_hash"] = unresolved.digest()
-        row.update(flatten(unresolved.to_dict()))
-        row.update({f"run.{k}": v for k, v in spec.options.items()})
-        resolution = unresolved.data.resolution
-        resolved = {n: str(ensure_generator(n, p, ctx.cache, resolution=resolution))
-                    for n, p in sorted(spec.prepare.items())}
-        cfg = spec.config(resolve=resolved)
-        with warnings.catch_warnings(record=True) as caught:  # kept in the row, not printed
-            warnings.simplefilter("always")
-            metrics = KINDS.get(spec.kind)(cfg, ctx, spec.options)
-        extra = metrics.pop("_result", {})
-        extra["warnings"] = sorted({str(w.message) for w in caught} | set(extra.get("warnings", [])))
-        row.update(metrics)
-        row["status"], row["error"] = "ok", None
-        row["result"] = {"metrics": metrics, **extra, "resolved_config": cfg.to_dict()}
-        write_json(ctx.run_dir / "row.json", {k: v for k, v in row.items() if k != "result"})
-    except Exception as exc:  # a failing run is recorded, the sweep goes on
-        row["status"], row["error"] = "failed", _error_text(exc)
-        row["result"] = {"traceback": traceback.format_exc()[-4000:]}
-    row["seconds"] = round(time.perf_counter() - started, 3)
-    return row

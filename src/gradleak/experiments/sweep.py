@@ -27,10 +27,11 @@ from typing import Any
 
 import yaml
 
+from gradleak import plugins
 from gradleak.errors import GradleakError
-from gradleak.experiments.kinds import execute
 from gradleak.experiments.spec import Plan, RunSpec
 from gradleak.experiments.store import ResultStore
+from gradleak.experiments.worker import execute
 from gradleak.io import write_text
 from gradleak.provenance import git_commit, versions
 
@@ -164,7 +165,7 @@ def run_sweep(plan: Plan, out: str | Path, *, jobs: int = 1, executor: str = "lo
             log(f"{plan.experiment.name}: {len(result.skipped)} of {len(plan.runs)} runs already "
                 "stored, skipping them")
         threads = threads_per_worker(jobs)
-        kwargs = {"profile": plan.profile}
+        kwargs = {"profile": plan.profile, "plugins": plugins.loaded()}  # re-imported by workers
         rows = (_ray(todo, str(out), kwargs, threads, address, gpus_per_task) if executor == "ray"
                 else _local(todo, str(out), kwargs, jobs, threads))
         bar = tqdm(total=len(todo), desc=plan.experiment.name, unit="run", disable=not progress)

@@ -1,0 +1,89 @@
+"""A gradleak plug-in: one attack, one defense, one model and one dataset of your own.
+
+Use it with ``gradleak --plugin examples/plugins/my_plugin.py ...`` (or GRADLEAK_PLUGINS); see
+docs/extending.md. Every name registered here becomes a valid config value.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gradleak.attacks import register_attack
+from gradleak.attacks.base import Attack, AttackInfo, Observation, Reconstruction
+from gradleak.attacks.labels import infer_labels
+from gradleak.config import AttackConfig, DataConfig, ModelConfig
+from gradleak.data import register_dataset
+from gradleak.data.base import TensorImageDataset
+from gradleak.defenses import map_tensors, register_defense
+from gradleak.fl.client import SharedUpdate
+from gradleak.models import register_model
+from gradleak.threat import Knowledge
+
+
+@register_attack("flat_guess")
+class FlatGuess(Attack):
+    """The null baseline: guess a flat image of one grey level for every sample.
+
+    It reads nothing from the update but the number of samples (and infers labels with iDLG /
+    LLG), so its scores tell what a reconstruction must beat to show any leakage.
+    Output: ``[N, C, H, W]`` images at ``level``.
+    """
+
+    name = "flat_guess"
+    info = AttackInfo(paper="baseline (no paper)", strategy="GIA-O")
+    requires = frozenset({Knowledge.BASIC})
+
+    def __init__(self, *, level: float = 0.5, labels: str = "llg") -> None:
+        self.level, self.labels = level, labels
+
+    @classmethod
+    def from_config(cls, cfg: AttackConfig) -> FlatGuess:
+        return cls(labels="llg" if cfg.labels == "known" else cfg.labels)
+
+    def run(self, obs: Observation, *, seed: int, progress: bool) -> Reconstruction:
+        n = obs.num_samples
+        images = torch.full((n, *obs.input_shape), self.level)
+        labels = (obs.labels.tolist() if obs.labels is not None else
+                  infer_labels(self.labels, obs.model, obs.update.gradient_direction(), n,
+                               input_shape=obs.input_shape, seed=seed))
+        return Reconstruction(images, images[None], [0.0], [int(c) for c in labels], 0,
+                              "known" if obs.labels is not None else self.labels)
+
+
+@register_defense("round_to_bound")
+def round_to_bound(update: SharedUpdate, *, generator: torch.Generator | None = None,
+                   bound: float = 0.1) -> SharedUpdate:
+    """Deterministic uniform quantisation: every float entry rounded to a multiple of ``bound``
+    (``defense.bound``); integer buffers pass unchanged."""
+
+    def rounded(v: torch.Tensor) -> torch.Tensor:
+        return torch.round(v / bound) * bound if v.is_floating_point() else v
+
+    return map_tensors(update, rounded)
+
+
+@register_model("tiny_cnn")
+def tiny_cnn(cfg: ModelConfig, *, num_classes: int, channels: int, resolution: int) -> nn.Module:
+    """Two 3x3 convolutions (``model.width`` channels) and a linear head."""
+    w = cfg.width
+    return nn.Sequential(nn.Conv2d(channels, w, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(w, w, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(w * resolution * resolution, num_classes))
+
+
+@register_dataset("stripes")
+def stripes(cfg: DataConfig) -> TensorImageDataset:
+    """Synthetic stripes: class c has stripes of period c + 2 at a seeded random phase."""
+    r, per_class, classes = cfg.resolution, 16, 4
+    g = torch.Generator().manual_seed(0 if cfg.split == "train" else 1)
+    images, labels = [], []
+    for c in range(classes):
+        for _ in range(per_class):
+            phase = torch.rand(1, generator=g) * 6.3
+            wave = torch.sin(torch.arange(r) * 6.283 / (c + 2) + phase) * 0.5 + 0.5
+            colour = torch.rand(3, 1, 1, generator=g)
+            images.append(colour * wave.expand(r, r)[None])
+            labels.append(c)
+    return TensorImageDataset("stripes", torch.stack(images), torch.tensor(labels),
+                              tuple(f"period {c + 2}" for c in range(classes)))
