@@ -20,6 +20,7 @@ from gradleak.data import build_dataset
 from gradleak.data.sampling import select_victim_samples
 from gradleak.models import build_model
 from gradleak.provenance import seed_everything
+from gradleak.scenario import SeedStreams
 
 RES = 16
 LR = 0.1
@@ -43,7 +44,8 @@ def make_model() -> nn.Module:
 def client_data(partition: int, num_samples: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Client ``partition``'s samples: the victim `gradleak attack` picks with seed=partition."""
     cfg = base_config([f"data.num_samples={num_samples}", f"seed={partition}"])
-    images, labels, _ = select_victim_samples(build_dataset(cfg.data), cfg.data, seed=cfg.seed)
+    seed = SeedStreams.from_seed(cfg.seed).victim  # as Scenario picks its victim
+    images, labels, _ = select_victim_samples(build_dataset(cfg.data), cfg.data, seed=seed)
     return images, labels
 
 
