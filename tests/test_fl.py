@@ -138,7 +138,7 @@ def test_secure_aggregation_shows_the_attack_only_the_aggregate(monkeypatch):
         assert not torch.allclose(res.observed.tensors[n], res.victim_update.tensors[n], atol=1e-4)
 
     # The privacy-utility attack step receives exactly that aggregate.
-    from gradleak.experiments import privacy_utility as pu
+    from gradleak.experiments import kinds
     from gradleak.fl.server import FederatedRun
 
     seen = {}
@@ -162,7 +162,7 @@ def test_secure_aggregation_shows_the_attack_only_the_aggregate(monkeypatch):
 
     monkeypatch.setattr(gradleak.scenario, "build_attack", lambda _cfg: Spy())
     cfg = load_config(overrides=["model.name=mlp", "model.hidden=[8]", "metrics.lpips_net=alex"])
-    pu.attack_observed(cfg, FederatedRun(res, model, ds, ds, parts))
+    kinds.attack_observed(cfg, FederatedRun(res, model, ds, ds, parts))
     assert seen["update"] is res.observed
     assert seen["update"].num_samples == sum(sizes) != res.victim_update.num_samples
 
@@ -340,12 +340,12 @@ def test_privacy_utility_writes_csv_json_plot_and_resumes(tmp_path, capsys, monk
     assert set(store["best"]) == {"none", "topk"} and store["thresholds"]["lpips"] == 0.1
     before = (out / "privacy_utility.csv").read_text()
 
-    import gradleak.experiments.privacy_utility as pu
+    import gradleak.fl.server
 
     def boom(*_a, **_k):
         raise AssertionError("a finished row was rerun")
 
-    monkeypatch.setattr(pu, "run_federated", boom)
+    monkeypatch.setattr(gradleak.fl.server, "run_federated", boom)
     capsys.readouterr()
     assert main(["privacy-utility", "--out", str(out), *TINY]) == 0
     assert "0 rows run, 2 skipped" in capsys.readouterr().out

@@ -21,8 +21,9 @@ gaussian   identity (fresh noise cannot be simulated; with ``clip_norm``, clip_n
 none       identity
 =========  ===========================================================================
 
-The transform maps the list of dummy gradient tensors of the matched parameters (the order the
-engine uses, ``[tensor of shape p_i.shape, ...]``) to their defended version. A model delta and
+Each surrogate is registered beside its defense (:mod:`gradleak.defenses.surrogate`,
+``@register_surrogate``), so a plug-in defense can bring its own. The transform maps the list
+of dummy gradient tensors of the matched parameters (the order the engine uses, ``[tensor of shape p_i.shape, ...]``) to their defended version. A model delta and
 its negation (the gradient direction) get the same mask and sign-symmetric treatment, so it
 applies in both the BST and WST modes; clip's bound is in the units of the observed update, so
 it is exact for FedSGD and the simulated (WST) FedAvg delta and approximate for BST.
@@ -36,65 +37,17 @@ is not automatically stronger.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from gradleak.config import DefenseConfig
+from gradleak.defenses.surrogate import SURROGATES, SurrogateOptions, Transform, straight_through
 from gradleak.errors import GradleakError
 from gradleak.fl.client import SharedUpdate
 
-Transform = Callable[[list[torch.Tensor]], list[torch.Tensor]]
-SURROGATES = ("none", "clip", "clip_norm", "topk", "signsgd", "qsgd", "gaussian")
-
-
-def straight_through(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
-    """Forward ``value``, backward the gradient of ``surrogate`` (here: the identity)."""
-    return surrogate + (value - surrogate).detach()
-
-
-def _scale(grads: list[torch.Tensor], clip_norm: float) -> list[torch.Tensor]:
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-    factor = torch.clamp(clip_norm / norm.clamp_min(1e-12), max=1.0)
-    return [g * factor for g in grads]
-
-
-def _kept_minimum(observed: list[torch.Tensor], per_tensor: bool) -> list[float]:
-    """tau: the smallest non-zero magnitude per tensor (or over all tensors); inf if none kept."""
-    mins = [float(t[t != 0].abs().min()) if bool((t != 0).any()) else float("inf") for t in observed]
-    return mins if per_tensor else [min(mins, default=float("inf"))] * len(observed)
-
-
-def _own_topk_masks(grads: list[torch.Tensor], sparsity: float, per_tensor: bool) -> list[torch.Tensor]:
-    """The defense's own top-k masks of the (detached) dummy gradient."""
-    from gradleak.defenses.topk import keep_largest
-
-    if per_tensor:
-        return [keep_largest(g.detach().reshape(-1).abs() + 1e-30, sparsity).reshape(g.shape) != 0
-                for g in grads]
-    flat = torch.cat([g.detach().reshape(-1).abs() + 1e-30 for g in grads])
-    kept = keep_largest(flat, sparsity) != 0
-    return [m.reshape(g.shape) for m, g in zip(kept.split([g.numel() for g in grads]), grads,
-                                               strict=True)]
-
-
-def _signs(grads: list[torch.Tensor], scale_sign: bool, per_tensor: bool,
-           surrogate: str) -> list[torch.Tensor]:
-    if per_tensor:
-        scales = [g.abs().mean() for g in grads]
-    else:
-        whole = torch.cat([g.reshape(-1) for g in grads]).abs().mean()
-        scales = [whole] * len(grads)
-    out = []
-    for g, s in zip(grads, scales, strict=True):
-        if surrogate == "tanh":
-            soft = torch.tanh(g / (0.1 * g.detach().abs().mean()).clamp_min(1e-12))
-            out.append(soft * s if scale_sign else soft)
-        else:
-            hard = torch.sign(g) * s if scale_sign else torch.sign(g)
-            out.append(straight_through(hard, g * s if scale_sign else g))
-    return out
+__all__ = ["Transform", "build_transform", "straight_through", "transform_for"]
 
 
 def build_transform(name: str, params: dict[str, Any] | None = None,
@@ -103,55 +56,11 @@ def build_transform(name: str, params: dict[str, Any] | None = None,
     """The differentiable surrogate of defense ``name`` with its ``params`` (named after
     :class:`DefenseConfig` fields, e.g. ``{"bound": 0.1}``); ``observed``: the defended update's
     tensors in the same order as the dummy list (needed for topk's mask)."""
-    p = dict(params or {})
-    for label, value, allowed in (("sign", sign_surrogate, ("ste", "tanh")),
-                                  ("clip", clip_surrogate, ("ste", "clamp")),
-                                  ("topk", topk_surrogate, ("threshold", "mask"))):
-        if value not in allowed:
-            raise GradleakError(f"bad {label} surrogate {value!r}; allowed: {', '.join(allowed)}")
-    per_tensor = bool(p.get("per_tensor", True))
-    if name in ("none", "qsgd"):
-        return lambda grads: list(grads)
-    if name == "gaussian":
-        c = p.get("clip_norm")
-        return (lambda grads: _scale(list(grads), c)) if c is not None else (lambda grads: list(grads))
-    if name == "clip":
-        bound = float(p.get("bound", 0.1))
-        if clip_surrogate == "clamp":
-            return lambda grads: [g.clamp(-bound, bound) for g in grads]
-        return lambda grads: [straight_through(g.clamp(-bound, bound), g) for g in grads]
-    if name == "clip_norm":
-        c = p.get("clip_norm")
-        if c is None or not c > 0:
-            raise GradleakError(f"bad value {c!r} for defense.clip_norm: must be a number > 0")
-        return lambda grads: _scale(list(grads), float(c))
-    if name == "topk":
-        if observed is not None:
-            masks = [t != 0 for t in observed]
-            taus = _kept_minimum(list(observed), per_tensor)
-
-            def masked(grads: list[torch.Tensor]) -> list[torch.Tensor]:
-                if len(grads) != len(masks):
-                    raise GradleakError(f"adaptive topk: {len(grads)} dummy tensors but "
-                                        f"{len(masks)} observed ones")
-                out = []
-                for g, m, tau in zip(grads, masks, taus, strict=True):
-                    m = m.to(g.device)
-                    dropped = (g - g.clamp(-tau, tau) if topk_surrogate == "threshold"
-                               else torch.zeros_like(g))
-                    out.append(torch.where(m, g, dropped))
-                return out
-
-            return masked
-        sparsity = float(p.get("sparsity", 0.9))
-        return lambda grads: [g * m.to(g.dtype) for g, m in
-                              zip(grads, _own_topk_masks(list(grads), sparsity, per_tensor),
-                                  strict=True)]
-    if name == "signsgd":
-        scale_sign = bool(p.get("scale_sign", False))
-        return lambda grads: _signs(list(grads), scale_sign, per_tensor, sign_surrogate)
-    raise GradleakError(f"attack.adaptive has no surrogate for defense {name!r}; known: "
-                        f"{', '.join(SURROGATES)}")
+    options = SurrogateOptions(sign=sign_surrogate, clip=clip_surrogate, topk=topk_surrogate)
+    if name not in SURROGATES:
+        raise GradleakError(f"attack.adaptive has no surrogate for defense {name!r}; known: "
+                            f"{', '.join(SURROGATES.names())}")
+    return SURROGATES.get(name)(dict(params or {}), observed, options)
 
 
 def transform_for(defense: DefenseConfig, update: SharedUpdate | None = None,

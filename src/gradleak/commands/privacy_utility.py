@@ -50,11 +50,14 @@ def parse_grid(items: list[str]) -> dict[str, list]:
 def run(args: argparse.Namespace) -> int:
     from gradleak.config import load_config
     from gradleak.experiments.privacy_utility import (
+        ACCURACY_DROP_LINE,
         DEFAULT_DEFENSES,
         QUICK,
+        best_tradeoff,
         build_grid,
         run_privacy_utility,
     )
+    from gradleak.report.plots import save_png, tradeoff_figure
 
     threads = args.threads if args.threads is not None else (1 if args.quick else None)
     if threads is not None:
@@ -70,6 +73,15 @@ def run(args: argparse.Namespace) -> int:
     result = run_privacy_utility(cfg, args.out, grid=grid, progress=not args.quiet,
                                  save_checkpoints=args.save_checkpoints,
                                  log=lambda m: print(m, flush=True))
-    print(f"{len(result.ran)} rows run, {len(result.skipped)} skipped in {result.seconds:.1f} s")
-    print(f"csv: {result.csv_path}\njson: {result.json_path}\nplot: {result.plot_path}")
-    return 0
+    best = set(best_tradeoff(result.rows, cfg.metrics.lpips_threshold).values())
+    fig = tradeoff_figure([{"defense": r["defense"], "label": r["value"], "lpips": r["lpips"],
+                            "accuracy_drop": r["accuracy_drop"], "best": r["key"] in best}
+                           for r in result.rows], lpips_threshold=cfg.metrics.lpips_threshold,
+                          max_drop=ACCURACY_DROP_LINE)
+    if fig is not None:
+        save_png(fig, result.plot_path)
+    print(f"{len(result.ran)} rows run, {len(result.skipped)} skipped, {len(result.failed)} failed "
+          f"in {result.seconds:.1f} s")
+    print(f"csv: {result.csv_path}\njson: {result.json_path}\nplot: {result.plot_path}\n"
+          f"store: {result.json_path.parent / 'results.sqlite'} (gradleak report {args.out})")
+    return 1 if result.failed else 0

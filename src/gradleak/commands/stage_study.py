@@ -15,11 +15,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from gradleak.experiments.stage_study import stage_study
+    from gradleak.report.plots import save_png, stage_figure
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, (QUICK if args.quick else []) + list(args.overrides))
     rows = stage_study(cfg, args.out, every=args.every, igsa_points=args.igsa_points,
-                       progress=not args.quiet)
+                       progress=not args.quiet, log=lambda m: print(m, flush=True))
+    save_png(stage_figure(rows, title=cfg.model.name), f"{args.out}/stage_study.png", dpi=110)
     for r in rows:
         print(f"round {r['round']:>3}  accuracy {float(r['accuracy']):.3f}  IGSA {float(r['igsa']):.3g}"
               f"  PSNR {float(r['psnr']):.2f} dB")

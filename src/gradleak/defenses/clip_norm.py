@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from gradleak.defenses import check_param, float_tensors, map_float, register_defense
+from gradleak.defenses.surrogate import SurrogateOptions, Transform, register_surrogate, scale_to_norm
+from gradleak.errors import GradleakError
 from gradleak.fl.client import SharedUpdate
 
 
@@ -27,3 +31,13 @@ def clip_l2_norm(update: SharedUpdate, *, generator: torch.Generator | None = No
                 "a number > 0 for defense 'clip_norm'")
     factor = torch.clamp(clip_norm / total_norm(update).clamp_min(1e-12), max=1.0)
     return map_float(update, lambda t: t * factor.to(t))
+
+
+@register_surrogate("clip_norm")
+def clip_norm_surrogate(params: dict, observed: Sequence[torch.Tensor] | None,
+                        options: SurrogateOptions) -> Transform:
+    """Scale by min(1, C / ||g||) over all matched tensors (exact and differentiable)."""
+    c = params.get("clip_norm")
+    if c is None or not c > 0:
+        raise GradleakError(f"bad value {c!r} for defense.clip_norm: must be a number > 0")
+    return lambda grads: scale_to_norm(list(grads), float(c))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from gradleak.defenses import check_param, map_float, random_like, register_defense
 from gradleak.defenses.clip_norm import clip_l2_norm
+from gradleak.defenses.surrogate import SurrogateOptions, Transform, register_surrogate, scale_to_norm
 from gradleak.fl.client import SharedUpdate
 
 
@@ -30,3 +33,11 @@ def gaussian(update: SharedUpdate, *, generator: torch.Generator | None = None,
         update = clip_l2_norm(update, clip_norm=clip_norm)
     sigma = noise_std(noise_multiplier, clip_norm)
     return map_float(update, lambda t: t + sigma * random_like(t, generator, "normal"))
+
+
+@register_surrogate("gaussian")
+def gaussian_surrogate(params: dict, observed: Sequence[torch.Tensor] | None,
+                       options: SurrogateOptions) -> Transform:
+    """Fresh noise cannot be simulated: the identity, or clip_norm's scaling when set."""
+    c = params.get("clip_norm")
+    return (lambda grads: scale_to_norm(list(grads), c)) if c is not None else (lambda g: list(g))

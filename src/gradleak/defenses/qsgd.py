@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from gradleak.defenses import check_param, map_tensors, random_like, register_defense
+from gradleak.defenses.surrogate import identity, register_surrogate
 from gradleak.fl.client import SharedUpdate
 
 # float32 holds integers exactly up to 2^24, so more levels than that are not representable.
@@ -50,3 +51,7 @@ def qsgd(update: SharedUpdate, *, generator: torch.Generator | None = None, bits
     """
     s = levels_for(bits, levels)
     return map_tensors(update, lambda v: quantize(v, s, generator), per_tensor=per_tensor)
+
+
+# QSGD is unbiased, E[Q(g)] = g: the expectation passes straight through.
+register_surrogate("qsgd")(identity)

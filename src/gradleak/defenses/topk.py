@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from gradleak.defenses import check_param, map_tensors, register_defense
+from gradleak.defenses.surrogate import SurrogateOptions, Transform, register_surrogate
+from gradleak.errors import GradleakError
 from gradleak.fl.client import SharedUpdate
 
 
@@ -35,3 +39,49 @@ def topk(update: SharedUpdate, *, generator: torch.Generator | None = None, spar
     """
     check_param(0.0 <= sparsity <= 1.0, "sparsity", sparsity, "in [0, 1] (the fraction zeroed)")
     return map_tensors(update, lambda v: keep_largest(v, sparsity), per_tensor=per_tensor)
+
+
+def _kept_minimum(observed: list[torch.Tensor], per_tensor: bool) -> list[float]:
+    """tau: the smallest non-zero magnitude per tensor (or over all tensors); inf if none kept."""
+    mins = [float(t[t != 0].abs().min()) if bool((t != 0).any()) else float("inf") for t in observed]
+    return mins if per_tensor else [min(mins, default=float("inf"))] * len(observed)
+
+
+def _own_masks(grads: list[torch.Tensor], sparsity: float, per_tensor: bool) -> list[torch.Tensor]:
+    """The defense's own top-k masks of the (detached) dummy gradient."""
+    if per_tensor:
+        return [keep_largest(g.detach().reshape(-1).abs() + 1e-30, sparsity).reshape(g.shape) != 0
+                for g in grads]
+    flat = torch.cat([g.detach().reshape(-1).abs() + 1e-30 for g in grads])
+    kept = keep_largest(flat, sparsity) != 0
+    return [m.reshape(g.shape) for m, g in zip(kept.split([g.numel() for g in grads]), grads,
+                                               strict=True)]
+
+
+@register_surrogate("topk")
+def topk_surrogate(params: dict, observed: Sequence[torch.Tensor] | None,
+                   options: SurrogateOptions) -> Transform:
+    """The observed update's non-zero mask (the attacker sees which entries survived): kept
+    entries pass; with ``threshold`` a dropped entry passes only its excess over tau (the
+    smallest kept magnitude), ``mask`` zeroes it. Without an observed update: the dummy's own
+    top-k mask."""
+    per_tensor = bool(params.get("per_tensor", True))
+    if observed is None:
+        sparsity = float(params.get("sparsity", 0.9))
+        return lambda grads: [g * m.to(g.dtype) for g, m in
+                              zip(grads, _own_masks(list(grads), sparsity, per_tensor), strict=True)]
+    masks = [t != 0 for t in observed]
+    taus = _kept_minimum(list(observed), per_tensor)
+
+    def masked(grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        if len(grads) != len(masks):
+            raise GradleakError(f"adaptive topk: {len(grads)} dummy tensors but {len(masks)} "
+                                "observed ones")
+        out = []
+        for g, m, tau in zip(grads, masks, taus, strict=True):
+            dropped = (g - g.clamp(-tau, tau) if options.topk == "threshold"
+                       else torch.zeros_like(g))
+            out.append(torch.where(m.to(g.device), g, dropped))
+        return out
+
+    return masked

@@ -95,23 +95,48 @@ def run_stage(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> dict[str, A
     return out
 
 
+def attack_observed(cfg: Any, run: Any, *, progress: bool = False) -> tuple[Any, Any]:
+    """Attack what the server observed of the victim at ``fl.attack_round`` of the federated
+    ``run`` (a :class:`~gradleak.fl.server.FederatedRun`): the global model of that round, the
+    victim's defended update (under secure aggregation the aggregate, scored against every
+    sampled client's samples). Returns ``(Score, truth [N, C, H, W])``."""
+    import copy
+
+    from gradleak.fl.server import dataset_tensors
+    from gradleak.scenario import Scenario
+
+    res = run.result
+    model = copy.deepcopy(run.model)
+    model.load_state_dict(res.attack_state)
+    images, labels = dataset_tensors(run.train, res.observed_indices)
+    sc = Scenario.from_config(cfg, model=model, data=run.train, victim=(images, labels))
+    obs = sc.observe(res.observed, setup=res.observed_setup)
+    return sc.score(sc.reconstruct(obs, progress=progress)), images
+
+
 @register_kind("privacy_utility")
 def run_privacy_utility(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> dict[str, Any]:
-    from gradleak.experiments.privacy_utility import attack_observed
     from gradleak.fl.server import run_federated
     from gradleak.images import save_comparison
 
     started = time.perf_counter()
-    fed = run_federated(cfg)
+    fed = run_federated(cfg, checkpoint_dir=ctx.run_dir if options.get("save_checkpoints") else None)
     fl_seconds = time.perf_counter() - started
     started = time.perf_counter()
     score, truth = attack_observed(cfg, fed)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     save_comparison(ctx.run_dir / "reconstruction.png", truth, score.matched)
+    res = fed.result
+    eps = list(res.epsilon.values())
     out = _flat_metrics(score.metrics())
-    out.update(final_accuracy=fed.result.final_accuracy, victim_epsilon=fed.result.victim_epsilon,
+    out.update(final_accuracy=res.final_accuracy, victim_epsilon=res.victim_epsilon,
+               max_epsilon=max(eps) if eps else None, attack_round=res.attack_round,
+               observed_samples=res.observed.num_samples,
+               secure_aggregation=int(res.secure_aggregation),
+               leaked=(None if score.per_sample["leaked"] is None
+                       else int(any(score.per_sample["leaked"]))),
                fl_seconds=round(fl_seconds, 3),
                attack_seconds=round(time.perf_counter() - started, 3))
     out["_result"] = {"per_sample": score.per_sample, "warnings": score.warnings,
-                      "accuracy": list(fed.result.accuracy)}
+                      "accuracy": list(res.accuracy)}
     return out

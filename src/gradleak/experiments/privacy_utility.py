@@ -30,16 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from gradleak.attacks import build_attack
-from gradleak.config import Config, set_key
+from gradleak.config import Config, flatten, set_key
 from gradleak.errors import GradleakError
-from gradleak.fl.server import FederatedRun, dataset_tensors, run_federated
-from gradleak.images import save_comparison
-from gradleak.io import atomic_write, write_json, write_text
+from gradleak.experiments.spec import Experiment, Plan
+from gradleak.io import write_json, write_text
 from gradleak.provenance import git_commit, versions
-from gradleak.scenario import Scenario, Score
 from gradleak.threat import ThreatModel
 
 # defense -> (DefenseConfig field varied, paper grid for ResNet-18, App. C iii).
@@ -64,6 +60,7 @@ QUICK: dict[str, Any] = {
 """``--quick``: the embedded skimage data, an MLP (no BN), 10 clients, 5 rounds, a 300-iteration
 attack on a one-sample victim; minutes on 2 CPU cores. Config file and overrides still win."""
 
+EXPERIMENT = "privacy_utility"
 ACCURACY_DROP_LINE = 5.0  # percentage points (paper Fig. 11's blue line)
 CSV_COLUMNS = ("defense", "param", "value", "final_accuracy", "accuracy_drop", "psnr", "ssim",
                "lpips", "mse", "brr", "label_accuracy", "leaked", "victim_epsilon", "attack_round",
@@ -88,6 +85,7 @@ class PrivacyUtilityResult:
     rows: list[dict[str, Any]]
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
     csv_path: Path | None = None
     json_path: Path | None = None
     plot_path: Path | None = None
@@ -127,22 +125,6 @@ def point_config(cfg: Config, point: GridPoint) -> Config:
     return out
 
 
-def attack_observed(cfg: Config, run: FederatedRun, *, progress: bool = False) -> tuple[Score, torch.Tensor]:
-    """Attack what the server observed of the victim at ``fl.attack_round``.
-
-    The model is the global model of that round; the truth is the victim's samples (under secure
-    aggregation: every sampled client's, since the attack sees only their aggregate). Returns
-    ``(score, truth [N, C, H, W])``; ``score.matched`` is the matched reconstruction.
-    """
-    res = run.result
-    model = copy.deepcopy(run.model)
-    model.load_state_dict(res.attack_state)
-    images, labels = dataset_tensors(run.train, res.observed_indices)
-    sc = Scenario.from_config(cfg, model=model, data=run.train, victim=(images, labels))
-    obs = sc.observe(res.observed, setup=res.observed_setup)
-    return sc.score(sc.reconstruct(obs, progress=progress)), images
-
-
 def best_tradeoff(rows: Sequence[dict[str, Any]], lpips_threshold: float) -> dict[str, str]:
     """Per defense, the row key of its best trade-off (paper Fig. 11): among settings that
     defend (LPIPS above the threshold) the smallest accuracy drop, else the largest LPIPS."""
@@ -159,87 +141,78 @@ def best_tradeoff(rows: Sequence[dict[str, Any]], lpips_threshold: float) -> dic
     return best
 
 
+def privacy_utility_plan(cfg: Config, grid: Sequence[GridPoint], *,
+                         save_checkpoints: bool = False) -> Plan:
+    """The grid as a sweep :class:`Plan` of kind ``privacy_utility``: one variant per grid point
+    (named by its key) over the user's whole config, seed ``cfg.seed``."""
+    base = {k: v for k, v in flatten(cfg.to_dict()) if not k.startswith("defense.") and k != "seed"}
+    variants = {}
+    for point in grid:
+        pcfg = point_config(cfg, point)
+        variants[point.key] = {k: v for k, v in flatten(pcfg.to_dict()) if k.startswith("defense.")}
+    spec = {"title": "privacy-utility trade-off (Fig. 11)", "kind": "privacy_utility",
+            "base": base, "variants": variants, "seeds": [cfg.seed],
+            "options": {"save_checkpoints": True} if save_checkpoints else {}}
+    exp = Experiment(name=EXPERIMENT, title=spec["title"], tests="", insight="",
+                     kind="privacy_utility", spec=spec)
+    return Plan(exp, "paper", exp.validate("paper"))
+
+
 def run_privacy_utility(cfg: Config, out: str | Path, *, grid: Sequence[GridPoint],
                         progress: bool = False, save_checkpoints: bool = False,
                         log: Callable[[str], None] = lambda _m: None) -> PrivacyUtilityResult:
-    """Run every grid point not yet in ``out/results.json`` and rewrite CSV, JSON and plot."""
+    """Run every grid point not yet in ``out/results.sqlite`` (the one sweep and store) and
+    rewrite ``privacy_utility.csv`` and ``results.json`` from the store. The scatter plot is
+    rendered by :func:`gradleak.report.plots.save_tradeoff` (the command does that)."""
+    from gradleak.experiments.sweep import run_sweep
+
     started = time.perf_counter()
     out = Path(out)
     if cfg.threat.malicious:
         raise GradleakError("privacy-utility models an honest-but-curious server; set "
                             "threat.malicious=false")
-    configs = [point_config(cfg, p) for p in grid]  # validates every point before any training
     ThreatModel.from_config(cfg.threat).require(build_attack(cfg.attack).needs(),
                                                 who=f"attack {cfg.attack.name!r}")
+    json_path, csv_path = out / "results.json", out / "privacy_utility.csv"
+    _check_digest(json_path, cfg.digest())
+    plan = privacy_utility_plan(cfg, grid, save_checkpoints=save_checkpoints)  # validates all
+    swept = run_sweep(plan, out, progress=progress, log=log)
+    rows = stored_rows(out, plan, grid)
+    _write_all(cfg, grid, rows, json_path, csv_path)
+    return PrivacyUtilityResult(rows=rows, ran=list(swept.ok), skipped=list(swept.skipped),
+                                failed=dict(swept.failed), csv_path=csv_path, json_path=json_path,
+                                plot_path=out / "privacy_utility.png",
+                                seconds=time.perf_counter() - started)
 
-    json_path, csv_path, plot_path = (out / "results.json", out / "privacy_utility.csv",
-                                      out / "privacy_utility.png")
-    digest = cfg.digest()
-    rows = _load_rows(json_path, digest)
-    done = {r["key"] for r in rows}
-    result = PrivacyUtilityResult(rows=rows, csv_path=csv_path, json_path=json_path,
-                                  plot_path=plot_path)
-    for i, (point, pcfg) in enumerate(zip(grid, configs, strict=True), 1):
-        if point.key in done:
-            result.skipped.append(point.key)
-            log(f"[{i}/{len(grid)}] {point.key}: already done, skipped")
-            continue
-        log(f"[{i}/{len(grid)}] {point.key}")
-        run_dir = out / "runs" / point.key
-        fl_started = time.perf_counter()
-        run = run_federated(pcfg, checkpoint_dir=run_dir if save_checkpoints else None,
-                            progress=progress)
-        fl_seconds = time.perf_counter() - fl_started
-        attack_started = time.perf_counter()
-        score, truth = attack_observed(pcfg, run, progress=progress)
-        attack_seconds = time.perf_counter() - attack_started
-        save_comparison(run_dir / "reconstruction.png", truth, score.matched)
-        row = _row(point, run, score, fl_seconds, attack_seconds)
-        rows.append(row)
-        done.add(point.key)
-        result.ran.append(point.key)
-        _fill_drops(rows)
-        _write_all(cfg, grid, rows, json_path, csv_path, plot_path)
-        log(f"    accuracy={row['final_accuracy']:.3f} drop={_fmt(row['accuracy_drop'])} "
-            f"psnr={row['psnr']:.2f} lpips={_fmt(row['lpips'])} "
-            f"({fl_seconds:.1f} s training, {attack_seconds:.1f} s attack)")
+
+def stored_rows(out: Path, plan: Plan, grid: Sequence[GridPoint]) -> list[dict[str, Any]]:
+    """The plan's finished runs from the store, as one row per grid point (``CSV_COLUMNS`` and
+    more), in grid order, with the accuracy drop against the undefended run."""
+    from gradleak.experiments.store import ResultStore
+
+    points = {p.key: p for p in grid}
+    wanted = {r.run_id for r in plan.runs}
+    with ResultStore(out) as store:
+        stored = [r for r in store.rows(experiment=EXPERIMENT, status="ok") if r["run_id"] in wanted]
+    rows = [_row(points[r["variant"]], r) for r in stored if r["variant"] in points]
     _fill_drops(rows)
-    _write_all(cfg, grid, rows, json_path, csv_path, plot_path)
-    result.rows = _ordered(rows, grid)
-    result.seconds = time.perf_counter() - started
-    return result
+    return _ordered(rows, grid)
 
 
 # --- rows, store and outputs ------------------------------------------------------------------
 
 
-def _row(point: GridPoint, run: FederatedRun, score: Score, fl_seconds: float,
-         attack_seconds: float) -> dict[str, Any]:
-    res = run.result
-    eps = list(res.epsilon.values())
+def _row(point: GridPoint, stored: dict[str, Any]) -> dict[str, Any]:
+    extra = stored.get("result") or {}
     return {
-        "key": point.key,
-        "defense": point.defense,
-        "param": point.param,
-        "value": point.value,
-        "final_accuracy": res.final_accuracy,
-        "accuracy_drop": None,
-        "accuracy_curve": res.accuracy,
-        "psnr": score.psnr,
-        "ssim": score.ssim,
-        "lpips": score.lpips,
-        "mse": score.mse,
-        "brr": score.brr,
-        "label_accuracy": score.label_accuracy,
-        "leaked": (None if score.per_sample["leaked"] is None
-                   else bool(any(score.per_sample["leaked"]))),
-        "victim_epsilon": res.victim_epsilon,
-        "max_epsilon": max(eps) if eps else None,
-        "attack_round": res.attack_round,
-        "observed_samples": res.observed.num_samples,
-        "secure_aggregation": res.secure_aggregation,
-        "fl_seconds": round(fl_seconds, 3),
-        "attack_seconds": round(attack_seconds, 3),
+        "key": point.key, "defense": point.defense, "param": point.param, "value": point.value,
+        "final_accuracy": stored.get("final_accuracy"), "accuracy_drop": None,
+        "accuracy_curve": extra.get("accuracy"),
+        **{k: stored.get(k) for k in ("psnr", "ssim", "lpips", "mse", "brr", "label_accuracy",
+                                      "victim_epsilon", "max_epsilon", "attack_round",
+                                      "observed_samples", "fl_seconds", "attack_seconds")},
+        "leaked": None if stored.get("leaked") is None else bool(stored["leaked"]),
+        "secure_aggregation": bool(stored.get("secure_aggregation")),
     }
 
 
@@ -255,17 +228,18 @@ def _ordered(rows: list[dict[str, Any]], grid: Sequence[GridPoint]) -> list[dict
     return sorted(rows, key=lambda r: (rank.get(r["key"], len(rank)), r["key"]))
 
 
-def _load_rows(json_path: Path, digest: str) -> list[dict[str, Any]]:
+def _check_digest(json_path: Path, digest: str) -> None:
+    """One output folder, one config: refuse a folder whose outputs came from another config."""
     if not json_path.is_file():
-        return []
+        return
     try:
         store = json.loads(json_path.read_text())
     except json.JSONDecodeError:
         raise GradleakError(f"{str(json_path)!r} is not valid JSON; move it away to start over") from None
-    if store.get("config_digest") != digest:
+    found = store.get("config_digest") if isinstance(store, dict) else None
+    if found != digest:
         raise GradleakError(f"{str(json_path.parent)!r} holds privacy-utility results of another config "
-                            f"(digest {store.get('config_digest')} != {digest}); use another --out")
-    return list(store.get("rows", []))
+                            f"(digest {found} != {digest}); use another --out")
 
 
 def _clean(value: Any) -> Any:
@@ -279,76 +253,27 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
 def _write_all(cfg: Config, grid: Sequence[GridPoint], rows: list[dict[str, Any]], json_path: Path,
-               csv_path: Path, plot_path: Path) -> None:
-    rows_sorted = _ordered(rows, grid)
+               csv_path: Path) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    for r in rows_sorted:
+    for r in rows:
         writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_COLUMNS})
     write_text(csv_path, buf.getvalue())
     thresholds = {"psnr": cfg.metrics.psnr_threshold, "lpips": cfg.metrics.lpips_threshold,
                   "accuracy_drop_points": ACCURACY_DROP_LINE}
-    plot_privacy_utility(rows_sorted, plot_path, lpips_threshold=cfg.metrics.lpips_threshold)
     write_json(json_path, _clean({
-        "experiment": "privacy_utility",
+        "experiment": EXPERIMENT,
         "paper": "Sec. 6, Fig. 11, App. C iii",
         "config_digest": cfg.digest(),
         "config": cfg.to_dict(),
         "grid": [{"key": p.key, "defense": p.defense, "param": p.param, "value": p.value}
                  for p in grid],
         "thresholds": thresholds,
-        "best": best_tradeoff(rows_sorted, cfg.metrics.lpips_threshold),
-        "rows": rows_sorted,
+        "best": best_tradeoff(rows, cfg.metrics.lpips_threshold),
+        "rows": rows,
+        "store": "results.sqlite",
         "versions": versions(),
         "git_commit": git_commit(),
     }))
-
-
-def plot_privacy_utility(rows: Sequence[dict[str, Any]], path: str | Path, *,
-                         lpips_threshold: float = 0.1,
-                         drop_line: float = ACCURACY_DROP_LINE) -> None:
-    """Scatter of LPIPS (x) against accuracy drop in points (y), one colour per defense; the best
-    trade-off per defense is circled. Rows without LPIPS or accuracy drop are left out."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    best = set(best_tradeoff(rows, lpips_threshold).values())
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    colours = plt.get_cmap("tab10")
-    names = list(dict.fromkeys(r["defense"] for r in rows))
-    for i, name in enumerate(names):
-        pts = [r for r in rows if r["defense"] == name and r.get("lpips") is not None
-               and r.get("accuracy_drop") is not None]
-        if not pts:
-            continue
-        xs, ys = [r["lpips"] for r in pts], [r["accuracy_drop"] for r in pts]
-        ax.scatter(xs, ys, color=colours(i % 10), label=name, s=36, zorder=3)
-        for r in pts:
-            if r["value"] is not None:
-                ax.annotate(f"{r['value']:g}", (r["lpips"], r["accuracy_drop"]), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
-            if r["key"] in best:
-                ax.scatter([r["lpips"]], [r["accuracy_drop"]], s=150, facecolors="none",
-                           edgecolors=colours(i % 10), linewidths=1.2, zorder=2)
-    ax.axhline(drop_line, color="tab:blue", linestyle="--", linewidth=1,
-               label=f"accuracy drop {drop_line:g} points")
-    ax.axvline(lpips_threshold, color="tab:red", linestyle="--", linewidth=1,
-               label=f"LPIPS leakage threshold {lpips_threshold:g}")
-    ax.set_xlabel("LPIPS of the attack's reconstruction (higher = more private)")
-    ax.set_ylabel("test accuracy drop vs no defense (points)")
-    ax.set_title("Privacy-utility trade-off of post-processing defenses")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
-    finally:
-        plt.close(fig)

@@ -1,110 +1,87 @@
 """Training-stage study (the paper's Sec. 5.1.2, Fig. 7): vulnerability along FL training.
 
-Train the global model with FedAvg for ``fl.rounds`` rounds (per-round checkpoints), then every
-``every`` rounds record the test accuracy, the IGSA of the model around the fixed victim samples
-and the attack's metrics on that victim's update against that round's model. Output: one CSV row
-per recorded round and a three-panel plot (accuracy, normalised IGSA, PSNR). Expected shape: the
-attack succeeds early and fails once the model fits. Rows already in the CSV are not redone.
+A preset over the one experiment pipeline: a sweep of kind ``stage`` (see
+:mod:`gradleak.experiments.kinds`) over the rounds ``0, every, 2 * every, ..., fl.rounds``. The
+FL system of ``cfg`` is trained once with FedAvg (per-round checkpoints, cached in
+``out/cache``); each run records, at its round, the test accuracy, the IGSA of the global model
+around the fixed victim samples and the attack's metrics on that victim's update. Runs are stored
+in ``out/results.sqlite`` as they finish (a rerun skips them); ``stage_study.csv`` (one row per
+recorded round) and ``accuracy.csv`` (every round) are rewritten from the store. Expected shape:
+the attack succeeds early and fails once the model fits. The three-panel figure is
+:func:`gradleak.report.plots.stage_figure`.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from gradleak.analysis.igsa import normalise_stages
+from gradleak.config import Config, flatten
+from gradleak.errors import GradleakError
+from gradleak.experiments.spec import Experiment, Plan
+from gradleak.io import write_text
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from gradleak.analysis.igsa import igsa, normalise_stages  # noqa: E402
-from gradleak.config import Config, load_config  # noqa: E402
-from gradleak.errors import GradleakError  # noqa: E402
-from gradleak.fl.server import run_federated  # noqa: E402
-from gradleak.io import atomic_write, write_text  # noqa: E402
-from gradleak.scenario import Scenario  # noqa: E402
-
+EXPERIMENT = "stage_study"
 FIELDS = ["round", "accuracy", "igsa", "igsa_normalised", "psnr", "ssim", "lpips", "mse"]
 
 
-def _read_rows(path: Path) -> dict[int, dict[str, Any]]:
-    if not path.is_file():
-        return {}
-    with path.open() as f:
-        return {int(r["round"]): r for r in csv.DictReader(f)}
+def stage_rounds(rounds: int, every: int) -> list[int]:
+    """``0, every, 2 * every, ...`` and always the last round."""
+    if every < 1:
+        raise GradleakError(f"bad value {every} for --every: must be >= 1")
+    out = list(range(0, rounds + 1, every))
+    return out if out[-1] == rounds else [*out, rounds]
+
+
+def stage_plan(cfg: Config, *, every: int = 1, igsa_points: int = 8) -> Plan:
+    """The study as a sweep :class:`Plan` (kind ``stage``, grid ``run.round``)."""
+    if igsa_points < 1:
+        raise GradleakError(f"bad value {igsa_points} for --igsa-points: must be >= 1")
+    base = {k: v for k, v in flatten(cfg.to_dict()) if k != "seed"}
+    spec = {"title": "training-stage study (Fig. 7)", "kind": "stage", "base": base,
+            "grid": {"run.round": stage_rounds(cfg.fl.rounds, every)}, "seeds": [cfg.seed],
+            "options": {"igsa_points": igsa_points}}
+    exp = Experiment(name=EXPERIMENT, title=spec["title"], tests="", insight="", kind="stage",
+                     spec=spec)
+    return Plan(exp, "paper", exp.validate("paper"))
+
+
+def stage_study(cfg: Config, out: str | Path, *, every: int = 1, igsa_points: int = 8,
+                progress: bool = False,
+                log: Callable[[str], None] = lambda _m: None) -> list[dict[str, Any]]:
+    """Run (or resume) the study of ``cfg`` into ``out``; returns the rows (``FIELDS``), first
+    round first. Raises when a run failed (its error is in the store)."""
+    from gradleak.experiments.artifacts import ensure_federated
+    from gradleak.experiments.store import ResultStore
+    from gradleak.experiments.sweep import run_sweep
+
+    out = Path(out)
+    plan = stage_plan(cfg, every=every, igsa_points=igsa_points)
+    swept = run_sweep(plan, out, progress=progress, log=log)
+    if swept.failed:
+        first = next(iter(swept.failed.values()))
+        raise GradleakError(f"{len(swept.failed)} stage-study runs failed, e.g.: {first}")
+    wanted = {r.run_id for r in plan.runs}
+    with ResultStore(out) as store:
+        stored = [r for r in store.rows(experiment=EXPERIMENT, status="ok") if r["run_id"] in wanted]
+    rows = sorted(({"round": int(r["run.round"]), **{k: r.get(k) for k in FIELDS[1:]}}
+                   for r in stored), key=lambda r: r["round"])
+    norm = normalise_stages([float(r["igsa"]) for r in rows])
+    rows = [r | {"igsa_normalised": n} for r, n in zip(rows, norm, strict=True)]
+    _write_csv(out / "stage_study.csv", rows)
+    _, accuracy = ensure_federated(plan.runs[0].config(resolve={}), out / "cache")  # cached
+    write_text(out / "accuracy.csv", "round,accuracy\n" + "".join(
+        f"{r},{a}\n" for r, a in enumerate(accuracy)))
+    return rows
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=FIELDS)
+    writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     write_text(path, buf.getvalue())
-
-
-def stage_study(cfg: Config, out: str | Path, *, every: int = 1, igsa_points: int = 8,
-                progress: bool = False) -> list[dict[str, Any]]:
-    """Run the study for ``cfg`` into ``out``; returns the rows (``FIELDS``), first round first."""
-    if every < 1:
-        raise GradleakError(f"bad value {every} for --every: must be >= 1")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out / "checkpoints"
-    rounds = list(range(0, cfg.fl.rounds + 1, every))
-    if rounds[-1] != cfg.fl.rounds:
-        rounds.append(cfg.fl.rounds)
-    have = list(ckpt_dir.glob("round_*.pt"))
-    if len(have) < cfg.fl.rounds + 1:
-        fed = run_federated(cfg, checkpoint_dir=ckpt_dir, progress=progress)
-        accuracy = fed.result.accuracy
-        write_text(out / "accuracy.csv", "round,accuracy\n" + "".join(
-            f"{r},{a}\n" for r, a in enumerate(accuracy)))
-    else:
-        with (out / "accuracy.csv").open() as f:
-            accuracy = [float(r["accuracy"]) for r in csv.DictReader(f)]
-
-    done = _read_rows(out / "stage_study.csv")
-    rows: list[dict[str, Any]] = []
-    for r in tqdm(rounds, desc="stage study", unit="round", disable=not progress):
-        if r in done:
-            rows.append({k: float(v) if k != "round" else int(v) for k, v in done[r].items()
-                         if k in FIELDS and v not in ("", "None")})
-            continue
-        tree = cfg.to_dict()
-        tree["model"]["checkpoint"] = str(ckpt_dir / f"round_{r:03d}.pt")
-        sc = Scenario.from_config(load_config(base=tree))
-        smoothness = igsa(sc.model, sc.images, sc.labels, num_points=igsa_points, seed=cfg.seed).value
-        metrics = sc.run().result["metrics"]
-        rows.append({"round": r, "accuracy": accuracy[r], "igsa": smoothness,
-                     "psnr": metrics["psnr"], "ssim": metrics["ssim"], "lpips": metrics["lpips"],
-                     "mse": metrics["mse"]})
-        _write_csv(out / "stage_study.csv", _with_norm(rows))  # progress survives interruption
-    rows = _with_norm(rows)
-    _write_csv(out / "stage_study.csv", rows)
-    plot_stage_study(rows, out / "stage_study.png", title=cfg.model.name)
-    return rows
-
-
-def _with_norm(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    norm = normalise_stages([float(r["igsa"]) for r in rows])
-    return [r | {"igsa_normalised": n} for r, n in zip(rows, norm, strict=True)]
-
-
-def plot_stage_study(rows: list[dict[str, Any]], path: Path, *, title: str) -> None:
-    """Three panels over rounds: test accuracy, normalised IGSA, attack PSNR (Fig. 7)."""
-    rounds = [r["round"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    for ax, key, label in zip(axes, ("accuracy", "igsa_normalised", "psnr"),
-                              ("test accuracy", "IGSA (normalised)", "attack PSNR (dB)"),
-                              strict=True):
-        ax.plot(rounds, [float(r[key]) for r in rows], marker="o")
-        ax.set_xlabel("FL round")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"training-stage study: {title}")
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
-    plt.close(fig)
