@@ -245,15 +245,18 @@ def test_imagefolder_with_split(tmp_path):
     _png(tmp_path / "train" / "cat" / "a.png", (255, 0, 0))
     _png(tmp_path / "train" / "cat" / "b.png", (200, 0, 0), size=(20, 40))
     _png(tmp_path / "train" / "dog" / "c.png", (0, 0, 255))
-    ds = build_dataset(DataConfig(dataset="imagefolder", root=str(tmp_path), resolution=8))
+    ds = build_dataset(DataConfig(dataset="imagefolder", root=str(tmp_path), resolution=8,
+                                  holdout=0.0))
     assert ds.classes == ("cat", "dog") and len(ds) == 3
     assert ds.targets() == [0, 0, 1]
     img, label = ds[2]
     assert img.shape == (3, 8, 8) and label == 1
     assert torch.allclose(img[2], torch.ones(8, 8)) and torch.allclose(img[0], torch.zeros(8, 8))
     assert ds.mean == (0.485, 0.456, 0.406)
-    with pytest.raises(GradleakError, match="data.split=test"):
-        build_dataset(DataConfig(dataset="imagefolder", root=str(tmp_path), split="test"))
+    # No test folder: without a held-out share there is no test split (tests/data has the rest).
+    with pytest.raises(GradleakError, match="no test folder and data.holdout=0.0"):
+        build_dataset(DataConfig(dataset="imagefolder", root=str(tmp_path), split="test",
+                                 holdout=0.0))
 
 
 def test_imagefolder_without_split_and_grey_input(tmp_path):

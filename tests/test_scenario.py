@@ -133,9 +133,11 @@ def test_user_module_and_dataset():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 8), nn.ReLU(), nn.Linear(8, 3))
     cfg = load_config(None, [*TINY, "data.num_samples=1", "attack.iterations=5"])
     sc = Scenario.from_config(cfg, model=model, data=data)
-    assert sc.model is model and sc.dataset is data
+    assert sc.model.net is model and sc.dataset is data  # normalised in front (model.normalize)
+    torch.testing.assert_close(sc.model.input_mean.flatten(), torch.tensor(data.mean))
     run = sc.run()
     assert run.result["scenario"]["dataset"] == "mine"
+    assert run.result["config"]["model"]["name"] == "instance:Sequential"
     assert run.result["scenario"]["model_parameters"] == sum(p.numel() for p in model.parameters())
     assert set(run.result["metrics"]) >= {"psnr", "lpips", "brr"}
 

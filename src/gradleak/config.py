@@ -40,6 +40,10 @@ class DataConfig:
     split: str = _opt("train", choices=("train", "test"))
     indices: list[int] | None = _opt(None, help="explicit victim sample indices")
     distinct_labels: bool = _opt(True, help="draw victim samples with distinct labels when possible")
+    test_root: str | None = _opt(None, help="imagefolder/npz: the held-out test data (a class "
+                                 "folder tree or a .npz file) when it is not under data.root")
+    holdout: float = _opt(0.2, minimum=0.0, help="imagefolder/npz without a test split: share of "
+                          "each class held out as the test split, never used for training")
 
 
 @dataclass
@@ -59,6 +63,10 @@ class ModelConfig:
                      help="'uniform' is DLG's U(-0.5, 0.5) init")
     checkpoint: str | None = _opt(None, help="state_dict file of a trained global model")
     normalize: bool = _opt(True, help="standardise inputs with the dataset mean/std inside the model")
+    input_mean: list[float] | None = _opt(None, help="per-channel mean the model expects instead of "
+                                          "the dataset's (with normalize=true)")
+    input_std: list[float] | None = _opt(None, minimum=0.0, help="per-channel std the model "
+                                         "expects instead of the dataset's (with normalize=true)")
     small_input: bool = _opt(True, help="zoo models: CIFAR-size stem that keeps detail at 32 px")
     skip_cuts: list[int] = _opt([], minimum=1,
                                 help="ResNets: 1-based residual blocks whose identity path is cut")
@@ -72,8 +80,19 @@ class ClientConfig:
     protocol: str = _opt("fedsgd", choices=("fedsgd", "fedavg"))
     local_epochs: int = _opt(1, minimum=1, help="E")
     batch_size: int | None = _opt(None, minimum=1, help="B; null means all N samples")
-    lr: float = _opt(0.1, minimum=0.0, help="local SGD learning rate")
-    bn_mode: str = _opt("eval", choices=("eval", "train"))
+    lr: float = _opt(0.1, minimum=0.0, help="local learning rate")
+    bn_mode: str = _opt("auto", choices=("auto", "eval", "train"),
+                        help="BatchNorm while training: auto = train for fedavg (what "
+                             "model.train() does), eval for fedsgd")
+    optimizer: str = _opt("sgd", choices=("sgd", "adam", "adamw"),
+                          help="fedavg: the client's local optimiser (Adam betas 0.9/0.999)")
+    momentum: float = _opt(0.0, minimum=0.0, help="fedavg, sgd: momentum (dampening 0)")
+    nesterov: bool = _opt(False, help="fedavg, sgd: Nesterov momentum (needs momentum > 0)")
+    weight_decay: float = _opt(0.0, minimum=0.0,
+                               help="fedavg: L2 added to the gradient (adamw: decoupled)")
+    augment: str = _opt("none", choices=("none", "flip", "crop_flip"),
+                        help="per-sample random flips / CIFAR crop (pad R/8) + flip")
+    label_smoothing: float = _opt(0.0, minimum=0.0, help="cross-entropy label smoothing, < 1")
 
 
 @dataclass

@@ -35,13 +35,14 @@ from gradleak import metrics
 from gradleak.attacks import build_attack, observe
 from gradleak.attacks.base import Attack, Observation, Reconstruction
 from gradleak.config import Config
-from gradleak.data import build_dataset
+from gradleak.data import build_dataset, describe_dataset
 from gradleak.data.base import ImageDataset
 from gradleak.data.sampling import select_victim_samples
 from gradleak.defenses import build_defense
 from gradleak.errors import GradleakError
 from gradleak.fl.client import ClientRound, ClientSetup, SharedUpdate, client_round
-from gradleak.models import build_model, count_parameters
+from gradleak.models import Classifier, build_model, count_parameters, recorded_model_config
+from gradleak.models.user import prepare_user_model
 from gradleak.provenance import git_commit, seed_everything, versions
 from gradleak.threat import ThreatModel
 
@@ -158,6 +159,7 @@ class Scenario:
         self.images, self.labels, self.indices = images, labels, indices
         self.model, self.setup, self.threat, self.attack = model, setup, threat, attack
         self.defense = build_defense(cfg.defense)
+        self.user_model: str | None = None  # "instance:<class>" when built from the user's module
 
     @classmethod
     def from_config(cls, cfg: Config, *, model: nn.Module | None = None,
@@ -167,6 +169,7 @@ class Scenario:
         would build, ``victim=(images [N, C, H, W], labels [N])`` replaces the victim selection."""
         device = resolve_device(cfg.device)
         seeds = SeedStreams.from_seed(cfg.seed)
+        user_model = None
         seed_everything(cfg.seed)  # the global RNG initialises the model (server side)
         threat = ThreatModel.from_config(cfg.threat)
         attack = build_attack(cfg.attack)
@@ -182,11 +185,20 @@ class Scenario:
             model = build_model(cfg.model, num_classes=dataset.num_classes,
                                 channels=dataset.channels, resolution=dataset.resolution,
                                 mean=dataset.mean, std=dataset.std)
+        elif not isinstance(model, Classifier):  # the user's module: inputs as model.normalize says
+            user_model = f"instance:{type(model).__name__}"
+            model = prepare_user_model(
+                model, mean=cfg.model.input_mean or dataset.mean,
+                std=cfg.model.input_std or dataset.std, normalize=cfg.model.normalize,
+                num_classes=dataset.num_classes, channels=dataset.channels,
+                resolution=dataset.resolution)
         model = attack.prepare_model(model, input_shape=tuple(images.shape[1:]),
                                      num_classes=dataset.num_classes, seed=seeds.attack).to(device)
-        return cls(cfg, dataset=dataset, images=images, labels=labels, indices=indices,
-                   model=model, setup=setup, threat=threat, attack=attack, seeds=seeds,
-                   device=device)
+        sc = cls(cfg, dataset=dataset, images=images, labels=labels, indices=indices,
+                 model=model, setup=setup, threat=threat, attack=attack, seeds=seeds,
+                 device=device)
+        sc.user_model = user_model
+        return sc
 
     # --- the steps ---------------------------------------------------------------------------
 
@@ -267,10 +279,18 @@ class Scenario:
 
     def describe(self) -> dict[str, Any]:
         """The ``scenario`` block of ``result.json``."""
-        return {"dataset": self.dataset.name, "victim_indices": self.indices,
+        return {"dataset": self.dataset.name, "data": describe_dataset(self.dataset),
+                "victim_indices": self.indices,
                 "protocol": self.setup.protocol, "local_updates": self.setup.local_updates,
                 "model_parameters": count_parameters(self.model),
                 "data_dimension": int(self.images.numel()), "threat": self.threat.describe()}
+
+    def _model_record(self) -> dict[str, Any]:
+        record = recorded_model_config(self.cfg.model)
+        if self.user_model is None:
+            return record
+        return {"name": self.user_model, **{k: record.get(k) for k in
+                                            ("normalize", "input_mean", "input_std")}}
 
     def _result(self, recon: Reconstruction, score: Score, *, seconds: float,
                 attack_seconds: float) -> dict[str, Any]:
@@ -289,7 +309,7 @@ class Scenario:
             "loss_history": recon.history,
             "scenario": self.describe(),
             "warnings": [*score.warnings, *self.notes()],
-            "config": cfg.to_dict(),
+            "config": {**cfg.to_dict(), "model": self._model_record()},
             "config_digest": cfg.digest(),
             "versions": versions(),
             "git_commit": git_commit(),

@@ -22,17 +22,16 @@ none       identity
 =========  ===========================================================================
 
 Each surrogate is registered beside its defense (:mod:`gradleak.defenses.surrogate`,
-``@register_surrogate``), so a plug-in defense can bring its own. The transform maps the list
-of dummy gradient tensors of the matched parameters (the order the engine uses, ``[tensor of shape p_i.shape, ...]``) to their defended version. A model delta and
-its negation (the gradient direction) get the same mask and sign-symmetric treatment, so it
-applies in both the BST and WST modes; clip's bound is in the units of the observed update, so
-it is exact for FedSGD and the simulated (WST) FedAvg delta and approximate for BST.
-
-Defaults were chosen by measurement (MLP 768-32-10, 16 px, one photo, 600 iterations, seeds
-0-2, PSNR in dB): topk 0.9 mask 14.2/13.2/15.2, threshold 20.5/21.4/22.6, non-adaptive
-23.7/20.1/20.1; clip 0.01 clamp 11.4/10.3/9.7, straight-through 11.7/10.4/10.9, non-adaptive
-12.5/11.5/13.7. The plain mask and clamp are valid but relax the constraint; an adaptive attack
-is not automatically stronger.
+``@register_surrogate``), so a plug-in defense can bring its own. The transform maps the list of
+dummy gradient tensors of the matched parameters (the order the engine uses, ``[tensor of shape
+p_i.shape, ...]``) to their defended version. A model delta and its negation (the gradient
+direction) get the same mask and sign-symmetric treatment, so it applies in both the BST and WST
+modes; clip's bound is in the units of the observed update, so it is exact for FedSGD and the
+simulated (WST) FedAvg delta and approximate for BST. Defaults were chosen by measurement (MLP
+768-32-10, 16 px, one photo, 600 iterations, seeds 0-2, PSNR in dB): topk 0.9 mask 14.2/13.2/15.2,
+threshold 20.5/21.4/22.6, non-adaptive 23.7/20.1/20.1; clip 0.01 clamp 11.4/10.3/9.7, straight-
+through 11.7/10.4/10.9, non-adaptive 12.5/11.5/13.7. The plain mask and clamp are valid but relax
+the constraint; an adaptive attack is not automatically stronger.
 """
 
 from __future__ import annotations

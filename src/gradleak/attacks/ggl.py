@@ -111,8 +111,8 @@ class GGL(Attack):
         set_bn_mode(model, obs.bn_mode, dropout=False)
         device = next(model.parameters()).device
         net = attack_generator(self.generator, obs, device, who=self.name)
-        names = [n for n, _ in model.named_parameters()]
-        params = [p.requires_grad_(True) for _, p in model.named_parameters()]
+        names = [n for n, _ in model.named_parameters() if n in obs.update.tensors]
+        params = [p.requires_grad_(True) for n, p in model.named_parameters() if n in names]
         chosen = select_layers(names, self.layers)
         label_t, source = resolve_labels(obs, self.labels)
         label_t = label_t.to(device)

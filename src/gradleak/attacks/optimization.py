@@ -109,7 +109,7 @@ class GradientMatchingAttack(Attack):
         of the client's defense (:mod:`gradleak.attacks.adaptive`) before the distance."""
         from gradleak.attacks.adaptive import transform_for
 
-        names = [n for n, _ in model.named_parameters()]
+        names = [n for n, _ in model.named_parameters() if n in observed.tensors]
         self.transform = transform_for(defense, observed,
                                        [names[i] for i in select_layers(names, self.layers)])
 
@@ -195,7 +195,8 @@ class GradientMatchingAttack(Attack):
         set_bn_mode(model, obs.bn_mode, dropout=False)
         for p in model.parameters():
             p.requires_grad_(True)
-        all_names = [n for n, _ in model.named_parameters()]
+        # The parameters the client trained and shared (a user model may freeze some).
+        all_names = [n for n, _ in model.named_parameters() if n in obs.update.tensors]
         chosen = select_layers(all_names, self.layers)
         by_name = dict(model.named_parameters())
         simulate = obs.protocol == "fedavg" and obs.client is not None

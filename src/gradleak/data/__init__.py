@@ -6,6 +6,8 @@ Loaders register themselves with ``@DATASETS.register(name)``; each is a callabl
 
 from __future__ import annotations
 
+from typing import Any
+
 from gradleak.config import DataConfig
 from gradleak.data.base import ImageDataset, TensorImageDataset
 from gradleak.registry import Registry
@@ -22,7 +24,25 @@ def build_dataset(cfg: DataConfig) -> ImageDataset:
     return DATASETS.get(cfg.dataset)(cfg)
 
 
-# Importing the loader modules registers them.
-from gradleak.data import cifar, fashion_mnist, folder, skimage_set  # noqa: E402,F401
+def describe_dataset(ds: ImageDataset) -> dict[str, Any]:
+    """What a result records about the data: size, shape, classes, and what the loader did to
+    the images (``transform``: crop, resize, scaling) and which part it is (``split``: e.g. a
+    held-out part when the user's data had no test split). Loaders set ``transform_note`` and
+    ``split_note``; loaders without them record ``null``."""
+    return {
+        "name": getattr(ds, "name", type(ds).__name__),
+        "size": len(ds),
+        "classes": len(ds.classes),
+        "channels": ds.channels,
+        "resolution": ds.resolution,
+        "transform": getattr(ds, "transform_note", None),
+        "split": getattr(ds, "split_note", None),
+    }
 
-__all__ = ["DATASETS", "ImageDataset", "TensorImageDataset", "build_dataset", "register_dataset"]
+
+# Importing the loader modules registers them.
+from gradleak.data import cifar, fashion_mnist, folder, npz, skimage_set  # noqa: E402,F401
+from gradleak.data.torch_dataset import from_torch_dataset  # noqa: E402
+
+__all__ = ["DATASETS", "ImageDataset", "TensorImageDataset", "build_dataset", "describe_dataset",
+           "from_torch_dataset", "register_dataset"]

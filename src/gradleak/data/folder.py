@@ -1,4 +1,9 @@
-"""An ImageNet-style folder tree ``root/<split>/<class>/*.jpg|png``, decoded lazily with PIL."""
+"""An ImageNet-style folder tree ``root/<split>/<class>/*.jpg|png``, decoded lazily with PIL.
+
+The test split is ``data.test_root``, else ``root/test`` or ``root/val``; without any of them a
+stratified part of the images (``data.holdout``) is held out as the test split and removed from
+the train split, so utility is never measured on training images (``split_note`` says which).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from gradleak.config import DataConfig
 from gradleak.data import register_dataset
 from gradleak.data.base import ImageDataset
+from gradleak.data.holdout import holdout_indices, holdout_note
 from gradleak.errors import GradleakError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -43,7 +49,7 @@ class ImageFolderDataset(ImageDataset):
     """Images listed by :class:`torchvision.datasets.ImageFolder`, decoded on access."""
 
     def __init__(self, root: Path, samples: list[tuple[str, int]], classes: tuple[str, ...],
-                 resolution: int) -> None:
+                 resolution: int, *, split_note: str = "") -> None:
         self.name = "imagefolder"
         self.root = root
         self.samples = samples
@@ -52,6 +58,10 @@ class ImageFolderDataset(ImageDataset):
         self.resolution = resolution
         self.mean = IMAGENET_MEAN
         self.std = IMAGENET_STD
+        self.split_note = split_note or f"all {len(samples)} images under {root}"
+        self.transform_note = (f"decoded as RGB, centre-cropped to the largest square and resized "
+                               f"to {resolution}x{resolution} px (PIL bicubic, anti-aliased); "
+                               "normalised with ImageNet's mean/std")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -64,30 +74,25 @@ class ImageFolderDataset(ImageDataset):
         return [label for _, label in self.samples]
 
 
-def _split_dir(root: Path, split: str) -> Path:
+def _split_dir(root: Path, split: str) -> Path | None:
+    """The folder of ``split`` under ``root``; ``None`` for a test split that does not exist."""
     for name in _SPLIT_DIRS[split]:
         if (root / name).is_dir():
             return root / name
-    # Without a folder for this split, the tree is root/<class>/... -- unless it does have
-    # split folders (just not this one), which would otherwise be mistaken for classes.
-    others = [d for names in _SPLIT_DIRS.values() for d in names if (root / d).is_dir()]
+    if split == "test":
+        return None
+    # Without a train folder the tree is root/<class>/... -- unless it has a test folder (just
+    # not this one), which would otherwise be mistaken for a class.
+    others = [d for d in _SPLIT_DIRS["test"] if (root / d).is_dir()]
     if others:
         raise GradleakError(
-            f"no {'/'.join(_SPLIT_DIRS[split])} folder for data.split={split} in {root} "
-            f"(found {', '.join(others)}); add it or set data.split to another split"
+            f"no train folder for data.split=train in {root} (found {', '.join(others)}); "
+            "add it or set data.split=test"
         )
     return root
 
 
-@register_dataset("imagefolder")
-def load_imagefolder(cfg: DataConfig) -> ImageFolderDataset:
-    """Folder tree under ``cfg.root``; classes are the sorted sub-folder names."""
-    if not cfg.root:
-        raise GradleakError(f"dataset imagefolder needs data.root: {_LAYOUT}")
-    root = Path(cfg.root).expanduser()
-    if not root.is_dir():
-        raise GradleakError(f"image folder {root} does not exist: {_LAYOUT}")
-    path = _split_dir(root, cfg.split)
+def _scan(path: Path) -> torchvision.datasets.ImageFolder:
     try:
         ds = torchvision.datasets.ImageFolder(str(path))
     except FileNotFoundError as exc:  # no class folders, or a class folder without images
@@ -95,4 +100,48 @@ def load_imagefolder(cfg: DataConfig) -> ImageFolderDataset:
         raise GradleakError(f"no usable images in {path} ({msg}): {_LAYOUT}") from None
     if not ds.samples:
         raise GradleakError(f"no images in {path}: {_LAYOUT}")
-    return ImageFolderDataset(path, list(ds.samples), tuple(ds.classes), cfg.resolution)
+    return ds
+
+
+def _test_root(cfg: DataConfig) -> Path | None:
+    if not cfg.test_root:
+        return None
+    path = Path(cfg.test_root).expanduser()
+    if not path.is_dir():
+        raise GradleakError(f"data.test_root {str(path)!r} is not a folder: expected "
+                            "test_root/<class>/*.jpg|png")
+    return path
+
+
+@register_dataset("imagefolder")
+def load_imagefolder(cfg: DataConfig) -> ImageFolderDataset:
+    """Folder tree data.root/<class>/*.jpg|png; test split: data.test_root, test/, val/ or held out.
+
+    Classes are the sorted sub-folder names; without a test folder ``data.holdout`` of each class
+    is held out as the test split and removed from the train split.
+    """
+    if not cfg.root:
+        raise GradleakError(f"dataset imagefolder needs data.root: {_LAYOUT}")
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise GradleakError(f"image folder {root} does not exist: {_LAYOUT}")
+    test_dir = _test_root(cfg) or _split_dir(root, "test")
+    if cfg.split == "test" and test_dir is not None:
+        ds = _scan(test_dir)
+        return ImageFolderDataset(test_dir, list(ds.samples), tuple(ds.classes), cfg.resolution,
+                                  split_note=f"test split: all {len(ds.samples)} images under "
+                                             f"{test_dir}")
+    path = _split_dir(root, "train")
+    ds = _scan(path)
+    samples, classes = list(ds.samples), tuple(ds.classes)
+    if test_dir is not None:  # a real test split exists: train on everything here
+        return ImageFolderDataset(path, samples, classes, cfg.resolution)
+    keep = holdout_indices([y for _, y in samples], cfg.holdout, cfg.split)
+    if not keep:
+        raise GradleakError(
+            f"{path} has no test folder and data.holdout={cfg.holdout} holds out no images "
+            "(a class needs >= 2 images to give one); set data.test_root or data.holdout > 0"
+        )
+    note = holdout_note(cfg.holdout, str(path), cfg.split, len(keep)) if cfg.holdout > 0 else ""
+    return ImageFolderDataset(path, [samples[i] for i in keep], classes, cfg.resolution,
+                              split_note=note)

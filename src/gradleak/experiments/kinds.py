@@ -116,6 +116,7 @@ def attack_observed(cfg: Any, run: Any, *, progress: bool = False) -> tuple[Any,
 
 @register_kind("privacy_utility")
 def run_privacy_utility(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> dict[str, Any]:
+    from gradleak.data import describe_dataset
     from gradleak.fl.server import run_federated
     from gradleak.images import save_comparison
 
@@ -135,7 +136,7 @@ def run_privacy_utility(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> d
                secure_aggregation=int(res.secure_aggregation),
                leaked=(None if score.per_sample["leaked"] is None
                        else int(any(score.per_sample["leaked"]))),
-               fl_seconds=round(fl_seconds, 3),
+               test_data=describe_dataset(fed.test)["split"], fl_seconds=round(fl_seconds, 3),
                attack_seconds=round(time.perf_counter() - started, 3))
     out["_result"] = {"per_sample": score.per_sample, "warnings": score.warnings,
                       "accuracy": list(res.accuracy)}

@@ -64,7 +64,7 @@ EXPERIMENT = "privacy_utility"
 ACCURACY_DROP_LINE = 5.0  # percentage points (paper Fig. 11's blue line)
 CSV_COLUMNS = ("defense", "param", "value", "final_accuracy", "accuracy_drop", "psnr", "ssim",
                "lpips", "mse", "brr", "label_accuracy", "leaked", "victim_epsilon", "attack_round",
-               "fl_seconds", "attack_seconds")
+               "fl_seconds", "attack_seconds", "test_data")
 
 
 @dataclass
@@ -213,6 +213,8 @@ def _row(point: GridPoint, stored: dict[str, Any]) -> dict[str, Any]:
                                       "observed_samples", "fl_seconds", "attack_seconds")},
         "leaked": None if stored.get("leaked") is None else bool(stored["leaked"]),
         "secure_aggregation": bool(stored.get("secure_aggregation")),
+        # Where the accuracy was measured (e.g. a held-out part when the data had no test split).
+        "test_data": stored.get("test_data"),
     }
 
 

@@ -1,14 +1,19 @@
 """The victim client: FedSGD shares one gradient, FedAvg shares a model difference (Sec. 2.1).
 
 FedSGD: one gradient of the mean loss over all N samples.
-FedAvg: E local epochs of mini-batch SGD with batch size B and learning rate lr, samples shuffled
-from the seed, so U = E * ceil(N / B) local updates; the client shares W_local - W_global.
+FedAvg: E local epochs of mini-batch steps with batch size B and learning rate lr (SGD with
+optional momentum / Nesterov / weight decay, Adam or AdamW: :mod:`gradleak.fl.training`), samples
+shuffled and augmented from the client's own seed, so U = E * ceil(N / B) local updates; the
+client shares W_local - W_global. BatchNorm trains in ``bn_mode`` (``auto``: train for FedAvg,
+as ``model.train()`` does, eval for FedSGD). Instead of the built-in loop, an API user may give
+their own ``local_train`` function (see :data:`LocalTrain`).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -17,29 +22,64 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradleak.config import ClientConfig
+from gradleak.errors import GradleakError
+from gradleak.fl import training
+from gradleak.fl.training import AUGMENTATIONS, OPTIMIZERS
+
+# A user's own local training, written functionally so a WST attacker can differentiate through
+# it: ``local_train(model, params, buffers, images, labels, generator) -> new params`` (dicts
+# keyed by parameter / buffer name; steps via ``torch.func.functional_call`` and
+# ``torch.autograd.grad(..., create_graph=True)``; randomness only from ``generator``).
+LocalTrain = Callable[..., dict[str, torch.Tensor]]
+BN_AUTO = {"fedsgd": "eval", "fedavg": "train"}
+
+
+def resolve_bn_mode(mode: str, protocol: str) -> str:
+    """``client.bn_mode`` as trained: ``auto`` is train for FedAvg, eval for FedSGD."""
+    return BN_AUTO.get(protocol, "eval") if mode == "auto" else mode
 
 
 @dataclass(frozen=True)
 class ClientSetup:
-    """The client's local training details (the paper's level-3 knowledge)."""
+    """The client's local training details (the paper's level-3 knowledge).
+
+    ``bn_mode="auto"`` resolves per protocol on construction (train for FedAvg, eval for FedSGD).
+    """
 
     protocol: Literal["fedsgd", "fedavg"]
     local_epochs: int
     batch_size: int
     lr: float
     num_samples: int
-    bn_mode: Literal["eval", "train"]
+    bn_mode: Literal["auto", "eval", "train"] = "auto"
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    augment: str = "none"
+    label_smoothing: float = 0.0
+    local_train: LocalTrain | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bn_mode", resolve_bn_mode(self.bn_mode, self.protocol))
+        check_training(self)
 
     @classmethod
-    def from_config(cls, cfg: ClientConfig, num_samples: int) -> ClientSetup:
+    def from_config(cls, cfg: ClientConfig, num_samples: int, *,
+                    local_train: LocalTrain | None = None) -> ClientSetup:
         """The setup of a client holding ``num_samples`` samples. One rule for every client: the
         configured batch size (null = all N) is capped at the client's own N, as a client with
         fewer samples than B trains on one batch. (A single-victim scenario refuses B > N before
-        any work, in :class:`gradleak.scenario.Scenario`.)"""
+        any work, in :class:`gradleak.scenario.Scenario`.) ``local_train`` replaces the built-in
+        FedAvg loop (API only)."""
         batch = min(cfg.batch_size or num_samples, num_samples)
+        details = {"bn_mode": cfg.bn_mode, "optimizer": cfg.optimizer, "momentum": cfg.momentum,
+                   "nesterov": cfg.nesterov, "weight_decay": cfg.weight_decay,
+                   "augment": cfg.augment, "label_smoothing": cfg.label_smoothing,
+                   "local_train": local_train}
         if cfg.protocol == "fedsgd":
-            return cls("fedsgd", 1, num_samples, cfg.lr, num_samples, cfg.bn_mode)
-        return cls("fedavg", cfg.local_epochs, batch, cfg.lr, num_samples, cfg.bn_mode)
+            return cls("fedsgd", 1, num_samples, cfg.lr, num_samples, **details)
+        return cls("fedavg", cfg.local_epochs, batch, cfg.lr, num_samples, **details)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -84,6 +124,33 @@ class ClientRound:
     bn_statistics: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
 
+def check_training(setup: ClientSetup) -> None:
+    """Refuse values and combinations that would be silently ignored (one line each)."""
+    if setup.bn_mode not in ("eval", "train"):
+        raise GradleakError(f"bad value {setup.bn_mode!r} for client.bn_mode; allowed: auto, eval, "
+                            "train")
+    for key, value, allowed in (("optimizer", setup.optimizer, OPTIMIZERS),
+                                ("augment", setup.augment, AUGMENTATIONS)):
+        if value not in allowed:
+            raise GradleakError(f"bad value {value!r} for client.{key}; allowed: {', '.join(allowed)}")
+    if not 0.0 <= setup.label_smoothing < 1.0:
+        raise GradleakError(f"bad value {setup.label_smoothing} for client.label_smoothing: "
+                            "must be in [0, 1)")
+    if setup.momentum < 0 or setup.weight_decay < 0:
+        raise GradleakError("client.momentum and client.weight_decay must be >= 0")
+    changed = [k for k, default in (("optimizer", "sgd"), ("momentum", 0.0), ("nesterov", False),
+                                    ("weight_decay", 0.0)) if getattr(setup, k) != default]
+    if setup.protocol == "fedsgd" and (changed or setup.local_train is not None):
+        what = f"client.{changed[0]}" if changed else "a local_train function"
+        raise GradleakError(f"{what} needs client.protocol=fedavg: a FedSGD client shares its "
+                            "plain gradient and the server applies the optimiser")
+    if setup.optimizer != "sgd" and (setup.momentum or setup.nesterov):
+        raise GradleakError(f"client.momentum / client.nesterov apply to client.optimizer=sgd, "
+                            f"not {setup.optimizer} (its moments use betas 0.9/0.999)")
+    if setup.nesterov and not setup.momentum:
+        raise GradleakError("client.nesterov=true needs client.momentum > 0")
+
+
 def set_bn_mode(model: nn.Module, mode: str, *, dropout: bool = True) -> None:
     """BN layers in ``mode``; dropout active iff ``dropout`` (clients train with it on, while an
     attacker cannot know the client's dropout masks and evaluates without)."""
@@ -114,28 +181,91 @@ def capture_bn_statistics(model: nn.Module, images: torch.Tensor) -> list[tuple[
 
 def client_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                   setup: ClientSetup, *, seed: int) -> SharedUpdate:
-    """Run the client's local training on a copy of ``model``; ``images [N, C, H, W]``."""
+    """Run the client's local training on a copy of ``model``; ``images [N, C, H, W]``.
+
+    ``seed`` seeds the client's own shuffling and augmentation (never shared with the attack).
+    """
     local = copy.deepcopy(model)
     set_bn_mode(local, setup.bn_mode)
     names = [n for n, p in local.named_parameters() if p.requires_grad]
-    params = [p for p in local.parameters() if p.requires_grad]
-    if setup.protocol == "fedsgd":
-        loss = F.cross_entropy(local(images), labels)
-        grads = torch.autograd.grad(loss, params)
-        tensors = {n: g.detach().clone() for n, g in zip(names, grads, strict=True)}
-        return SharedUpdate("gradient", tensors, setup.num_samples)
-
-    start = [p.detach().clone() for p in params]
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.SGD(params, lr=setup.lr)
-    for _ in range(setup.local_epochs):
-        order = torch.randperm(setup.num_samples, generator=generator)
-        for batch in order.split(setup.batch_size):
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(local(images[batch]), labels[batch]).backward()
-            optimizer.step()
-    tensors = {n: (p.detach() - s) for n, p, s in zip(names, params, start, strict=True)}
+    try:
+        if setup.protocol == "fedsgd":
+            tensors = local_gradient(local, names, images, labels, setup, seed=seed)
+            return SharedUpdate("gradient", tensors, setup.num_samples)
+        tensors = local_training(local, names, images, labels, setup, seed=seed)
+    except ValueError as exc:  # torch's BatchNorm on a single value per channel
+        if "more than 1 value per channel" not in str(exc):
+            raise
+        raise GradleakError(f"client.bn_mode={setup.bn_mode} (FedAvg's default) cannot train this "
+                            f"model on batches of {setup.batch_size}: a BatchNorm layer sees one "
+                            "value per channel; set client.bn_mode=eval or client.batch_size >= 2"
+                            ) from None
     return SharedUpdate("model_delta", tensors, setup.num_samples)
+
+
+def client_generators(seed: int) -> tuple[torch.Generator, torch.Generator]:
+    """The client's private generators: (batch order, augmentation). Separate streams, so the
+    batch order of a seed does not depend on whether the client augments."""
+    return (torch.Generator().manual_seed(seed),
+            torch.Generator().manual_seed((seed + 0x5EED) % 2**63))
+
+
+def client_batch_order(setup: ClientSetup, generator: torch.Generator) -> list[torch.Tensor]:
+    """The client's mini-batches: a fresh permutation of its N samples per epoch."""
+    order: list[torch.Tensor] = []
+    for _ in range(setup.local_epochs):
+        order += list(torch.randperm(setup.num_samples, generator=generator).split(setup.batch_size))
+    return order
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor, setup: ClientSetup) -> torch.Tensor:
+    return F.cross_entropy(logits, labels, label_smoothing=setup.label_smoothing)
+
+
+def local_gradient(local: nn.Module, names: list[str], images: torch.Tensor,
+                   labels: torch.Tensor, setup: ClientSetup, *, seed: int) -> dict[str, torch.Tensor]:
+    """FedSGD: dL/dW of the mean loss over all N samples (augmented once if the client augments)."""
+    wanted = set(names)
+    params = [p for n, p in local.named_parameters() if n in wanted]
+    x = training.augment(images, setup.augment, client_generators(seed)[1])
+    grads = torch.autograd.grad(_loss(local(x), labels, setup), params)
+    return {n: g.detach().clone() for n, g in zip(names, grads, strict=True)}
+
+
+def local_training(local: nn.Module, names: list[str], images: torch.Tensor,
+                   labels: torch.Tensor, setup: ClientSetup, *, seed: int) -> dict[str, torch.Tensor]:
+    """FedAvg: ``W_local - W_global`` after U steps of ``setup``'s ``torch.optim`` optimiser
+    (``local`` is trained in place), or after the user's ``setup.local_train``."""
+    order_gen, aug_gen = client_generators(seed)
+    if setup.local_train is not None:
+        return _user_local_training(local, names, images, labels, setup, order_gen)
+    wanted = set(names)
+    params = [p for n, p in local.named_parameters() if n in wanted]
+    start = [p.detach().clone() for p in params]
+    optimizer = training.make_optimizer(params, optimizer=setup.optimizer, lr=setup.lr,
+                                        momentum=setup.momentum, nesterov=setup.nesterov,
+                                        weight_decay=setup.weight_decay)
+    for batch in client_batch_order(setup, order_gen):
+        optimizer.zero_grad(set_to_none=True)
+        x = training.augment(images[batch], setup.augment, aug_gen)
+        _loss(local(x), labels[batch], setup).backward()
+        optimizer.step()
+    return {n: (p.detach() - s) for n, p, s in zip(names, params, start, strict=True)}
+
+
+def _user_local_training(local: nn.Module, names: list[str], images: torch.Tensor,
+                         labels: torch.Tensor, setup: ClientSetup,
+                         generator: torch.Generator) -> dict[str, torch.Tensor]:
+    wanted = set(names)
+    start = {n: p.detach().clone().requires_grad_(True) for n, p in local.named_parameters()
+             if n in wanted}
+    buffers = {n: b.clone() for n, b in local.named_buffers()}
+    out = setup.local_train(local, dict(start), buffers, images, labels, generator)
+    missing = [n for n in names if not isinstance(out, dict) or n not in out]
+    if missing:
+        raise GradleakError(f"local_train must return a dict of every trained parameter; "
+                            f"missing {missing[0]!r}")
+    return {n: (out[n] - start[n]).detach() for n in names}
 
 
 def client_round(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,

@@ -46,7 +46,7 @@ from gradleak.data import build_dataset
 from gradleak.data.base import ImageDataset
 from gradleak.data.sampling import select_victim_samples
 from gradleak.errors import GradleakError
-from gradleak.fl.client import ClientSetup, SharedUpdate, client_update, set_bn_mode
+from gradleak.fl.client import ClientSetup, SharedUpdate, client_update, resolve_bn_mode, set_bn_mode
 from gradleak.fl.partition import partition_indices
 from gradleak.io import atomic_write
 
@@ -279,7 +279,8 @@ def train_federated(model: nn.Module, train: ImageDataset, parts: Sequence[Seque
     out_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     checkpoints = [save_state(out_dir / "round_000.pt", model)] if out_dir is not None else []
     accountants: dict[int, object] = {}
-    accuracy = [evaluate(model, test_x, test_y, bn_mode=client.bn_mode)]
+    eval_bn = resolve_bn_mode(client.bn_mode, client.protocol)  # BN as the clients train it
+    accuracy = [evaluate(model, test_x, test_y, bn_mode=eval_bn)]
     captured: dict[str, object] = {}
     sampled_all: list[list[int]] = []
 
@@ -319,7 +320,7 @@ def train_federated(model: nn.Module, train: ImageDataset, parts: Sequence[Seque
                 captured.update(state=round_state, updates=per_client, setups=setups, mean=mean,
                                 total=sum(n for n, _ in uploads),
                                 sampled=[k for k in sampled if k in per_client])
-            accuracy.append(evaluate(model, test_x, test_y, bn_mode=client.bn_mode))
+            accuracy.append(evaluate(model, test_x, test_y, bn_mode=eval_bn))
         else:
             accuracy.append(accuracy[-1])
         if out_dir is not None:

@@ -1,12 +1,18 @@
 """Model registry: ``build_model(cfg, ...)`` returns a :class:`Classifier` on images in [0, 1].
 
+``model.name`` is a registered name or the user's own model, ``file.py:NAME`` or
+``package.module:NAME`` (:mod:`gradleak.models.user`).
+
 Each builder is ``builder(cfg: ModelConfig, *, num_classes, channels, resolution) -> nn.Module``
 and is registered with ``@register_model(name)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,6 +20,13 @@ from torch import nn
 from gradleak.config import ModelConfig
 from gradleak.errors import GradleakError
 from gradleak.models.base import Classifier
+from gradleak.models.user import (
+    USER_MODEL_KEYS,
+    build_user_network,
+    input_statistics,
+    is_user_model,
+    prepare_user_model,
+)
 from gradleak.registry import Registry
 
 MODELS: Registry = Registry("model")
@@ -29,8 +42,8 @@ DENSE_PATTERN_MODELS = ("densenet43", "densenet53")
 
 def build_model(cfg: ModelConfig, *, num_classes: int, channels: int, resolution: int,
                 mean: tuple[float, ...], std: tuple[float, ...]) -> Classifier:
-    """Build ``cfg.name``, apply ``cfg.init`` and load ``cfg.checkpoint`` if given."""
-    builder = MODELS.get(cfg.name)
+    """Build ``cfg.name`` (a registered model or the user's ``file.py:NAME`` /
+    ``package.module:NAME``), apply ``cfg.init`` and load ``cfg.checkpoint`` if given."""
     # Architecture switches only some models have: refuse instead of silently ignoring them.
     if cfg.skip_cuts and cfg.name not in SKIP_CUT_MODELS:
         raise GradleakError(f"model.skip_cuts={cfg.skip_cuts} needs a ResNet; model.name="
@@ -38,15 +51,49 @@ def build_model(cfg: ModelConfig, *, num_classes: int, channels: int, resolution
     if cfg.dense_connections != "full" and cfg.name not in DENSE_PATTERN_MODELS:
         raise GradleakError(f"model.dense_connections={cfg.dense_connections!r} needs one of "
                             f"{', '.join(DENSE_PATTERN_MODELS)}, not model.name={cfg.name!r}")
-    net = builder(cfg, num_classes=num_classes, channels=channels, resolution=resolution)
-    if not cfg.normalize:
-        mean, std = (0.0,) * channels, (1.0,) * channels
+    if is_user_model(cfg.name):
+        _ignored_switches(cfg)
+        net = build_user_network(cfg.name, num_classes=num_classes, channels=channels,
+                                 resolution=resolution)
+    else:
+        if cfg.input_mean is not None or cfg.input_std is not None:
+            raise GradleakError("model.input_mean / model.input_std are for your own model "
+                                f"(model.name=file.py:NAME); built-in {cfg.name!r} is trained "
+                                "from scratch on the dataset's statistics")
+        net = MODELS.get(cfg.name)(cfg, num_classes=num_classes, channels=channels,
+                                   resolution=resolution)
+    mean, std = input_statistics(channels=channels, dataset_mean=mean, dataset_std=std,
+                                 normalize=cfg.normalize, input_mean=cfg.input_mean,
+                                 input_std=cfg.input_std)
     model = Classifier(net, mean=mean, std=std)
     if cfg.init == "uniform":
         _uniform_init(model)
     if cfg.checkpoint:
         load_checkpoint(model, cfg.checkpoint)
     return model
+
+
+def _ignored_switches(cfg: ModelConfig) -> None:
+    """A user model has its own architecture: built-in switches set away from their defaults
+    (e.g. by an audit plan written for the built-in ConvNet) are ignored with a warning, and
+    left out of the recorded config (:func:`recorded_model_config`)."""
+    defaults = ModelConfig()
+    changed = [f.name for f in dataclasses.fields(cfg) if f.name not in USER_MODEL_KEYS
+               and getattr(cfg, f.name) != getattr(defaults, f.name)]
+    if changed:
+        warnings.warn(f"ignored for your own model {cfg.name!r}: "
+                      f"{', '.join('model.' + k for k in changed)} (built-in model switches; "
+                      f"keys that apply: {', '.join('model.' + k for k in USER_MODEL_KEYS)})",
+                      stacklevel=3)
+
+
+def recorded_model_config(cfg: ModelConfig) -> dict[str, Any]:
+    """The ``model`` section as a result records it: for a user model only the keys that apply
+    to it (the built-in architecture switches are left out)."""
+    tree = dataclasses.asdict(cfg)
+    if is_user_model(cfg.name):
+        tree = {k: v for k, v in tree.items() if k in USER_MODEL_KEYS}
+    return tree
 
 
 def _uniform_init(model: nn.Module, bound: float = 0.5) -> None:
@@ -61,13 +108,45 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     if not p.is_file():
         raise GradleakError(f"model.checkpoint {str(p)!r} does not exist")
     state = torch.load(p, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
+    state = map_checkpoint_keys(state, model)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise GradleakError(f"model.checkpoint {str(p)!r} does not fit model: {first}") from None
+
+
+# Wrappers training scripts save the state_dict under, and prefixes they add to every key
+# (DataParallel/DistributedDataParallel: "module.", torch.compile: "_orig_mod.").
+_STATE_KEYS = ("state_dict", "model_state_dict", "model", "net")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def map_checkpoint_keys(state: Any, model: nn.Module) -> Any:
+    """The user's ``state_dict`` as saved by their training code, keyed like ``model``.
+
+    Unwraps ``{"state_dict": ...}``-style containers, strips DataParallel / torch.compile
+    prefixes and, for a :class:`Classifier`, adds the ``net.`` prefix when the checkpoint holds
+    the bare network (``torch.save(net.state_dict())`` in the user's own code).
+    """
+    if not isinstance(state, dict):
+        return state
+    for key in _STATE_KEYS:
+        inner = state.get(key)
+        if isinstance(inner, dict) and inner and all(isinstance(k, str) for k in inner):
+            state = inner
+            break
+    keys = [k for k in state if isinstance(k, str)]
+    for prefix in _WRAPPER_PREFIXES:
+        if keys and all(k.startswith(prefix) for k in keys):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+            keys = list(state)
+    expected = set(model.state_dict())
+    if isinstance(model, Classifier) and keys and not (set(keys) & expected):
+        prefixed = {f"net.{k}": v for k, v in state.items()}
+        if set(prefixed) & expected:
+            state = prefixed
+    return state
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -76,4 +155,5 @@ def count_parameters(model: nn.Module) -> int:
 
 from gradleak.models import convnet, densenet, inception, lenet, mlp, resnet, swin, vgg  # noqa: E402,F401
 
-__all__ = ["MODELS", "Classifier", "build_model", "count_parameters", "register_model"]
+__all__ = ["MODELS", "Classifier", "build_model", "count_parameters", "is_user_model",
+           "prepare_user_model", "recorded_model_config", "register_model"]
