@@ -28,6 +28,7 @@ from gradleak.errors import GradleakError
 from gradleak.fl.client import SharedUpdate
 from gradleak.flower.arrays import to_tensors
 from gradleak.models.base import Classifier
+from gradleak.models.user import prepare_user_model
 from gradleak.scenario import Scenario, Score
 from gradleak.threat import Knowledge, ThreatModel
 
@@ -87,8 +88,9 @@ def private_rng():
 
 @dataclass
 class GlobalModel:
-    """The model the server sent: ``module`` takes images in [0, 1]; ``prefix`` maps an ArrayRecord
-    key to its parameter name in ``module`` (``"net."`` when wrapped for input normalisation)."""
+    """The model the server sent: ``module`` (a :class:`Classifier`) takes images in [0, 1];
+    ``prefix`` maps an ArrayRecord key to its parameter name in ``module`` (``"net."`` when the
+    app's module was wrapped: with ``mean``/``std`` as its input normalisation, else raw pixels)."""
 
     module: nn.Module
     prefix: str
@@ -103,11 +105,16 @@ class GlobalModel:
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise GradleakError(f"the arrays do not fit model_fn's model: {first}") from None
-        if mean is None and std is None:
+        if isinstance(net, Classifier):  # a gradleak model: it normalises its inputs itself
+            if mean is not None or std is not None:
+                raise GradleakError("model_fn builds a gradleak Classifier, which normalises its "
+                                    "inputs itself: drop mean/std")
             return cls(net, "")
-        if mean is None or std is None:
+        if (mean is None) != (std is None):
             raise GradleakError("give both mean and std (the input normalisation), or neither")
-        return cls(Classifier(net, mean=tuple(mean), std=tuple(std)), "net.")
+        # Wrapped here, so the Scenario receives a model on [0, 1] pixels and keeps it as it is.
+        wrapped = prepare_user_model(net, mean=mean, std=std, normalize=mean is not None)
+        return cls(wrapped, "net.")
 
     def parameter_update(self, update: SharedUpdate) -> SharedUpdate:
         """The update restricted to the model's trainable parameters, keyed by parameter name
