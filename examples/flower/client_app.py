@@ -21,7 +21,7 @@ def guard_data(msg: Message, context: Context):  # +  the samples this round's u
 
 
 app = ClientApp(mods=[
-    leakage_guard_mod(model_fn=task.Net, data_fn=guard_data, attack="ig", budget=200,  # +
+    leakage_guard_mod(model_fn=task.Net, data_fn=guard_data, attack="ig", budget=300,  # +
                       threshold=0.0, on_leak="defend", fallback={"name": "topk", "sparsity": 0.9},
                       config=["client.protocol=fedsgd", f"client.lr={task.LR}"]),
     defense_mod("qsgd", bits=8),  # +
