@@ -96,12 +96,44 @@ class GGL(Attack):
 
         self.use_defense(build_defense(defense))
 
+    def _search(self, fitness: Callable, dim: int, popsize: int, generations: int, *, seed: int,
+                progress: bool) -> tuple[list[torch.Tensor], list[float], list[float]]:
+        """CMA-ES restarts over ``dim`` latent coordinates: each restart's best images, their
+        gradient distances and the best distance after every generation."""
+        import cma
+
+        candidates, losses, history = [], [], []
+        bar = tqdm(total=generations * popsize * self.restarts, disable=not progress,
+                   desc=f"attack {self.name}", unit="eval", dynamic_ncols=True)
+        try:
+            for restart in range(self.restarts):
+                # A fixed number of generations: CMA's own stopping rules are not consulted.
+                es = cma.CMAEvolutionStrategy(np.zeros(dim), self.sigma, {
+                    "popsize": popsize, "seed": (seed * 1000 + restart) % (2**32 - 1) + 1,
+                    "verbose": -9})
+                best = (math.inf, math.inf, None)
+                for _ in range(generations):
+                    xs = es.ask()
+                    totals, matches, images = fitness(np.stack(xs))
+                    es.tell(xs, totals)
+                    k = int(np.argmin(totals))
+                    if totals[k] < best[0]:
+                        best = (totals[k], matches[k], images[k].clamp(0, 1).cpu())
+                    history.append(best[1])
+                    bar.update(popsize)
+                    bar.set_postfix(grad_loss=f"{best[1]:.4g}")
+                candidates.append(best[2])
+                losses.append(best[1])
+        finally:
+            bar.close()
+        return candidates, losses, history
+
     def needs(self) -> frozenset[Knowledge]:
         return self.requires | ({Knowledge.LABELS} if self.labels == "known" else frozenset())
 
     def run(self, obs: Observation, *, seed: int, progress: bool) -> Reconstruction:
         try:
-            import cma
+            import cma  # noqa: F401
         except ImportError:  # pragma: no cover - cma is a dependency
             raise GradleakError("attack 'ggl' needs the cma package: pip install 'cma>=3.3'") from None
         if self.adaptive and self.defense is None:
@@ -152,29 +184,8 @@ class GGL(Attack):
 
         popsize = self.popsize or 4 + int(3 * math.log(n * d))
         generations = max(1, self.budget // popsize)
-        candidates, losses, history = [], [], []
-        bar = tqdm(total=generations * popsize * self.restarts, disable=not progress,
-                   desc=f"attack {self.name}", unit="eval", dynamic_ncols=True)
-        try:
-            for restart in range(self.restarts):
-                # A fixed number of generations: CMA's own stopping rules are not consulted.
-                es = cma.CMAEvolutionStrategy(np.zeros(n * d), self.sigma, {
-                    "popsize": popsize, "seed": (seed * 1000 + restart) % (2**32 - 1) + 1, "verbose": -9})
-                best = (math.inf, math.inf, None)
-                for _ in range(generations):
-                    xs = es.ask()
-                    totals, matches, images = fitness(np.stack(xs))
-                    es.tell(xs, totals)
-                    k = int(np.argmin(totals))
-                    if totals[k] < best[0]:
-                        best = (totals[k], matches[k], images[k].clamp(0, 1).cpu())
-                    history.append(best[1])
-                    bar.update(popsize)
-                    bar.set_postfix(grad_loss=f"{best[1]:.4g}")
-                candidates.append(best[2])
-                losses.append(best[1])
-        finally:
-            bar.close()
+        candidates, losses, history = self._search(fitness, n * d, popsize, generations, seed=seed,
+                                                   progress=progress)
         ranking = sorted(range(len(losses)), key=lambda i: (math.isnan(losses[i]), losses[i]))
         stacked = torch.stack([candidates[i] for i in ranking])
         return Reconstruction(images=stacked[0], candidates=stacked, losses=[losses[i] for i in ranking],
