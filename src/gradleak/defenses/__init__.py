@@ -4,7 +4,9 @@ A defense is a function ``defense(update, *, generator=None, **params) -> Shared
 apart from the seeded ``generator``, so any FL code can use it on its own. Its keyword-only
 ``params`` are named after :class:`DefenseConfig` fields; ``build_defense(cfg)`` binds them.
 Defenses transform ``update.tensors`` only and never modify their input; ``kind``,
-``num_samples`` are passed through.
+``num_samples`` are passed through. Only floating-point tensors are transformed: integer or
+boolean tensors (a framework's ``num_batches_tracked`` counter in a ``state_dict`` delta) are
+passed through unchanged and take no part in norms or top-k counts.
 """
 
 from __future__ import annotations
@@ -35,20 +37,36 @@ def check_param(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise GradleakError(f"bad value {value!r} for defense.{key}: must be {allowed}")
 
 
+def is_float(t: torch.Tensor) -> bool:
+    """Whether a defense transforms ``t``: floating-point (or complex) tensors only."""
+    return t.is_floating_point() or t.is_complex()
+
+
+def float_tensors(update: SharedUpdate) -> dict[str, torch.Tensor]:
+    """The tensors of ``update`` a defense transforms, in ``update.tensors`` order."""
+    return {n: t for n, t in update.tensors.items() if is_float(t)}
+
+
+def map_float(update: SharedUpdate, fn: Callable[[torch.Tensor], torch.Tensor]) -> SharedUpdate:
+    """``fn`` applied to every floating-point tensor; other tensors pass through unchanged."""
+    return update.replace({n: fn(t) if is_float(t) else t for n, t in update.tensors.items()})
+
+
 def map_tensors(update: SharedUpdate, fn: Callable[[torch.Tensor], torch.Tensor], *,
                 per_tensor: bool = True) -> SharedUpdate:
-    """Apply ``fn`` (flat 1-D tensor -> new flat tensor of the same length) to each tensor, or,
-    with ``per_tensor=False``, once to all tensors concatenated in ``update.tensors`` order."""
-    names = list(update.tensors)
+    """Apply ``fn`` (flat 1-D tensor -> new flat tensor of the same length) to each floating-point
+    tensor, or, with ``per_tensor=False``, once to all of them concatenated in ``update.tensors``
+    order. Non-float tensors are passed through unchanged."""
     if per_tensor:
-        out = {n: fn(update.tensors[n].reshape(-1)).reshape(update.tensors[n].shape) for n in names}
-        return update.replace(out)
-    if not names:
-        return update.replace({})
-    flat = torch.cat([update.tensors[n].reshape(-1) for n in names])
-    pieces = fn(flat).split([update.tensors[n].numel() for n in names])
-    return update.replace({n: p.reshape(update.tensors[n].shape) for n, p in zip(names, pieces,
-                                                                                 strict=True)})
+        return map_float(update, lambda t: fn(t.reshape(-1)).reshape(t.shape))
+    floats = float_tensors(update)
+    if not floats:
+        return update.replace(dict(update.tensors))
+    names = list(floats)
+    flat = torch.cat([floats[n].reshape(-1) for n in names])
+    pieces = fn(flat).split([floats[n].numel() for n in names])
+    out = {n: p.reshape(floats[n].shape) for n, p in zip(names, pieces, strict=True)}
+    return update.replace({n: out.get(n, t) for n, t in update.tensors.items()})
 
 
 def random_like(t: torch.Tensor, generator: torch.Generator | None, kind: str) -> torch.Tensor:
@@ -77,5 +95,5 @@ def build_defense(cfg: DefenseConfig) -> Defense:
 # Importing the modules registers their defenses.
 from gradleak.defenses import clip, clip_norm, gaussian, qsgd, signsgd, topk  # noqa: E402,F401
 
-__all__ = ["DEFENSES", "Defense", "build_defense", "check_param", "map_tensors", "random_like",
-           "register_defense"]
+__all__ = ["DEFENSES", "Defense", "build_defense", "check_param", "float_tensors", "is_float",
+           "map_float", "map_tensors", "random_like", "register_defense"]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from gradleak.defenses import check_param, register_defense
+from gradleak.defenses import check_param, map_float, register_defense
 from gradleak.defenses.surrogate import SurrogateOptions, Transform, register_surrogate, straight_through
 from gradleak.fl.client import SharedUpdate
 
@@ -22,7 +22,7 @@ def clip(update: SharedUpdate, *, generator: torch.Generator | None = None,
     Deterministic: ``generator`` is unused.
     """
     check_param(bound > 0, "bound", bound, "> 0")
-    return update.replace({n: t.clamp(-bound, bound) for n, t in update.tensors.items()})
+    return map_float(update, lambda t: t.clamp(-bound, bound))
 
 
 @register_surrogate("clip")

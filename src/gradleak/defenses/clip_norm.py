@@ -6,15 +6,15 @@ from collections.abc import Sequence
 
 import torch
 
-from gradleak.defenses import check_param, register_defense
+from gradleak.defenses import check_param, float_tensors, map_float, register_defense
 from gradleak.defenses.surrogate import SurrogateOptions, Transform, register_surrogate, scale_to_norm
 from gradleak.errors import GradleakError
 from gradleak.fl.client import SharedUpdate
 
 
 def total_norm(update: SharedUpdate) -> torch.Tensor:
-    """L2 norm of all tensors concatenated."""
-    norms = [torch.linalg.vector_norm(t) for t in update.tensors.values()]
+    """L2 norm of all floating-point tensors concatenated."""
+    norms = [torch.linalg.vector_norm(t) for t in float_tensors(update).values()]
     return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
 
@@ -30,7 +30,7 @@ def clip_l2_norm(update: SharedUpdate, *, generator: torch.Generator | None = No
     check_param(clip_norm is not None and clip_norm > 0, "clip_norm", clip_norm,
                 "a number > 0 for defense 'clip_norm'")
     factor = torch.clamp(clip_norm / total_norm(update).clamp_min(1e-12), max=1.0)
-    return update.replace({n: t * factor.to(t) for n, t in update.tensors.items()})
+    return map_float(update, lambda t: t * factor.to(t))
 
 
 @register_surrogate("clip_norm")

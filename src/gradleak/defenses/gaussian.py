@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from gradleak.defenses import check_param, random_like, register_defense
+from gradleak.defenses import check_param, map_float, random_like, register_defense
 from gradleak.defenses.clip_norm import clip_l2_norm
 from gradleak.defenses.surrogate import SurrogateOptions, Transform, register_surrogate, scale_to_norm
 from gradleak.fl.client import SharedUpdate
@@ -32,8 +32,7 @@ def gaussian(update: SharedUpdate, *, generator: torch.Generator | None = None,
     if clip_norm is not None:
         update = clip_l2_norm(update, clip_norm=clip_norm)
     sigma = noise_std(noise_multiplier, clip_norm)
-    return update.replace({n: t + sigma * random_like(t, generator, "normal")
-                           for n, t in update.tensors.items()})
+    return map_float(update, lambda t: t + sigma * random_like(t, generator, "normal"))
 
 
 @register_surrogate("gaussian")

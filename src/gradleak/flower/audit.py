@@ -1,0 +1,225 @@
+"""The server-side audit: a wrapper around any Flower strategy that attacks client updates.
+
+``LeakageAuditStrategy(FedAvg(...), model_fn=Net, input_shape=(3, 32, 32), attack="ig")`` behaves
+exactly like the wrapped strategy (it only reads the replies, then delegates aggregation
+unchanged) and, in audited rounds, reconstructs the chosen clients' data from their updates
+(reply arrays minus the global arrays it sent) with the knowledge the configured threat model
+grants. Reconstructions, final gradient losses and, with a simulation's ``ground_truth`` hook,
+the scores are written to ``<out>/results.sqlite`` and ``<out>/<run>/round_RRRR/*.png``.
+
+Under secure aggregation (``secure_aggregation=True``) the server sees only the aggregate: the
+audit then attacks the aggregated update (``sum_k n_k u_k / sum_k n_k`` with N = ``sum_k n_k``
+samples), never an individual reply. Flower 1.41 runs SecAgg+ only through its legacy
+``SecAggPlusWorkflow``; declare it here when your deployment secures aggregation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Sequence
+from logging import INFO, WARNING
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from torch import nn
+
+from gradleak.errors import GradleakError
+from gradleak.flower.arrays import array_update, num_examples, to_record, to_tensors
+from gradleak.flower.leakage import ConfigSpec, GlobalModel, Measurement, attack_update, probe_config
+from gradleak.flower.outputs import AuditWriter
+
+GroundTruth = Callable[[int, Message], tuple[torch.Tensor, torch.Tensor] | None]
+ClientFilter = int | Collection[int] | Callable[[Message], bool] | None
+AUDIT_DEFAULTS = {"threat": {"knows_labels": False}, "attack": {"labels": "llg"}}
+GUARD_PREFIX = "gradleak-"
+
+
+class LeakageAuditStrategy(Strategy):
+    """Audit the updates of chosen clients every ``every`` rounds (rounds 1, 1 + every, ...).
+
+    ``model_fn()`` builds the global model (state_dict keys = ArrayRecord keys), taking inputs of
+    ``input_shape`` ``(C, H, W)`` in [0, 1], or normalised ones with ``mean``/``std`` given.
+    ``clients``: ``None`` (all), an int k (the k lowest node ids), node ids, or a predicate on the
+    reply. ``config``: gradleak overrides (``threat.*``, ``client.*`` = how the clients train,
+    ``attack.*``); by default the server knows no labels and infers them (``attack.labels=llg``).
+    ``ground_truth(server_round, reply)`` (simulation only) returns a client's ``(images,
+    labels)`` to score against; without it the audit reports what a real server has: the
+    reconstruction and its final gradient loss. ``weighted_by_key``: the metric holding a
+    client's sample count N.
+    """
+
+    def __init__(self, strategy: Strategy, *, model_fn: Callable[[], nn.Module],
+                 input_shape: Sequence[int], attack: str = "ig", budget: int | None = None,
+                 every: int = 1, clients: ClientFilter = None, out: str = "gradleak-flower-audit",
+                 config: ConfigSpec = None, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, ground_truth: GroundTruth | None = None,
+                 secure_aggregation: bool = False, weighted_by_key: str = "num-examples") -> None:
+        super().__init__()
+        if not isinstance(every, int) or every < 1:
+            raise GradleakError(f"bad value {every!r} for every: an integer >= 1 (audit every k-th round)")
+        if isinstance(clients, int) and (isinstance(clients, bool) or clients < 1):
+            raise GradleakError(f"bad value {clients!r} for clients: an int >= 1, node ids, a "
+                                "predicate or None")
+        if len(input_shape) != 3:
+            raise GradleakError(f"bad value {tuple(input_shape)!r} for input_shape: (C, H, W)")
+        self.strategy, self.model_fn, self.input_shape = strategy, model_fn, tuple(input_shape)
+        self.every, self.clients, self.ground_truth = every, clients, ground_truth
+        self.mean, self.std, self.secure_aggregation = mean, std, secure_aggregation
+        self.weighted_by_key = weighted_by_key
+        self.cfg = probe_config(attack, budget, config, base=AUDIT_DEFAULTS)
+        if self.cfg.threat.knows_labels and ground_truth is None:
+            raise GradleakError("threat.knows_labels=true needs ground_truth= (a real server does not "
+                                "see client labels); keep it false and infer them (attack.labels=llg)")
+        self.writer = AuditWriter(out, self.cfg)
+        self.records: list[dict[str, Any]] = []  # one summary per audited update, in order
+        self._global: dict[int, ArrayRecord] = {}
+
+    def __repr__(self) -> str:
+        return f"LeakageAuditStrategy({self.strategy!r})"
+
+    def summary(self) -> None:
+        sees = "the aggregate only (secure aggregation)" if self.secure_aggregation else "each update"
+        log(INFO, "\t├──> gradleak audit: attack %s, %d iterations, every %d round(s), sees %s",
+            self.cfg.attack.name, self.cfg.attack.iterations, self.every, sees)
+        log(INFO, "\t│\t└── results in %s", self.writer.out)
+        self.strategy.summary()
+
+    def due(self, server_round: int) -> bool:
+        return (server_round - 1) % self.every == 0
+
+    # --- delegation ----------------------------------------------------------------------------
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        if self.due(server_round):  # a copy: the update of a reply is measured against it
+            self._global = {server_round: to_record(to_tensors(arrays))}
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        self._log_guard_reports(server_round, replies)
+        audit = self.due(server_round) and server_round in self._global
+        if audit and not self.secure_aggregation:
+            for reply in self._selected(replies):
+                self._audit_reply(server_round, reply)
+        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        if audit and self.secure_aggregation and arrays is not None:
+            self._audit_aggregate(server_round, replies, arrays)
+        return arrays, metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    # --- auditing ------------------------------------------------------------------------------
+
+    def _selected(self, replies: list[Message]) -> list[Message]:
+        ok = [r for r in replies if r.has_content() and len(r.content.array_records) == 1]
+        if self.clients is None:
+            return ok
+        if isinstance(self.clients, int):
+            return sorted(ok, key=lambda r: r.metadata.src_node_id)[: self.clients]
+        if callable(self.clients):
+            return [r for r in ok if self.clients(r)]
+        ids = set(self.clients)
+        return [r for r in ok if r.metadata.src_node_id in ids]
+
+    def _num_samples(self, reply: Message) -> int:
+        n = num_examples(reply, self.weighted_by_key)
+        if n is None or n < 1:
+            raise GradleakError(f"the reply declares no sample count {self.weighted_by_key!r} >= 1")
+        return n
+
+    def _audit_reply(self, server_round: int, reply: Message) -> None:
+        who = f"node{reply.metadata.src_node_id}"
+        outgoing = next(iter(reply.content.array_records.values()))
+
+        def run() -> tuple[Measurement, Any]:
+            n = self._num_samples(reply)
+            truth = self.ground_truth(server_round, reply) if self.ground_truth else None
+            return self._measure(server_round, outgoing, n, truth), truth
+
+        self._guarded(server_round, who, run, sees="one client's update")
+
+    def _audit_aggregate(self, server_round: int, replies: list[Message], arrays: ArrayRecord) -> None:
+        ok = [r for r in replies if r.has_content()]
+
+        def run() -> tuple[Measurement, Any]:
+            n = sum(self._num_samples(r) for r in ok)
+            truth = None
+            if self.ground_truth is not None:
+                parts = [self.ground_truth(server_round, r) for r in ok]
+                if all(p is not None for p in parts):
+                    truth = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+            return self._measure(server_round, arrays, n, truth), truth
+
+        self._guarded(server_round, "aggregate", run,
+                      sees=f"the aggregate of {len(ok)} clients (secure aggregation)")
+
+    def _measure(self, server_round: int, outgoing: ArrayRecord, n: int, truth: Any) -> Measurement:
+        incoming = self._global[server_round]
+        model = GlobalModel.load(self.model_fn, incoming, mean=self.mean, std=self.std)
+        update = array_update(incoming, outgoing, num_samples=n)
+        return attack_update(self.cfg, model, update, input_shape=self.input_shape, truth=truth)
+
+    def _guarded(self, server_round: int, who: str, run: Callable[[], tuple[Measurement, Any]], *,
+                 sees: str) -> None:
+        """Run one audit; a failure is logged and stored, never allowed to stop the training."""
+        try:
+            m, truth = run()
+        except Exception as exc:  # the FL run must go on; the failure is on record
+            log(WARNING, "gradleak audit of %s in round %d failed: %s", who, server_round, exc)
+            result = {"round": server_round, "client": who, "sees": sees, "error": str(exc)}
+            self.writer.put(server_round=server_round, who=who, result=result, status="failed",
+                            error=f"{type(exc).__name__}: {exc}")
+            self.records.append(result)
+            return
+        result = self._result(server_round, who, m, sees=sees)
+        self.writer.put(server_round=server_round, who=who, result=result, seconds=m.seconds,
+                        recon=m.score.matched if m.score else m.recon.images,
+                        truth=None if truth is None else truth[0])
+        self.records.append(result)
+        scored = "" if m.score is None else f", psnr {m.score.psnr:.2f} dB, leak rate {m.leak_rate}"
+        log(INFO, "gradleak audit round %d %s: %s, attack loss %.4g%s", server_round, who, sees,
+            m.loss, scored)
+
+    def _result(self, server_round: int, who: str, m: Measurement, *, sees: str) -> dict[str, Any]:
+        recon = m.recon
+        out: dict[str, Any] = {
+            "round": server_round, "client": who, "sees": sees,
+            "num_samples": int(recon.images.shape[0]), "attack": self.cfg.attack.name,
+            "iterations": recon.iterations, "attack_loss": m.loss, "attack_losses": recon.losses,
+            "labels_inferred": recon.labels, "label_source": recon.label_source,
+            "secure_aggregation": self.secure_aggregation, "config": self.cfg.to_dict(),
+        }
+        if m.score is not None:
+            s = m.score
+            out.update(s.metrics(), leak_rate=m.leak_rate, leak_criterion=m.criterion,
+                       per_sample=s.per_sample, thresholds=s.thresholds, warnings=s.warnings)
+        return out
+
+    def _log_guard_reports(self, server_round: int, replies: list[Message]) -> None:
+        """Record what clients' leakage guards reported (numbers only, never data)."""
+        for reply in replies:
+            who = f"node{reply.metadata.src_node_id}-guard"
+            if reply.has_error():
+                if reply.error.reason and reply.error.reason.startswith("gradleak leakage guard"):
+                    result = {"round": server_round, "client": who, "withheld": True,
+                              "reason": reply.error.reason}
+                    self.writer.put(server_round=server_round, who=who, result=result,
+                                    status="withheld", error=reply.error.reason, kind="flower-guard")
+                continue
+            numbers = {k: v for rec in reply.content.metric_records.values() for k, v in rec.items()
+                       if k.startswith(GUARD_PREFIX)}
+            if numbers:
+                result = {"round": server_round, "client": who, "withheld": False,
+                          "guard": numbers}
+                self.writer.put(server_round=server_round, who=who, result=result,
+                                kind="flower-guard", columns=numbers)

@@ -1,0 +1,150 @@
+"""The client-side leakage guard: attack your own update before it leaves, then decide.
+
+The client is the one party that holds the ground truth, so it can measure how much of its data
+the configured server could reconstruct from the update it is about to send (the NVFlare
+"relative data leakage" filter, generalised to gradleak's attacks, metrics and defenses). The
+guard runs the attack with the knowledge the configured threat model grants, scores the
+reconstruction (PSNR/SSIM/LPIPS after matching; BRR with the PSNR/LPIPS thresholds of
+``metrics.*``), and when the leak rate exceeds ``threshold``:
+
+* ``on_leak="defend"``: applies the ``fallback`` defense and checks again; if the defended update
+  still leaks, the update is withheld;
+* ``on_leak="drop"``: withholds the update (an error reply: the strategy counts a failure and
+  aggregates the others);
+* ``on_leak="report"``: sends it unchanged.
+
+The measured leakage goes back in the reply's MetricRecord (``gradleak-*`` keys, numbers only), or
+in the error reason when the update is withheld, so the server can log it without seeing data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from logging import WARNING
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord
+from flwr.clientapp.typing import ClientAppCallable, Mod
+from flwr.common import log
+from torch import nn
+
+from gradleak.errors import GradleakError
+from gradleak.flower.arrays import (
+    around_train,
+    array_update,
+    error_reply,
+    message_seed,
+    node_key,
+    num_examples,
+    replace_arrays,
+    server_round,
+)
+from gradleak.flower.leakage import ConfigSpec, GlobalModel, Measurement, attack_update, probe_config
+from gradleak.flower.mods import DefenseSpec, defend_update, resolve_defense
+
+ON_LEAK = ("defend", "drop", "report")
+DataFn = Callable[[Message, Context], tuple[torch.Tensor, torch.Tensor]]
+
+
+def guard_metrics(first: Measurement, final: Measurement, *, fallback: bool,
+                  leaked: bool) -> dict[str, float | int]:
+    """The numbers the guard adds to the reply's MetricRecord (the same keys on every client, so
+    Flower's strategies can aggregate them; LPIPS only when it can be computed)."""
+    out: dict[str, float | int] = {
+        "gradleak-leak-rate": float(final.leak_rate),
+        "gradleak-psnr": float(final.score.psnr),
+        "gradleak-ssim": float(final.score.ssim),
+        "gradleak-attack-loss": final.loss,
+        "gradleak-leak-rate-initial": float(first.leak_rate),
+        "gradleak-psnr-initial": float(first.score.psnr),
+        "gradleak-fallback": int(fallback),
+        "gradleak-leaked": int(leaked),
+    }
+    if final.score.lpips is not None:
+        out["gradleak-lpips"] = float(final.score.lpips)
+    return out
+
+
+def describe(m: Measurement) -> str:
+    lpips = "n/a" if m.score.lpips is None else f"{m.score.lpips:.3f}"
+    return (f"leak rate {m.leak_rate:.2f} ({m.criterion}), psnr {m.score.psnr:.2f} dB, "
+            f"lpips {lpips}")
+
+
+def leakage_guard_mod(model_fn: Callable[[], nn.Module], data_fn: DataFn, *, attack: str = "ig",
+                      budget: int | None = 200, threshold: float = 0.0, on_leak: str = "defend",
+                      fallback: DefenseSpec | None = None, config: ConfigSpec = None,
+                      mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                      seed: int = 0) -> Mod:
+    """A client mod that attacks the client's own train update and acts when it leaks.
+
+    ``model_fn()`` builds the app's model (state_dict keys = the ArrayRecord keys); ``mean``/
+    ``std``: the input normalisation the app applies to its data, when the model itself expects
+    normalised inputs. ``data_fn(msg, ctxt)`` returns the samples this round's update was computed
+    on, ``(images [N, C, H, W] in [0, 1], labels [N])``. ``attack`` (a gradleak attack name) runs
+    ``budget`` iterations (``attack.iterations``); ``config`` adds gradleak config overrides
+    (``threat.*``, ``client.*`` = how the app trains, ``metrics.psnr_threshold`` ...). The update
+    leaks when its leak rate (BRR) exceeds ``threshold``. ``fallback``: the defense for
+    ``on_leak="defend"`` (as for :func:`defense_mod`), seeded like it with ``seed``.
+    """
+    if on_leak not in ON_LEAK:
+        raise GradleakError(f"bad value {on_leak!r} for on_leak; allowed: {', '.join(ON_LEAK)}")
+    if not 0.0 <= threshold < 1.0:
+        raise GradleakError(f"bad value {threshold!r} for threshold: a leak rate in [0, 1)")
+    if on_leak == "defend" and fallback is None:
+        raise GradleakError("on_leak='defend' needs fallback=, e.g. fallback={'name': 'gaussian', "
+                            "'noise_multiplier': 0.01, 'clip_norm': 1.0}")
+    cfg = probe_config(attack, budget, config)
+    defense = resolve_defense(fallback)[1] if fallback is not None else None
+
+    def measure(model: GlobalModel, incoming: ArrayRecord, outgoing: ArrayRecord,
+                truth: tuple[torch.Tensor, torch.Tensor]) -> Measurement:
+        update = array_update(incoming, outgoing, num_samples=int(truth[1].shape[0]))
+        return attack_update(cfg, model, update, input_shape=tuple(truth[0].shape[1:]), truth=truth)
+
+    def transform(msg: Message, ctxt: Context, reply: Message, incoming: ArrayRecord,
+                  outgoing: ArrayRecord) -> Message:
+        images, labels = data_fn(msg, ctxt)
+        truth = (torch.as_tensor(images).float(), torch.as_tensor(labels).long())
+        declared = num_examples(reply)
+        if declared is not None and declared != len(truth[1]):
+            return error_reply(msg, f"leakage_guard_mod: data_fn returned {len(truth[1])} samples but "
+                                    f"the reply declares num-examples={declared}; data_fn must return "
+                                    "the samples this round's update was computed on")
+        model = GlobalModel.load(model_fn, incoming, mean=mean, std=std)
+        first = measure(model, incoming, outgoing, truth)
+        final, sent, used_fallback = first, outgoing, False
+        if first.leak_rate > threshold and on_leak == "drop":
+            log(WARNING, "gradleak guard: update withheld, %s", describe(first))
+            return error_reply(msg, f"gradleak leakage guard withheld the update: {describe(first)}")
+        if first.leak_rate > threshold and on_leak == "defend":
+            s = message_seed(seed, node_key(ctxt), server_round(msg, ctxt, "guard"))
+            sent = defend_update(defense, incoming, outgoing, num_samples=first.recon.images.shape[0],
+                                 seed=s)
+            final, used_fallback = measure(model, incoming, sent, truth), True
+            if final.leak_rate > threshold:
+                log(WARNING, "gradleak guard: update withheld, still leaking after the fallback: %s",
+                    describe(final))
+                return error_reply(msg, "gradleak leakage guard withheld the update: it still "
+                                        f"leaks after the fallback defense: {describe(final)} "
+                                        f"(undefended: {describe(first)})")
+            replace_arrays(reply, sent)
+        leaked = final.leak_rate > threshold
+        if leaked:
+            log(WARNING, "gradleak guard: update leaks (reported only): %s", describe(final))
+        numbers = guard_metrics(first, final, fallback=used_fallback, leaked=leaked)
+        records = reply.content.metric_records
+        if records:
+            next(iter(records.values())).update(numbers)
+        else:
+            reply.content["metrics"] = MetricRecord(numbers)
+        return reply
+
+    def mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+        return around_train("leakage_guard_mod", msg, ctxt, call_next, transform)
+
+    mod.__name__ = mod.__qualname__ = f"leakage_guard_mod({attack})"
+    return mod
+
+
+__all__: list[str] = ["leakage_guard_mod"]

@@ -1,0 +1,77 @@
+"""Where the audit strategy writes: ``<out>/results.sqlite`` (gradleak's result store, one row per
+audited client and round, and one per client guard report) and ``<out>/<run>/round_RRRR/<who>.png``
+images, each written atomically (``<run>`` tags one Flower run, so runs never overwrite each other)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torchvision.utils import make_grid, save_image
+
+from gradleak.config import Config
+from gradleak.experiments.store import ResultStore
+from gradleak.images import save_comparison
+from gradleak.io import atomic_write
+
+EXPERIMENT = "flower-audit"
+
+
+def save_reconstruction(path: Path, recon: torch.Tensor, truth: torch.Tensor | None) -> None:
+    """Truth above reconstruction when the truth is known, else the reconstruction alone."""
+    if truth is not None:
+        save_comparison(path, truth, recon)
+        return
+    images = recon.float().clamp(0, 1)
+    scale = max(1, 96 // images.shape[-1])
+    if scale > 1:
+        images = F.interpolate(images, scale_factor=scale, mode="nearest")
+    grid = make_grid(images, nrow=images.shape[0], padding=2, pad_value=1.0)
+    atomic_write(path, lambda p: save_image(grid, p, format="png"))
+
+
+class AuditWriter:
+    """Stores one audited update per call of :meth:`put`."""
+
+    def __init__(self, out: str | Path, cfg: Config) -> None:
+        self.out = Path(out)
+        self.cfg = cfg
+        self.store = ResultStore(self.out)
+        # One Flower run = one tag: a second run into the same folder adds rows, never replaces.
+        self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{id(self) % 10000:04d}"
+
+    def image_path(self, server_round: int, who: str) -> Path:
+        return self.out / self.run / f"round_{server_round:04d}" / f"{who}.png"
+
+    def put(self, *, server_round: int, who: str, result: dict[str, Any], status: str = "ok",
+            error: str | None = None, seconds: float = 0.0, kind: str = "flower-audit",
+            columns: dict[str, Any] | None = None,
+            recon: torch.Tensor | None = None, truth: torch.Tensor | None = None) -> None:
+        """Write the image (if any), then the row that points to it. ``kind``: ``flower-audit``
+        (the server's own attack) or ``flower-guard`` (what a client's guard reported);
+        ``columns``: extra queryable columns."""
+        row: dict[str, Any] = {
+            "run_id": f"{EXPERIMENT}/{self.run}/round{server_round:04d}/{who}", "flower_run": self.run,
+            "experiment": EXPERIMENT, "kind": kind, "variant": who,
+            "seed": self.cfg.seed, "status": status, "error": error, "seconds": round(seconds, 3),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config_hash": self.cfg.digest(),
+            "labels": {"round": server_round, "client": who}, "round": server_round, "client": who,
+            "result": result,
+        }
+        if recon is not None:
+            path = self.image_path(server_round, who)
+            save_reconstruction(path, recon, truth)
+            row["image"] = str(path.relative_to(self.out))
+        for key in ("attack_loss", "num_samples", "psnr", "ssim", "lpips", "brr", "leak_rate",
+                    "label_accuracy"):
+            if result.get(key) is not None:
+                row[key] = result[key]
+        row.update(columns or {})
+        self.store.put(row)
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,138 @@
+"""LeakageAuditStrategy: aggregation unchanged, reconstructions stored, quality = `gradleak attack`."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+pytest.importorskip("flwr")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from flwr.app import ArrayRecord, ConfigRecord  # noqa: E402
+from flwr.serverapp.strategy import FedAvg  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+from gradleak.cli import main  # noqa: E402
+from gradleak.errors import GradleakError  # noqa: E402
+from gradleak.flower import LeakageAuditStrategy  # noqa: E402
+from gradleak.scenario import Scenario  # noqa: E402
+from tests.flower import apps  # noqa: E402
+
+ITERATIONS = 150
+NODES = {101: 0, 202: 1}  # node id -> partition (client data)
+
+
+class StubGrid:
+    """What FedAvg.configure_train asks of a Grid: the connected node ids."""
+
+    def get_node_ids(self):
+        return list(NODES)
+
+
+@pytest.fixture(autouse=True)
+def server_identity():
+    """A ServerApp process has a task identity; messages built outside one need it set."""
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def truth(server_round, reply):
+    return apps.client_data(int(reply.content["metrics"]["partition-id"]))
+
+
+def one_round(strategy, arrays, server_round=1):
+    messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), StubGrid()))
+    replies = []
+    for msg in messages:
+        node = msg.metadata.dst_node_id
+        replies.append(apps.train(msg, apps.context(node, NODES[node])))
+    return replies
+
+
+def audit(tmp_path, **kwargs):
+    kwargs.setdefault("config", ["threat.knows_labels=true", "attack.labels=known"] + apps.OVERRIDES)
+    kwargs.setdefault("budget", ITERATIONS)
+    return LeakageAuditStrategy(FedAvg(fraction_evaluate=0.0), model_fn=apps.make_model,
+                                input_shape=(3, apps.RES, apps.RES), attack="ig",
+                                out=str(tmp_path / "audit"), **kwargs)
+
+
+def test_audit_matches_gradleak_attack_and_leaves_aggregation_unchanged(tmp_path):
+    arrays = ArrayRecord(apps.make_model().state_dict())
+    # The same model and victim sample as `gradleak attack` with these settings.
+    cfg = apps.base_config([f"attack.iterations={ITERATIONS}"])
+    sc = Scenario.from_config(cfg)
+    for k, v in sc.model.state_dict().items():
+        assert torch.equal(v, apps.make_model().state_dict()[k])
+    assert torch.equal(sc.images, apps.client_data(0)[0])
+    assert main(["attack", "--out", str(tmp_path / "cli"), "--quiet", *apps.OVERRIDES,
+                 f"attack.iterations={ITERATIONS}"]) == 0
+    cli_psnr = json.loads((tmp_path / "cli" / "result.json").read_text())["metrics"]["psnr"]
+
+    strategy = audit(tmp_path, ground_truth=truth, clients=[101])
+    replies = one_round(strategy, arrays)
+    wrapped = strategy.aggregate_train(1, replies)
+    plain = FedAvg(fraction_evaluate=0.0).aggregate_train(1, replies)
+    for k in plain[0]:
+        assert np.array_equal(wrapped[0][k].numpy(), plain[0][k].numpy())
+    assert dict(wrapped[1]) == dict(plain[1])
+
+    (record,) = strategy.records
+    assert record["client"] == "node101" and record["num_samples"] == 1
+    assert cli_psnr > 25.0  # the undefended single-sample FedSGD client leaks
+    print(f"audit psnr {record['psnr']:.3f} dB, gradleak attack psnr {cli_psnr:.3f} dB")
+    assert abs(record["psnr"] - cli_psnr) < 1.0, (record["psnr"], cli_psnr)
+    assert record["brr"] == 1.0 and record["label_accuracy"] == 1.0
+
+    db = sqlite3.connect(tmp_path / "audit" / "results.sqlite")
+    rows = db.execute("SELECT status, round, client, psnr, attack_loss, image FROM runs").fetchall()
+    assert rows == [("ok", 1, "node101", record["psnr"], record["attack_loss"], rows[0][5])]
+    assert (tmp_path / "audit" / rows[0][5]).is_file()
+
+
+def test_without_ground_truth_it_reports_what_a_real_server_has(tmp_path):
+    arrays = ArrayRecord(apps.make_model().state_dict())
+    strategy = audit(tmp_path, budget=20, config=apps.OVERRIDES, clients=1, every=2)
+    strategy.aggregate_train(1, one_round(strategy, arrays))
+    strategy.aggregate_train(2, one_round(strategy, arrays, server_round=2))  # not audited
+    (record,) = strategy.records
+    assert record["round"] == 1 and record["client"] == "node101"
+    assert "psnr" not in record and record["label_source"] == "llg"
+    assert np.isfinite(record["attack_loss"]) and len(record["labels_inferred"]) == 1
+    assert len(list((tmp_path / "audit").glob("*/round_0001/node101.png"))) == 1
+
+
+def test_secure_aggregation_audits_only_the_aggregate(tmp_path):
+    arrays = ArrayRecord(apps.make_model().state_dict())
+    strategy = audit(tmp_path, budget=20, ground_truth=truth, secure_aggregation=True)
+    strategy.aggregate_train(1, one_round(strategy, arrays))
+    (record,) = strategy.records
+    assert record["client"] == "aggregate" and record["num_samples"] == 2
+    assert "aggregate of 2 clients" in record["sees"]
+
+
+def test_a_failing_audit_is_stored_and_training_goes_on(tmp_path):
+    arrays = ArrayRecord(apps.make_model().state_dict())
+
+    def wrong_truth(server_round, reply):
+        return apps.client_data(0, num_samples=2)  # 2 samples for a 1-sample update
+
+    strategy = audit(tmp_path, budget=5, ground_truth=wrong_truth, clients=[101])
+    aggregated, _ = strategy.aggregate_train(1, one_round(strategy, arrays))
+    assert aggregated is not None
+    (record,) = strategy.records
+    assert "2 samples" in record["error"]
+
+
+def test_labels_need_a_ground_truth_and_bad_settings_fail_up_front(tmp_path):
+    with pytest.raises(GradleakError, match="knows_labels"):
+        audit(tmp_path, ground_truth=None)
+    with pytest.raises(GradleakError, match="every"):
+        audit(tmp_path, ground_truth=truth, every=0)
+    with pytest.raises(GradleakError, match="input_shape"):
+        LeakageAuditStrategy(FedAvg(), model_fn=apps.make_model, input_shape=(16, 16))

@@ -1,0 +1,126 @@
+"""leakage_guard_mod: the client attacks its own update and defends, withholds or reports."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("flwr")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from flwr.app import ArrayRecord  # noqa: E402
+
+from gradleak.defenses import DEFENSES  # noqa: E402
+from gradleak.errors import GradleakError  # noqa: E402
+from gradleak.flower import leakage_guard_mod, message_seed  # noqa: E402
+from gradleak.flower.arrays import array_update, to_tensors  # noqa: E402
+from tests.flower import apps  # noqa: E402
+
+BUDGET = 100  # IG iterations: ~29 dB on the undefended 16 px MLP update, ~10 dB under the noise below
+NOISE = {"name": "gaussian", "noise_multiplier": 0.05}
+
+
+@pytest.fixture(scope="module")
+def arrays() -> ArrayRecord:
+    return ArrayRecord(apps.make_model().state_dict())
+
+
+def run(mod, arrays, node=5, rnd=1):
+    msg, ctx = apps.train_message(arrays, node, rnd), apps.context(node, 0)
+    return msg, ctx, mod(msg, ctx, apps.train)
+
+
+def test_drop_withholds_a_leaking_update_and_says_how_much_leaked(arrays):
+    mod = leakage_guard_mod(apps.make_model, apps.data_fn, budget=BUDGET, on_leak="drop")
+    _, _, out = run(mod, arrays)
+    assert out.has_error()
+    reason = out.error.reason
+    assert reason.startswith("gradleak leakage guard withheld the update")
+    psnr = float(reason.split("psnr ")[1].split(" dB")[0])
+    assert psnr >= 18.0 and "leak rate 1.00" in reason
+
+
+def test_defend_applies_the_fallback_rechecks_and_reports_both_measurements(arrays):
+    mod = leakage_guard_mod(apps.make_model, apps.data_fn, budget=BUDGET, on_leak="defend",
+                            fallback=NOISE, seed=3)
+    msg, ctx, out = run(mod, arrays, node=9, rnd=2)
+    assert not out.has_error()
+    m = out.content["metrics"]
+    assert m["gradleak-fallback"] == 1 and m["gradleak-leaked"] == 0
+    assert m["gradleak-leak-rate-initial"] == 1.0 and m["gradleak-leak-rate"] == 0.0
+    assert m["gradleak-psnr-initial"] >= 18.0 > m["gradleak-psnr"]
+    assert "gradleak-lpips" in m and m["num-examples"] == 1  # the app's own metrics stay
+    # The update sent is exactly the fallback defense of the plain update (same seed rule).
+    plain = apps.train(msg, ctx).content["arrays"]
+    update = array_update(arrays, plain, num_samples=1)
+    gen = torch.Generator().manual_seed(message_seed(3, 0, 2))  # partition 0, round 2
+    expected = DEFENSES.get("gaussian")(update, generator=gen, noise_multiplier=0.05)
+    sent, before = to_tensors(out.content["arrays"]), to_tensors(arrays)
+    for k in sent:
+        assert torch.allclose(sent[k] - before[k], expected.tensors[k], atol=1e-6)
+
+
+def test_defend_withholds_when_the_fallback_does_not_stop_the_leak(arrays):
+    weak = {"name": "clip", "bound": 10.0}  # clamps nothing: the update stays as leaky
+    mod = leakage_guard_mod(apps.make_model, apps.data_fn, budget=BUDGET, on_leak="defend",
+                            fallback=weak)
+    _, _, out = run(mod, arrays)
+    assert out.has_error() and "still leaks after the fallback" in out.error.reason
+
+
+def test_report_sends_the_update_unchanged_and_flags_it(arrays):
+    mod = leakage_guard_mod(apps.make_model, apps.data_fn, budget=BUDGET, on_leak="report")
+    msg, ctx, out = run(mod, arrays)
+    plain = apps.train(msg, ctx).content["arrays"]
+    for k in plain:
+        assert np.array_equal(out.content["arrays"][k].numpy(), plain[k].numpy())
+    m = out.content["metrics"]
+    assert m["gradleak-leaked"] == 1 and m["gradleak-fallback"] == 0
+    assert m["gradleak-psnr"] == m["gradleak-psnr-initial"] >= 18.0
+
+
+def test_a_non_leaking_update_passes_untouched_with_its_measurement(arrays):
+    # With a 1-iteration attack nothing is reconstructed: no leak, no fallback.
+    mod = leakage_guard_mod(apps.make_model, apps.data_fn, budget=1, on_leak="defend",
+                            fallback=NOISE)
+    msg, ctx, out = run(mod, arrays)
+    m = out.content["metrics"]
+    assert m["gradleak-leak-rate"] == 0.0 and m["gradleak-fallback"] == 0
+    plain = apps.train(msg, ctx).content["arrays"]
+    assert all(np.array_equal(out.content["arrays"][k].numpy(), plain[k].numpy()) for k in plain)
+
+
+def test_the_guard_does_not_disturb_the_apps_random_state(arrays):
+    mod = leakage_guard_mod(apps.make_model, apps.data_fn, budget=1, on_leak="report")
+
+    def draws_after(app_call):
+        torch.manual_seed(123)
+        np.random.seed(7)
+        app_call()
+        return torch.rand(3), np.random.rand(3)
+
+    plain = draws_after(lambda: apps.train(apps.train_message(arrays, 5), apps.context(5, 0)))
+    guarded = draws_after(lambda: run(mod, arrays))
+    assert torch.equal(plain[0], guarded[0]) and np.array_equal(plain[1], guarded[1])
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    ({"on_leak": "explode"}, "on_leak"),
+    ({"threshold": 1.5}, "threshold"),
+    ({"on_leak": "defend"}, "fallback"),
+    ({"attack": "nope", "on_leak": "report"}, "attack"),
+    ({"on_leak": "report", "config": ["threat.malicious=true"]}, "passive"),
+    ({"on_leak": "report", "config": {"client": {"protocol": "fedsgdd"}}}, "client.protocol"),
+])
+def test_bad_guard_settings_fail_in_one_line_before_any_round(kwargs, fragment):
+    with pytest.raises(GradleakError, match=fragment):
+        leakage_guard_mod(apps.make_model, apps.data_fn, **kwargs)
+
+
+def test_data_fn_must_return_the_samples_the_reply_declares(arrays):
+    def two_samples(msg, ctx):
+        return apps.client_data(0, num_samples=2)
+
+    mod = leakage_guard_mod(apps.make_model, two_samples, budget=1, on_leak="report")
+    _, _, out = run(mod, arrays)
+    assert out.has_error() and "num-examples=1" in out.error.reason
