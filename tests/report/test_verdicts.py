@@ -146,6 +146,12 @@ def test_tradeoff_per_family_intervals():
     assert {x.name: x.status for x in mixed.parts} == {"qsgd": SUPPORTED, "gaussian": INCONCLUSIVE}
     assert mixed.status == INCONCLUSIVE
     assert tradeoff(q[:2]).status == INCONCLUSIVE  # two seeds: no verdict
+    # signSGD counted in the Q family: its failure does not sink quantisation
+    sign = _pu("signsgd", "Q sign", [0.4, 0.5, 0.45], [60.0, 55.0, 58.0])
+    assert tradeoff(q + sign).status == CONTRADICTED
+    grouped = tradeoff(q + sign, families={"signsgd": "qsgd"})
+    assert grouped.status == SUPPORTED and [p.name for p in grouped.parts] == ["qsgd"]
+    assert "3 seeds; share of 1 families as the paper says 1 (per-family" in grouped.evidence
     assert tradeoff([]).status == INCONCLUSIVE
 
 

@@ -66,13 +66,17 @@ class Verdict:
 
     @property
     def evidence(self) -> str:
-        """One line: seeds, effect and interval, e.g. ``5 seeds; mean Spearman rho +0.84 [0.61,
-        1.07] (Student-t 95% interval over seeds)``."""
+        """One line: seeds, effect and interval, e.g. ``5 seeds; mean per-seed Spearman rho
+        +0.84 [0.61, 1] (Student-t 95% interval over seeds)``."""
+        head = f"{self.seeds} seed{'s' * (self.seeds != 1)}; {self.measure or 'no effect measured'}"
         if self.effect is None:
-            return f"{self.seeds} seed{'s' * (self.seeds != 1)}; {self.measure or 'no effect measured'}"
-        ci = f" [{_fmt(self.ci[0])}, {_fmt(self.ci[1])}]" if self.ci else " (no interval)"
-        return (f"{self.seeds} seed{'s' * (self.seeds != 1)}; {self.measure} "
-                f"{self.effect:+.3g}{ci} ({self.interval})")
+            return head
+        if self.ci is not None:
+            return (f"{head} {self.effect:+.3g} [{_fmt(self.ci[0])}, {_fmt(self.ci[1])}] "
+                    f"({self.interval})")
+        if self.interval != INTERVAL:  # the rule's own kind of evidence (tradeoff)
+            return f"{head} {self.effect:.3g} ({self.interval})"
+        return f"{head} {self.effect:+.3g} (no interval: fewer than 2 seeds)"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "evidence": self.evidence}
@@ -325,17 +329,19 @@ def _ci_text(m: float | None, ci: tuple[float, float] | None) -> str:
 
 @register_rule("tradeoff")
 def tradeoff(rows: Sequence[dict[str, Any]], *, max_drop: float = 5.0,
-             fails: Sequence[str] = ()) -> Verdict:
-    """Each defense family (``defense.name``) has a setting that defends (LPIPS above the
-    leakage threshold) with an accuracy drop <= ``max_drop`` points; families in ``fails`` have
-    none (the paper's clipping). A setting defends when the 95 % intervals over seeds of its
+             fails: Sequence[str] = (), families: dict[str, str] | None = None) -> Verdict:
+    """Each defense family (``defense.name``, renamed by ``families``, e.g. ``{signsgd: qsgd}``
+    for the paper's Q family) has a setting that defends (LPIPS above the leakage threshold)
+    with an accuracy drop <= ``max_drop`` points; families in ``fails`` have none (the paper's
+    clipping). A setting defends when the 95 % intervals over seeds of its
     LPIPS and its drop both clear their lines; it fails when either lies on the wrong side. A
     family matching the paper is supported, one decisively against it contradicted; the verdict
     is contradicted if any family is, supported if all are, else inconclusive."""
     fam: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r.get("defense.name") not in (None, "none"):
-            fam[r["defense.name"]][r["variant"]].append(r)
+            name = (families or {}).get(r["defense.name"], r["defense.name"])
+            fam[name][r["variant"]].append(r)
     if not fam:
         return Verdict(INCONCLUSIVE, "no defended runs", measure="families as the paper says")
     parts = []
@@ -363,8 +369,9 @@ def tradeoff(rows: Sequence[dict[str, Any]], *, max_drop: float = 5.0,
     agree = sum(p.status == SUPPORTED for p in parts)
     seeds = len({r.get("seed") for r in rows})
     return Verdict(status, "; ".join(p.text for p in parts), agree / len(parts), None, seeds,
-                   f"share of {len(parts)} families as the paper says (per-family 95% "
-                   "intervals of LPIPS and drop)", parts=parts)
+                   f"share of {len(parts)} families as the paper says",
+                   "per-family Student-t 95% intervals of LPIPS and accuracy drop over seeds",
+                   parts=parts)
 
 
 def judge(rows: Sequence[dict[str, Any]], spec: dict[str, Any] | None) -> list[Verdict]:
