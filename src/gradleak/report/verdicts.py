@@ -98,11 +98,6 @@ def _key(value: Any) -> str:
     return str(value)
 
 
-def _mean(rows: Sequence[dict[str, Any]], metric: str) -> float | None:
-    vals = [v for r in rows if (v := _num(r.get(metric))) is not None]
-    return statistics.fmean(vals) if vals else None
-
-
 def _leak_sign(metric: str) -> int:
     return 1 if HIGHER_LEAKS.get(metric, True) else -1
 
