@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= reports/demo
 
-.PHONY: install browser demo test lint bench clean
+.PHONY: install browser datasets demo test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,12 +27,21 @@ browser:
 		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null) \
 		|| echo "warning: could not install chromium (needs root and Debian's packages)"
 
+# Fashion-MNIST (the real labelled set of the training experiments' quick profiles and of the
+# loader's tests) from Debian's dataset-fashion-mnist; install it when missing.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+datasets:
+	@test -f $(FASHION_MNIST) || apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null) \
+		|| echo "warning: could not install dataset-fashion-mnist (needs root and Debian's packages)"
+
 demo: $(STAMP)
 	OMP_NUM_THREADS=2 $(BIN)/gradleak audit --out $(DEMO_OUT)
 
-test: $(STAMP) browser
+test: $(STAMP) browser datasets
 	$(BIN)/ruff check src tests benchmarks
-	OMP_NUM_THREADS=1 GRADLEAK_REQUIRE_CHROMIUM=1 $(BIN)/python -m pytest tests
+	OMP_NUM_THREADS=1 GRADLEAK_REQUIRE_CHROMIUM=1 GRADLEAK_REQUIRE_FASHION_MNIST=1 \
+		$(BIN)/python -m pytest tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch.utils.data import Dataset
 
@@ -34,6 +36,35 @@ class ImageDataset(Dataset):
         """All labels in index order (loaders override this when they can avoid decoding images)."""
         return [self[i][1] for i in range(len(self))]
 
+    def tensors(self, indices: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images [n, C, R, R] float32 in [0, 1], labels [n] int64)`` of ``indices`` (all
+        samples if None), in that order: the one way every caller (FL clients, test sets, victim
+        sampling) turns a dataset into model input. The default stacks ``self[i]``; loaders that
+        hold their split in memory override it with a vectorised version giving the same values.
+        """
+        idx = _index_list(self, indices)
+        if not idx:
+            return empty_batch(self.channels, self.resolution)
+        items = [self[i] for i in idx]
+        return (torch.stack([x for x, _ in items]).float(),
+                torch.tensor([y for _, y in items], dtype=torch.long))
+
+
+def empty_batch(channels: int, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of no samples: ``([0, C, R, R] float32, [0] int64)``."""
+    return torch.zeros(0, channels, resolution, resolution), torch.zeros(0, dtype=torch.long)
+
+
+def _index_list(dataset: ImageDataset, indices: Sequence[int] | None) -> list[int]:
+    n = len(dataset)
+    if indices is None:
+        return list(range(n))
+    idx = [int(i) for i in indices]
+    bad = next((i for i in idx if not -n <= i < n), None)
+    if bad is not None:
+        raise IndexError(f"index {bad} out of range for {dataset.name} ({n} samples)")
+    return idx
+
 
 class TensorImageDataset(ImageDataset):
     """An :class:`ImageDataset` held in memory: ``images [N, C, H, W]`` in [0, 1], ``labels [N]``."""
@@ -60,3 +91,7 @@ class TensorImageDataset(ImageDataset):
 
     def targets(self) -> list[int]:
         return self.labels.tolist()
+
+    def tensors(self, indices: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.as_tensor(_index_list(self, indices), dtype=torch.long)
+        return self.images[t], self.labels[t]  # copies: callers may not alias the dataset

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from gradleak.config import DataConfig
 from gradleak.data import register_dataset
-from gradleak.data.base import ImageDataset
+from gradleak.data.base import ImageDataset, empty_batch
 from gradleak.data.cifar import resize_batch
 from gradleak.errors import GradleakError
 
@@ -26,6 +27,7 @@ _FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 _IMAGES_MAGIC, _LABELS_MAGIC = 2051, 2049
+_CHUNK = 4096  # images converted at once by tensors(): bounds the float copies before a resize
 
 # (path, size, mtime) of both files -> (images uint8 [N, 28, 28], labels int64 [N]).
 _CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -122,6 +124,21 @@ class FashionMNISTDataset(ImageDataset):
 
     def targets(self) -> list[int]:
         return self.labels.tolist()
+
+    def tensors(self, indices: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images [n, 1, R, R] in [0, 1], labels [n])``: the same values as stacking
+        ``self[i]``, converted and resized in chunks of ``_CHUNK`` images."""
+        n = len(self)
+        idx = torch.arange(n) if indices is None else torch.as_tensor(
+            [int(i) for i in indices], dtype=torch.long)
+        if len(idx) == 0:
+            return empty_batch(self.channels, self.resolution)
+        if bool(((idx < -n) | (idx >= n)).any()):
+            bad = int(idx[(idx < -n) | (idx >= n)][0])
+            raise IndexError(f"index {bad} out of range for {self.name} ({n} samples)")
+        chunks = [resize_batch(self.images[part].float().div_(255.0)[:, None], self.resolution)
+                  for part in idx.split(_CHUNK)]
+        return torch.cat(chunks), self.labels[idx]
 
 
 @register_dataset("fashion_mnist")

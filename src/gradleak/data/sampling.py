@@ -57,9 +57,7 @@ def select_victim_samples(dataset: ImageDataset, cfg: DataConfig, *,
             indices = _distinct_label_indices(dataset, n, gen)
         else:
             indices = torch.randperm(total, generator=gen)[:n].tolist()
-    items = [dataset[i] for i in indices]
-    images = torch.stack([img for img, _ in items])
-    labels = torch.tensor([label for _, label in items], dtype=torch.long)
+    images, labels = dataset.tensors(indices)
     return images, labels, indices
 
 

@@ -20,6 +20,9 @@ only learns the aggregate: clients upload ``n_k u_k`` and ``n_k`` under masking 
 virtual client holding all sampled clients' data (for FedSGD exactly the gradient of the mean
 loss over their union), instead of the victim's own update.
 
+Aggregation lives in :mod:`gradleak.fl.aggregation` (pure functions), client-side DP-SGD in
+:mod:`gradleak.fl.dp`; this module runs the rounds.
+
 BatchNorm running statistics are not federated (client updates hold parameters only): use
 ``model.norm=none``/``group`` or ``client.bn_mode=eval``. Test accuracy is measured with BN in
 ``client.bn_mode`` (train mode: batch statistics of each test batch).
@@ -27,8 +30,6 @@ BatchNorm running statistics are not federated (client updates hold parameters o
 
 from __future__ import annotations
 
-import copy
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -36,32 +37,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, vmap
 
 from gradleak.config import ClientConfig, Config, FLConfig
 from gradleak.data import build_dataset
 from gradleak.data.base import ImageDataset
 from gradleak.data.sampling import select_victim_samples
 from gradleak.errors import GradleakError
+from gradleak.fl.aggregation import aggregate, apply_update, server_step
 from gradleak.fl.client import ClientSetup, SharedUpdate, client_update, resolve_bn_mode, set_bn_mode
+from gradleak.fl.dp import DPSettings, dp_client_update, epsilon, make_accountant
 from gradleak.fl.partition import partition_indices
 from gradleak.io import atomic_write
 from gradleak.progress import tqdm
 
+# DPSettings, dp_client_update and make_accountant moved to gradleak.fl.dp; importable from here.
+__all__ = ["VICTIM", "DPSettings", "Defense", "FLResult", "FederatedRun", "client_seed",
+           "dataset_tensors", "dp_client_update", "evaluate", "local_setup", "make_accountant",
+           "run_federated", "sample_clients", "save_state", "train_federated"]
+
 VICTIM = 0
 Defense = Callable[..., SharedUpdate]
-
-
-@dataclass
-class DPSettings:
-    """Client-side DP-SGD (Abadi et al. 2016): per-sample L2 clipping to ``max_grad_norm`` and
-    N(0, (noise_multiplier * max_grad_norm)^2) noise on each summed mini-batch gradient."""
-
-    noise_multiplier: float
-    max_grad_norm: float
-    delta: float = 1e-5
 
 
 @dataclass
@@ -130,74 +126,6 @@ def local_setup(cfg: ClientConfig, num_samples: int) -> ClientSetup:
     return ClientSetup.from_config(cfg, num_samples)
 
 
-# --- DP-SGD -----------------------------------------------------------------------------------
-
-
-def make_accountant():
-    """A fresh opacus RDP accountant."""
-    from opacus.accountants import RDPAccountant
-
-    return RDPAccountant()
-
-
-def dp_client_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                     setup: ClientSetup, dp: DPSettings, *, seed: int,
-                     accountant=None) -> SharedUpdate:
-    """:func:`client_update` with DP-SGD: per-sample gradients (``torch.func.vmap(grad)``), each
-    clipped to L2 norm ``dp.max_grad_norm``, summed, plus Gaussian noise of std
-    ``noise_multiplier * max_grad_norm``, divided by the batch size. Same batch order as
-    ``client_update`` for the same ``seed``; FedSGD is one such step over all N samples.
-    Each step is recorded in ``accountant`` (opacus RDP) with sample rate B / N.
-    """
-    local = copy.deepcopy(model)
-    set_bn_mode(local, setup.bn_mode)
-    if setup.bn_mode == "train" and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
-                                        for m in local.modules()):
-        raise GradleakError("fl.dp=true needs per-sample gradients, which train-mode BatchNorm "
-                            "mixes; set client.bn_mode=eval or model.norm=group/none")
-    names = [n for n, p in local.named_parameters() if p.requires_grad]
-    params = {n: p.detach().clone() for n, p in local.named_parameters() if p.requires_grad}
-    start = {n: p.clone() for n, p in params.items()}
-    buffers = dict(local.named_buffers())
-
-    def sample_loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(functional_call(local, (p, buffers), (x[None],)), y[None])
-
-    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0), randomness="different")
-    order_gen = torch.Generator().manual_seed(seed)
-    noise_gen = torch.Generator().manual_seed(seed + 7)
-    sigma = dp.noise_multiplier * dp.max_grad_norm
-
-    def noisy_mean(batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        g = per_sample(params, images[batch], labels[batch])
-        norms = torch.linalg.vector_norm(torch.stack([g[n].flatten(1).norm(dim=1) for n in names]),
-                                         dim=0)
-        factor = (dp.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-        if accountant is not None:
-            accountant.step(noise_multiplier=dp.noise_multiplier,
-                            sample_rate=setup.batch_size / setup.num_samples)
-        out = {}
-        for n in names:
-            summed = torch.einsum("b,b...->...", factor, g[n])
-            noise = torch.randn(summed.shape, generator=noise_gen).to(summed)
-            out[n] = (summed + sigma * noise) / len(batch)
-        return out
-
-    if setup.protocol == "fedsgd":
-        return SharedUpdate("gradient", noisy_mean(torch.arange(setup.num_samples)),
-                            setup.num_samples)
-    for _ in range(setup.local_epochs):
-        order = torch.randperm(setup.num_samples, generator=order_gen)
-        for batch in order.split(setup.batch_size):
-            step = noisy_mean(batch)
-            params = {n: params[n] - setup.lr * step[n] for n in names}
-    return SharedUpdate("model_delta", {n: params[n] - start[n] for n in names},
-                        setup.num_samples)
-
-
-# --- the server -------------------------------------------------------------------------------
-
-
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, bn_mode: str = "eval",
              batch_size: int = 256) -> float:
     """Top-1 accuracy of ``model`` on ``images [N, C, H, W]`` (no dropout; BN in ``bn_mode``)."""
@@ -214,16 +142,9 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, bn
 
 def dataset_tensors(dataset: ImageDataset,
                     indices: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images [n, C, H, W], labels [n])`` of ``indices`` (all samples if None)."""
-    idx = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
-    if hasattr(dataset, "images") and hasattr(dataset, "labels"):
-        t = torch.as_tensor(idx, dtype=torch.long)
-        return dataset.images[t], dataset.labels[t]
-    if not idx:
-        c, r = dataset.channels, dataset.resolution
-        return torch.zeros(0, c, r, r), torch.zeros(0, dtype=torch.long)
-    items = [dataset[i] for i in idx]
-    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.long)
+    """``(images [n, C, R, R] float32 in [0, 1], labels [n])`` of ``indices`` (all samples if
+    None): :meth:`ImageDataset.tensors`, the one conversion every dataset goes through."""
+    return dataset.tensors(indices)
 
 
 def save_state(path: Path, model: nn.Module) -> Path:
@@ -233,15 +154,54 @@ def save_state(path: Path, model: nn.Module) -> Path:
     return path
 
 
-def _weighted_mean(updates: Sequence[tuple[int, SharedUpdate]]) -> dict[str, torch.Tensor]:
-    """sum_k n_k u_k / sum_k n_k, accumulated in float64."""
-    total = sum(n for n, _ in updates)
-    names = list(updates[0][1].tensors)
-    acc = {name: torch.zeros_like(updates[0][1].tensors[name], dtype=torch.float64) for name in names}
-    for n, u in updates:
-        for name in names:
-            acc[name] += n * u.tensors[name].double()
-    return {name: (acc[name] / total).to(updates[0][1].tensors[name].dtype) for name in names}
+def _checked(parts: Sequence[Sequence[int]], fl: FLConfig) -> tuple[int, DPSettings | None]:
+    """Refuse a bad setup before training; returns the attack round and the DP settings."""
+    if len(parts) != fl.clients:
+        raise GradleakError(f"got {len(parts)} client partitions but fl.clients={fl.clients}")
+    if not parts[VICTIM]:
+        raise GradleakError("the victim client (client 0) holds no samples")
+    attack_round = fl.attack_round if fl.attack_round is not None else fl.rounds
+    if not 1 <= attack_round <= fl.rounds:
+        raise GradleakError(f"bad value {fl.attack_round!r} for fl.attack_round: must be in "
+                            f"1..fl.rounds={fl.rounds}")
+    dp = DPSettings(fl.dp_noise_multiplier, fl.dp_max_grad_norm, fl.dp_delta) if fl.dp else None
+    if dp is not None and not dp.max_grad_norm > 0:
+        raise GradleakError(f"bad value {dp.max_grad_norm!r} for fl.dp_max_grad_norm: must be > 0")
+    return attack_round, dp
+
+
+@dataclass
+class _Round:
+    """One round's defended uploads ``(n_k, update)``, by client, with each client's setup."""
+
+    uploads: list[tuple[int, SharedUpdate]] = field(default_factory=list)
+    updates: dict[int, SharedUpdate] = field(default_factory=dict)
+    setups: dict[int, ClientSetup] = field(default_factory=dict)
+
+
+def _train_clients(model: nn.Module, sampled: Sequence[int],
+                   data: Sequence[tuple[torch.Tensor, torch.Tensor]], *, client: ClientConfig,
+                   dp: DPSettings | None, accountants: dict[int, object], defense: Defense,
+                   seed: int, round_: int) -> _Round:
+    """Every sampled, non-empty client trains on a copy of ``model`` and defends its update."""
+    device = next(model.parameters()).device
+    out = _Round()
+    for k in sampled:
+        x, y = data[k]
+        if len(y) == 0:
+            continue
+        setup = local_setup(client, len(y))
+        cseed = client_seed(seed, round_, k)
+        if dp is None:
+            update = client_update(model, x.to(device), y.to(device), setup, seed=cseed)
+        else:
+            acct = accountants.setdefault(k, make_accountant())
+            update = dp_client_update(model, x.to(device), y.to(device), setup, dp, seed=cseed,
+                                      accountant=acct)
+        update = defense(update, generator=torch.Generator().manual_seed(cseed + 1))
+        out.uploads.append((len(y), update))
+        out.updates[k], out.setups[k] = update, setup
+    return out
 
 
 def train_federated(model: nn.Module, train: ImageDataset, parts: Sequence[Sequence[int]], *,
@@ -259,22 +219,10 @@ def train_federated(model: nn.Module, train: ImageDataset, parts: Sequence[Seque
     ``checkpoint_dir`` if given. Empty clients are skipped when sampled.
     """
     started = time.perf_counter()
-    k_total = len(parts)
-    if k_total != fl.clients:
-        raise GradleakError(f"got {k_total} client partitions but fl.clients={fl.clients}")
-    if not parts[VICTIM]:
-        raise GradleakError("the victim client (client 0) holds no samples")
-    attack_round = fl.attack_round if fl.attack_round is not None else fl.rounds
-    if not 1 <= attack_round <= fl.rounds:
-        raise GradleakError(f"bad value {fl.attack_round!r} for fl.attack_round: must be in "
-                            f"1..fl.rounds={fl.rounds}")
-    dp = DPSettings(fl.dp_noise_multiplier, fl.dp_max_grad_norm, fl.dp_delta) if fl.dp else None
-    if dp is not None and not dp.max_grad_norm > 0:
-        raise GradleakError(f"bad value {dp.max_grad_norm!r} for fl.dp_max_grad_norm: must be > 0")
+    attack_round, dp = _checked(parts, fl)
     defense = defense or (lambda u, **_kw: u)
-    device = next(model.parameters()).device
-    data = [dataset_tensors(train, p) for p in parts]
-    test_x, test_y = (dataset_tensors(test, test_indices) if test is not None
+    data = [train.tensors(p) for p in parts]
+    test_x, test_y = (test.tensors(test_indices) if test is not None
                       else (torch.zeros(0), torch.zeros(0, dtype=torch.long)))
     out_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     checkpoints = [save_state(out_dir / "round_000.pt", model)] if out_dir is not None else []
@@ -287,39 +235,19 @@ def train_federated(model: nn.Module, train: ImageDataset, parts: Sequence[Seque
     bar = tqdm(range(1, fl.rounds + 1), disable=not progress, desc="federated rounds",
                unit="round", dynamic_ncols=True)
     for r in bar:
-        sampled = sample_clients(k_total, fl.fraction, r, seed=seed,
+        sampled = sample_clients(len(parts), fl.fraction, r, seed=seed,
                                  force=VICTIM if r == attack_round else None)
         sampled_all.append(sampled)
         round_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        uploads: list[tuple[int, SharedUpdate]] = []
-        per_client: dict[int, SharedUpdate] = {}
-        setups: dict[int, ClientSetup] = {}
-        for k in sampled:
-            x, y = data[k]
-            if len(y) == 0:
-                continue
-            setup = local_setup(client, len(y))
-            cseed = client_seed(seed, r, k)
-            if dp is None:
-                update = client_update(model, x.to(device), y.to(device), setup, seed=cseed)
-            else:
-                acct = accountants.setdefault(k, make_accountant())
-                update = dp_client_update(model, x.to(device), y.to(device), setup, dp, seed=cseed,
-                                          accountant=acct)
-            update = defense(update, generator=torch.Generator().manual_seed(cseed + 1))
-            uploads.append((len(y), update))
-            per_client[k], setups[k] = update, setup
-        if uploads:  # else every sampled client was empty: the model stays as it is
-            mean = _weighted_mean(uploads)
-            step = -client.lr if client.protocol == "fedsgd" else 1.0
-            with torch.no_grad():
-                for name, p in model.named_parameters():
-                    if name in mean:
-                        p.add_(mean[name].to(p), alpha=step)
+        done = _train_clients(model, sampled, data, client=client, dp=dp,
+                              accountants=accountants, defense=defense, seed=seed, round_=r)
+        if done.uploads:  # else every sampled client was empty: the model stays as it is
+            mean = aggregate([u.tensors for _, u in done.uploads], [n for n, _ in done.uploads])
+            apply_update(model, mean, server_step(client.protocol, client.lr))
             if r == attack_round:
-                captured.update(state=round_state, updates=per_client, setups=setups, mean=mean,
-                                total=sum(n for n, _ in uploads),
-                                sampled=[k for k in sampled if k in per_client])
+                captured.update(state=round_state, updates=done.updates, setups=done.setups,
+                                mean=mean, total=sum(n for n, _ in done.uploads),
+                                sampled=[k for k in sampled if k in done.updates])
             accuracy.append(evaluate(model, test_x, test_y, bn_mode=eval_bn))
         else:
             accuracy.append(accuracy[-1])
@@ -327,7 +255,16 @@ def train_federated(model: nn.Module, train: ImageDataset, parts: Sequence[Seque
             checkpoints.append(save_state(out_dir / f"round_{r:03d}.pt", model))
         bar.set_postfix(test_acc=f"{accuracy[-1]:.3f}")
     bar.close()
+    eps = {k: epsilon(a, dp.delta) for k, a in sorted(accountants.items())} if dp else {}
+    return _result(model, parts, captured, client=client, fl=fl, attack_round=attack_round,
+                   accuracy=accuracy, sampled=sampled_all, epsilon=eps,
+                   delta=dp.delta if dp else None, checkpoints=checkpoints,
+                   seconds=time.perf_counter() - started)
 
+
+def _result(model: nn.Module, parts: Sequence[Sequence[int]], captured: dict, *,
+            client: ClientConfig, fl: FLConfig, attack_round: int, **rest) -> FLResult:
+    """The :class:`FLResult`: what the attacker observes of the victim in ``attack_round``."""
     victim_update = captured["updates"][VICTIM]
     victim_setup = captured["setups"][VICTIM]
     if fl.secure_aggregation:
@@ -338,24 +275,13 @@ def train_federated(model: nn.Module, train: ImageDataset, parts: Sequence[Seque
     else:
         observed, observed_setup = victim_update, victim_setup
         observed_indices = [int(i) for i in parts[VICTIM]]
-    epsilon = {k: _epsilon(a, dp.delta) for k, a in sorted(accountants.items())} if dp else {}
     return FLResult(
-        accuracy=accuracy, final_state={k: v.detach().clone() for k, v in model.state_dict().items()},
+        final_state={k: v.detach().clone() for k, v in model.state_dict().items()},
         attack_round=attack_round, attack_state=captured["state"], observed=observed,
         observed_setup=observed_setup, observed_indices=observed_indices,
         victim_update=victim_update, victim_setup=victim_setup,
         victim_indices=[int(i) for i in parts[VICTIM]], round_updates=captured["updates"],
-        sampled=sampled_all, secure_aggregation=fl.secure_aggregation, epsilon=epsilon,
-        delta=dp.delta if dp else None, checkpoints=checkpoints,
-        seconds=time.perf_counter() - started)
-
-
-def _epsilon(accountant, delta: float) -> float:
-    try:
-        eps = float(accountant.get_epsilon(delta))
-    except (ValueError, ZeroDivisionError, OverflowError):
-        return math.inf
-    return eps if math.isfinite(eps) else math.inf
+        secure_aggregation=fl.secure_aggregation, **rest)
 
 
 # --- from a Config ----------------------------------------------------------------------------

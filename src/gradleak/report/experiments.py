@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -20,11 +21,12 @@ import yaml
 
 from gradleak.errors import GradleakError
 from gradleak.experiments.store import STORE_NAME, ResultStore
-from gradleak.experiments.verdicts import HIGHER_LEAKS, judge
-from gradleak.experiments.verdicts import number as _num
 from gradleak.io import write_text
+from gradleak.report.verdicts import HIGHER_LEAKS, judge
+from gradleak.report.verdicts import number as _num
 
 REPORT_NAME = "report.html"
+VERDICTS_NAME = "verdicts.json"  # every verdict with its evidence, for scripts
 MAX_IMAGES = 24
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -33,7 +35,8 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
 td,th{border:1px solid #bbb;padding:.25em .5em;text-align:right}
 th{background:#f2f2f2} td:first-child,th:first-child{text-align:left}
 .verdict{padding:.5em 1em;border-left:6px solid #999;background:#f8f8f8;margin:.5em 0}
-.supported{border-color:#2a2} .partly{border-color:#d90} .not{border-color:#c22}
+.supported{border-color:#2a2} .inconclusive{border-color:#d90} .contradicted{border-color:#c22}
+.evidence{font-size:.85em;color:#555;margin-top:.3em}
 blockquote{font-style:italic;color:#444;margin:.5em 1em}
 figure{display:inline-block;margin:.3em;text-align:center;font-size:.75em;vertical-align:top}
 figure img{image-rendering:pixelated;height:128px}
@@ -255,7 +258,9 @@ def _plan(root: Path, experiment: str, profile: str) -> dict[str, Any]:
     return {}
 
 
-def _section(root: Path, experiment: str, profile: str, rows: list[dict[str, Any]]) -> str:
+def _section(root: Path, experiment: str, profile: str, rows: list[dict[str, Any]],
+             found: list[dict[str, Any]]) -> str:
+    """The HTML of one experiment; appends its verdicts (as dicts) to ``found``."""
     plan = _plan(root, experiment, profile)
     spec = plan.get("spec") or {}
     title = plan.get("title", experiment)
@@ -283,11 +288,12 @@ def _section(root: Path, experiment: str, profile: str, rows: list[dict[str, Any
     except GradleakError as e:
         verdicts = []
         parts.append(f"<p class='muted'>verdict not computed: {_e(e)}</p>")
+    found.append({"experiment": experiment, "profile": profile,
+                  "verdicts": [v.to_dict() for v in verdicts]})
     for v in verdicts:
-        css = {"supported": "supported", "partly supported": "partly",
-               "not supported": "not"}.get(v.status, "")
-        parts.append(f"<div class='verdict {css}'><b>Our data: {_e(v.status)}.</b> "
-                     f"{_e(v.statement)}</div>")
+        parts.append(f"<div class='verdict {_e(v.status)}'><b>Our data: {_e(v.status)}.</b> "
+                     f"{_e(v.statement)}<div class='evidence'>Evidence: {_e(v.evidence)}"
+                     "</div></div>")
     parts.append("<h3>Ours</h3>")
     if ok:
         parts.append(_pivot(ok, table, metric, names))
@@ -310,7 +316,8 @@ def _section(root: Path, experiment: str, profile: str, rows: list[dict[str, Any
 
 
 def render_report(folder: str | Path) -> Path:
-    """Write ``folder/report.html`` from ``folder/results.sqlite``; returns its path."""
+    """Write ``folder/report.html`` (and ``folder/verdicts.json``) from ``folder/results.sqlite``;
+    returns the page's path."""
     root = Path(folder)
     if not (root / STORE_NAME).is_file():
         raise GradleakError(f"no results store {root / STORE_NAME}: run `gradleak experiment run "
@@ -322,12 +329,14 @@ def render_report(folder: str | Path) -> Path:
         by_exp[(r["experiment"], r["profile"])].append(r)
     toc = "".join(f"<li><a href='#{_e(e)}'>{_e(e)}</a> ({_e(p)}, {len(rs)} runs)</li>"
                   for (e, p), rs in by_exp.items())
-    sections = [_section(root, e, p, rs) for (e, p), rs in by_exp.items()]
+    found: list[dict[str, Any]] = []
+    sections = [_section(root, e, p, rs, found) for (e, p), rs in by_exp.items()]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>gradleak report</title>"
             f"<style>{_CSS}</style><script>{_SCRIPT}</script></head><body>"
             f"<h1>gradleak: experiments report</h1><p class='muted'>{_e(root.resolve())} · "
             f"{len(rows)} stored runs</p><ul>{toc}</ul>" + "\n".join(sections)
             + "</body></html>")
+    write_text(root / VERDICTS_NAME, json.dumps(found, indent=1))
     out = root / REPORT_NAME
     write_text(out, page)
     return out

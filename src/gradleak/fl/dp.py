@@ -1,0 +1,106 @@
+"""Client-side DP-SGD (Abadi et al. 2016) for the federated clients, with opacus' RDP accountant.
+
+Each mini-batch gradient is the sum of per-sample gradients (``torch.func.vmap(grad)``), each
+clipped to L2 norm C = ``max_grad_norm``, plus N(0, (noise_multiplier * C)^2) noise, divided by
+the batch size B. Every step is recorded with sample rate B / N; a client's epsilon is read at
+``delta``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from gradleak.errors import GradleakError
+from gradleak.fl.client import ClientSetup, SharedUpdate, set_bn_mode
+
+
+@dataclass
+class DPSettings:
+    """Client-side DP-SGD (Abadi et al. 2016): per-sample L2 clipping to ``max_grad_norm`` and
+    N(0, (noise_multiplier * max_grad_norm)^2) noise on each summed mini-batch gradient."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    delta: float = 1e-5
+
+
+def make_accountant():
+    """A fresh opacus RDP accountant."""
+    from opacus.accountants import RDPAccountant
+
+    return RDPAccountant()
+
+
+def epsilon(accountant, delta: float) -> float:
+    """The accountant's epsilon at ``delta``; inf when it is unbounded or cannot be computed."""
+    try:
+        eps = float(accountant.get_epsilon(delta))
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return math.inf
+    return eps if math.isfinite(eps) else math.inf
+
+
+def _check_bn(local: nn.Module, setup: ClientSetup) -> None:
+    if setup.bn_mode == "train" and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                        for m in local.modules()):
+        raise GradleakError("fl.dp=true needs per-sample gradients, which train-mode BatchNorm "
+                            "mixes; set client.bn_mode=eval or model.norm=group/none")
+
+
+def dp_client_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                     setup: ClientSetup, dp: DPSettings, *, seed: int,
+                     accountant=None) -> SharedUpdate:
+    """:func:`~gradleak.fl.client.client_update` with DP-SGD: per-sample gradients of
+    ``images [N, C, H, W]``, each clipped to L2 norm ``dp.max_grad_norm``, summed, plus Gaussian
+    noise of std ``noise_multiplier * max_grad_norm``, divided by the batch size. Same batch
+    order as ``client_update`` for the same ``seed``; FedSGD is one such step over all N samples.
+    Each step is recorded in ``accountant`` (opacus RDP) with sample rate B / N.
+    """
+    local = copy.deepcopy(model)
+    set_bn_mode(local, setup.bn_mode)
+    _check_bn(local, setup)
+    names = [n for n, p in local.named_parameters() if p.requires_grad]
+    params = {n: p.detach().clone() for n, p in local.named_parameters() if p.requires_grad}
+    start = {n: p.clone() for n, p in params.items()}
+    buffers = dict(local.named_buffers())
+
+    def sample_loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(functional_call(local, (p, buffers), (x[None],)), y[None])
+
+    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0), randomness="different")
+    order_gen = torch.Generator().manual_seed(seed)
+    noise_gen = torch.Generator().manual_seed(seed + 7)
+    sigma = dp.noise_multiplier * dp.max_grad_norm
+
+    def noisy_mean(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        g = per_sample(params, images[batch], labels[batch])
+        norms = torch.linalg.vector_norm(torch.stack([g[n].flatten(1).norm(dim=1) for n in names]),
+                                         dim=0)
+        factor = (dp.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        if accountant is not None:
+            accountant.step(noise_multiplier=dp.noise_multiplier,
+                            sample_rate=setup.batch_size / setup.num_samples)
+        out = {}
+        for n in names:
+            summed = torch.einsum("b,b...->...", factor, g[n])
+            noise = torch.randn(summed.shape, generator=noise_gen).to(summed)
+            out[n] = (summed + sigma * noise) / len(batch)
+        return out
+
+    if setup.protocol == "fedsgd":
+        return SharedUpdate("gradient", noisy_mean(torch.arange(setup.num_samples)),
+                            setup.num_samples)
+    for _ in range(setup.local_epochs):
+        order = torch.randperm(setup.num_samples, generator=order_gen)
+        for batch in order.split(setup.batch_size):
+            step = noisy_mean(batch)
+            params = {n: params[n] - setup.lr * step[n] for n in names}
+    return SharedUpdate("model_delta", {n: params[n] - start[n] for n in names},
+                        setup.num_samples)

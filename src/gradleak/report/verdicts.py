@@ -1,0 +1,382 @@
+"""Does a sweep's data support the paper's insight? Small, explicit rules over stored rows, each
+with its statistical evidence.
+
+A rule is ``fn(rows, **params) -> Verdict`` registered with ``@register_rule(name)``; an
+experiment's YAML names it (``verdict: {rule: trend, metric: lpips, ...}``) and may chain a
+second check under ``also``. Rows are store rows with status ``ok``. "Better" always means
+better for the attacker (more leakage): lower LPIPS/MSE, higher PSNR/SSIM/BRR/WSRR.
+
+The unit of evidence is the seed (a seed fixes the model initialisation, the victim's samples and
+the attack's start, so runs sharing a seed are paired). Each rule computes one effect per seed,
+signed so that > 0 is the paper's direction; the verdict's effect is their mean with a Student-t
+95 % interval over seeds (exact when the per-seed effects are normal; honest at the few seeds a
+quick profile affords, where a bootstrap's percentile interval is too narrow). The status is
+``supported`` when the interval lies above 0, ``contradicted`` when it lies below, and
+``inconclusive`` when it contains 0 (no effect) or when there are fewer than ``MIN_SEEDS`` seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from gradleak.errors import GradleakError
+from gradleak.registry import Registry
+
+RULES: Registry = Registry("verdict rule")
+HIGHER_LEAKS = {"psnr": True, "ssim": True, "brr": True, "wsrr": True, "label_accuracy": True,
+                "lpips": False, "mse": False}
+SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
+NOT_SUPPORTED = CONTRADICTED  # the constant's earlier name
+MIN_SEEDS = 3
+INTERVAL = "Student-t 95% interval over seeds"
+
+
+@dataclass
+class Part:
+    """The evidence of one series / variant / defense family inside a verdict."""
+
+    name: str
+    status: str
+    effect: float | None
+    ci: tuple[float, float] | None
+    seeds: int
+    text: str
+
+
+@dataclass
+class Verdict:
+    """``status`` (supported / contradicted / inconclusive) and a one-paragraph ``statement``;
+    the evidence: ``effect`` (mean per-seed effect, > 0 = the paper's direction; what it is:
+    ``measure``) with its 95 % ``ci`` over ``seeds`` seeds (``interval`` names the method), and
+    the same per series or variant in ``parts``."""
+
+    status: str
+    statement: str
+    effect: float | None = None
+    ci: tuple[float, float] | None = None
+    seeds: int = 0
+    measure: str = ""
+    interval: str = INTERVAL
+    parts: list[Part] = field(default_factory=list)
+
+    @property
+    def evidence(self) -> str:
+        """One line: seeds, effect and interval, e.g. ``5 seeds; mean per-seed Spearman rho
+        +0.84 [0.61, 1] (Student-t 95% interval over seeds)``."""
+        head = f"{self.seeds} seed{'s' * (self.seeds != 1)}; {self.measure or 'no effect measured'}"
+        if self.effect is None:
+            return head
+        if self.ci is not None:
+            return (f"{head} {self.effect:+.3g} [{_fmt(self.ci[0])}, {_fmt(self.ci[1])}] "
+                    f"({self.interval})")
+        if self.interval != INTERVAL:  # the rule's own kind of evidence (tradeoff)
+            return f"{head} {self.effect:.3g} ({self.interval})"
+        return f"{head} {self.effect:+.3g} (no interval: fewer than 2 seeds)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "evidence": self.evidence}
+
+
+def register_rule(name: str) -> Callable:
+    return RULES.register(name)
+
+
+def number(value: Any) -> float | None:
+    """``value`` as a finite float, or None (missing metrics are None in the store)."""
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+_num = number
+
+
+def _key(value: Any) -> str:
+    return str(value)
+
+
+def _leak_sign(metric: str) -> int:
+    return 1 if HIGHER_LEAKS.get(metric, True) else -1
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3g}"
+
+
+def mean_interval(values: Sequence[float], bounds: tuple[float, float] = (-math.inf, math.inf)
+                  ) -> tuple[float | None, tuple[float, float] | None]:
+    """Mean of ``values`` and its Student-t 95 % interval, clipped to ``bounds`` (the range of
+    the effect, e.g. [-1, 1] for a correlation); None with fewer than 2 values."""
+    if not values:
+        return None, None
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return m, None
+    from scipy.stats import t
+
+    half = float(t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
+    return m, (max(bounds[0], m - half), min(bounds[1], m + half))
+
+
+def decide(ci: tuple[float, float] | None, seeds: int) -> str:
+    """supported if the interval is above 0, contradicted if below, else inconclusive."""
+    if ci is None or seeds < MIN_SEEDS:
+        return INCONCLUSIVE
+    return SUPPORTED if ci[0] > 0 else CONTRADICTED if ci[1] < 0 else INCONCLUSIVE
+
+
+def _part(name: str, per_seed: dict[Any, float], text: str,
+          bounds: tuple[float, float]) -> Part:
+    effect, ci = mean_interval(list(per_seed.values()), bounds)
+    ev = (f"{effect:+.3g} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else
+          f"{_fmt(effect)} (no interval)")
+    return Part(name, decide(ci, len(per_seed)), effect, ci, len(per_seed),
+                f"{text}; effect {ev} over {len(per_seed)} seed{'s' * (len(per_seed) != 1)}")
+
+
+def _pooled(per_part: dict[str, dict[Any, float]], texts: dict[str, str], *, measure: str,
+            statement: str, bounds: tuple[float, float] = (-math.inf, math.inf)) -> Verdict:
+    """The verdict over parts: per seed, the mean of the parts' effects; its interval over seeds
+    decides the status, each part keeps its own."""
+    parts = [_part(name, seeds, texts[name], bounds) for name, seeds in per_part.items()]
+    by_seed: dict[Any, list[float]] = defaultdict(list)
+    for seeds in per_part.values():
+        for s, e in seeds.items():
+            by_seed[s].append(e)
+    effect, ci = mean_interval([statistics.fmean(v) for v in by_seed.values()], bounds)
+    detail = "; ".join(p.text for p in parts)
+    if not by_seed:
+        return Verdict(INCONCLUSIVE, f"{statement}: no comparable runs", measure=measure)
+    return Verdict(decide(ci, len(by_seed)), f"{statement}: {detail}", effect, ci, len(by_seed),
+                   measure, parts=parts)
+
+
+def _spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    from scipy.stats import spearmanr
+
+    if len(set(xs)) < 2 or len(set(ys)) < 2:
+        return None
+    return float(spearmanr(xs, ys).statistic)
+
+
+@register_rule("trend")
+def trend(rows: Sequence[dict[str, Any]], *, metric: str, along: str, direction: str,
+          per: str = "variant") -> Verdict:
+    """``metric`` rises (``direction='increasing'``) or falls along axis ``along`` within each
+    series ``per``. Effect per seed: Spearman's rho between ``along`` and the seed's mean
+    ``metric`` at each value (signed: + = ``direction``), averaged over the series."""
+    if direction not in ("increasing", "decreasing"):
+        raise GradleakError(f"bad trend direction {direction!r}; allowed: increasing, decreasing")
+    sign = 1 if direction == "increasing" else -1
+    cells: dict[str, dict[Any, dict[float, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list)))
+    for r in rows:
+        x, v = _num(r.get(along)), _num(r.get(metric))
+        if x is not None and v is not None:
+            cells[_key(r.get(per))][r.get("seed")][x].append(v)
+    per_part: dict[str, dict[Any, float]] = {}
+    texts: dict[str, str] = {}
+    for name, by_seed in cells.items():
+        effects = {}
+        for s, by_x in by_seed.items():
+            xs = sorted(by_x)
+            rho = _spearman(xs, [statistics.fmean(by_x[x]) for x in xs])
+            if rho is not None:
+                effects[s] = sign * rho
+        pooled: dict[float, list[float]] = defaultdict(list)
+        for by_x in by_seed.values():
+            for x, vs in by_x.items():
+                pooled[x].extend(vs)
+        xs = sorted(pooled)
+        per_part[name] = effects
+        texts[name] = (f"{name}: {metric} {_fmt(statistics.fmean(pooled[xs[0]]))} at {along}="
+                       f"{xs[0]:g} -> {_fmt(statistics.fmean(pooled[xs[-1]]))} at {xs[-1]:g}")
+    return _pooled(per_part, texts, measure=f"mean per-seed Spearman rho ({direction} = +)",
+                   statement=f"{metric} expected {direction} with {along}", bounds=(-1.0, 1.0))
+
+
+@register_rule("compare")
+def compare(rows: Sequence[dict[str, Any]], *, metric: str, better: str, worse: str) -> Verdict:
+    """Variant ``better`` leaks more than ``worse`` in matched cells (same grid labels and seed).
+    Effect per seed: the mean over cells of ``metric`` of ``better`` minus ``worse`` (signed: +
+    = ``better`` leaks more)."""
+    sign = _leak_sign(metric)
+    cells: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        v = _num(r.get(metric))
+        if v is not None and r.get("variant") in (better, worse):
+            cells[(_key(r.get("labels")), r.get("seed"))][r["variant"]] = v
+    diffs: dict[Any, list[float]] = defaultdict(list)
+    pairs = []
+    for (_, seed), c in cells.items():
+        if better in c and worse in c:
+            pairs.append((c[better], c[worse]))
+            diffs[seed].append(sign * (c[better] - c[worse]))
+    if not pairs:
+        return Verdict(INCONCLUSIVE, f"no matched runs of {better} and {worse}",
+                       measure=f"{metric} difference")
+    wins = sum(sign * (a - b) > 0 for a, b in pairs)
+    mb, mw = statistics.fmean(a for a, _ in pairs), statistics.fmean(b for _, b in pairs)
+    text = (f"{better} leaks more than {worse} in {wins}/{len(pairs)} matched runs "
+            f"(mean {metric} {_fmt(mb)} vs {_fmt(mw)})")
+    return _pooled({better: {s: statistics.fmean(d) for s, d in diffs.items()}}, {better: text},
+                   measure=f"mean {metric} advantage of {better} (+ = leaks more)",
+                   statement=f"{better} vs {worse}")
+
+
+@register_rule("groups")
+def groups(rows: Sequence[dict[str, Any]], *, metric: str, axis: str, worse: Sequence[Any],
+           better: Sequence[Any], variant: str | None = None) -> Verdict:
+    """Runs whose ``axis`` value is in ``worse`` leak less than those in ``better``, for each
+    variant (or only ``variant``). Effect per seed: mean ``metric`` of the ``better`` group
+    minus the ``worse`` group (signed: + = ``better`` leaks more), averaged over variants."""
+    sign = _leak_sign(metric)
+    worse_k, better_k = {_key(v) for v in worse}, {_key(v) for v in better}
+    cells: dict[str, dict[Any, dict[str, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: {"worse": [], "better": []}))
+    for r in rows:
+        v = _num(r.get(metric))
+        if v is None or (variant is not None and r.get("variant") != variant):
+            continue
+        k = _key(r.get(axis))
+        group = "worse" if k in worse_k else "better" if k in better_k else None
+        if group:
+            cells[r["variant"]][r.get("seed")][group].append(v)
+    per_part, texts = {}, {}
+    for name, by_seed in cells.items():
+        per_part[name] = {s: sign * (statistics.fmean(g["better"]) - statistics.fmean(g["worse"]))
+                          for s, g in by_seed.items() if g["better"] and g["worse"]}
+        mw = [x for g in by_seed.values() for x in g["worse"]]
+        mb = [x for g in by_seed.values() for x in g["better"]]
+        texts[name] = (f"{name}: mean {metric} {_fmt(statistics.fmean(mw) if mw else None)} on "
+                       f"{sorted(worse_k)} vs {_fmt(statistics.fmean(mb) if mb else None)} on "
+                       f"{sorted(better_k)}")
+    return _pooled(per_part, texts, measure=f"mean {metric} advantage of {sorted(better_k)}",
+                   statement=f"{sorted(better_k)} leak more than {sorted(worse_k)}")
+
+
+@register_rule("reference")
+def reference(rows: Sequence[dict[str, Any]], *, metric: str, reference: str | Sequence[str],
+              expect: str | dict[str, str], match: str = "model.name") -> Verdict:
+    """Each variant leaks ``worse`` or ``better`` than the reference variant (matched on
+    ``match``, e.g. the same model, and seed); ``expect`` is one word for all or a dict per
+    variant. Effect per seed: the mean over variants of ``metric`` minus the reference's, signed
+    so that + = the expected direction."""
+    refs = [reference] if isinstance(reference, str) else list(reference)
+    sign = _leak_sign(metric)
+    values: dict[tuple[str, str, Any], list[float]] = defaultdict(list)
+    for r in rows:
+        v = _num(r.get(metric))
+        if v is not None:
+            values[(r.get("variant"), _key(r.get(match)), r.get("seed"))].append(v)
+    ref_at = {(mk, s): statistics.fmean(vs) for (var, mk, s), vs in values.items() if var in refs}
+    per_part: dict[str, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
+    raw: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for (var, mk, s), vs in values.items():
+        want = expect if isinstance(expect, str) else expect.get(var)
+        if var in refs or (mk, s) not in ref_at or want not in ("better", "worse"):
+            continue
+        v, ref = statistics.fmean(vs), ref_at[(mk, s)]
+        per_part[var][s].append((1 if want == "better" else -1) * sign * (v - ref))
+        raw[var].append((v, ref))
+    if not per_part:
+        return Verdict(INCONCLUSIVE, "no variant could be compared with the reference",
+                       measure=f"{metric} shift")
+    texts = {}
+    for var, pairs in raw.items():
+        want = expect if isinstance(expect, str) else expect.get(var)
+        mv, mr = statistics.fmean(p[0] for p in pairs), statistics.fmean(p[1] for p in pairs)
+        texts[var] = f"{var}: {_fmt(mv)} vs {_fmt(mr)} (expected: {want})"
+    verdict = _pooled({v: {s: statistics.fmean(d) for s, d in by_s.items()}
+                       for v, by_s in per_part.items()}, texts,
+                      measure=f"mean {metric} shift in the paper's direction",
+                      statement=f"variants vs {', '.join(refs)}")
+    agree = sum((p.effect or 0) > 0 for p in verdict.parts)
+    verdict.statement = (f"{agree}/{len(verdict.parts)} variants move {metric} in the paper's "
+                         f"direction relative to {', '.join(refs)} (mean over seeds); "
+                         + verdict.statement.split(": ", 1)[1])
+    return verdict
+
+
+def _setting(rs: list[dict[str, Any]], thr: float, max_drop: float) -> dict[str, Any]:
+    """One defense setting over seeds: LPIPS and accuracy drop with intervals; ``defends`` is
+    True when both intervals clear their lines, False when one lies on the wrong side, else None
+    (fewer than ``MIN_SEEDS`` seeds, or an interval straddles its line)."""
+    lp, lp_ci = mean_interval([v for r in rs if (v := _num(r.get("lpips"))) is not None])
+    dr, dr_ci = mean_interval([v for r in rs if (v := _num(r.get("accuracy_drop"))) is not None])
+    seeds = len({r.get("seed") for r in rs})
+    defends = None
+    if lp_ci and dr_ci and seeds >= MIN_SEEDS:
+        if lp_ci[0] > thr and dr_ci[1] <= max_drop:
+            defends = True
+        elif lp_ci[1] < thr or dr_ci[0] > max_drop:
+            defends = False
+    return {"variant": rs[0]["variant"], "lpips": lp, "lpips_ci": lp_ci, "drop": dr,
+            "drop_ci": dr_ci, "defends": defends, "seeds": seeds}
+
+
+def _ci_text(m: float | None, ci: tuple[float, float] | None) -> str:
+    return _fmt(m) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
+
+
+@register_rule("tradeoff")
+def tradeoff(rows: Sequence[dict[str, Any]], *, max_drop: float = 5.0,
+             fails: Sequence[str] = (), families: dict[str, str] | None = None) -> Verdict:
+    """Each defense family (``defense.name``, renamed by ``families``, e.g. ``{signsgd: qsgd}``
+    for the paper's Q family) has a setting that defends (LPIPS above the leakage threshold)
+    with an accuracy drop <= ``max_drop`` points; families in ``fails`` have none (the paper's
+    clipping). A setting defends when the 95 % intervals over seeds of its
+    LPIPS and its drop both clear their lines; it fails when either lies on the wrong side. A
+    family matching the paper is supported, one decisively against it contradicted; the verdict
+    is contradicted if any family is, supported if all are, else inconclusive."""
+    fam: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r.get("defense.name") not in (None, "none"):
+            name = (families or {}).get(r["defense.name"], r["defense.name"])
+            fam[name][r["variant"]].append(r)
+    if not fam:
+        return Verdict(INCONCLUSIVE, "no defended runs", measure="families as the paper says")
+    parts = []
+    for name, by_variant in fam.items():
+        thr = next(iter(by_variant.values()))[0].get("metrics.lpips_threshold", 0.1)
+        settings = [_setting(rs, thr, max_drop) for rs in by_variant.values()]
+        sure = [s for s in settings if s["defends"]]
+        outcome = True if sure else False if all(s["defends"] is False for s in settings) else None
+        within = [s for s in settings if s["drop"] is not None and s["drop"] <= max_drop]
+        best = (min(sure, key=lambda s: s["drop"]) if sure else
+                max(within, key=lambda s: s["lpips"] or 0.0) if within else
+                min(settings, key=lambda s: s["drop"] if s["drop"] is not None else math.inf))
+        expected = name not in fails
+        status = INCONCLUSIVE if outcome is None else SUPPORTED if outcome == expected \
+            else CONTRADICTED
+        says = {True: "defends", False: "does not defend", None: "undecided"}[outcome]
+        text = (f"{name}: {says} within {max_drop:g} points (paper: "
+                f"{'defends' if expected else 'does not'}); closest {best['variant']}: LPIPS "
+                f"{_ci_text(best['lpips'], best['lpips_ci'])}, drop "
+                f"{_ci_text(best['drop'], best['drop_ci'])} over {best['seeds']} seeds")
+        parts.append(Part(name, status, best["lpips"], best["lpips_ci"], best["seeds"], text))
+    statuses = {p.status for p in parts}
+    status = (CONTRADICTED if CONTRADICTED in statuses else
+              SUPPORTED if statuses == {SUPPORTED} else INCONCLUSIVE)
+    agree = sum(p.status == SUPPORTED for p in parts)
+    seeds = len({r.get("seed") for r in rows})
+    return Verdict(status, "; ".join(p.text for p in parts), agree / len(parts), None, seeds,
+                   f"share of {len(parts)} families as the paper says",
+                   "per-family Student-t 95% intervals of LPIPS and accuracy drop over seeds",
+                   parts=parts)
+
+
+def judge(rows: Sequence[dict[str, Any]], spec: dict[str, Any] | None) -> list[Verdict]:
+    """Apply an experiment's ``verdict`` spec (and its chained ``also``) to its ok rows."""
+    out: list[Verdict] = []
+    while spec:
+        params = {k: v for k, v in spec.items() if k not in ("rule", "also")}
+        try:
+            out.append(RULES.get(spec["rule"])(rows, **params))
+        except TypeError as e:
+            raise GradleakError(f"bad parameters for verdict rule {spec['rule']!r}: {e}") from None
+        spec = spec.get("also")
+    return out
