@@ -124,3 +124,7 @@ def l2_distance(dummy: Sequence[torch.Tensor], observed: Sequence[torch.Tensor],
 
 
 DISTANCES = {"cosine": cosine_distance, "l2": l2_distance}
+
+# Plain autograd formulas (twice differentiable, torch.func-compatible): the functional and
+# compiled objective (gradleak.attacks.functional) uses these.
+PLAIN_DISTANCES = {"cosine": _plain_cosine, "l2": _plain_l2}
