@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -70,6 +70,8 @@ class MatchingSetup:
     params: list[torch.Tensor]
     simulate: bool  # WST: replay the client's local SGD instead of one gradient
     target: list[torch.Tensor]
+    # chosen-parameter index -> linear layer whose weight gradient is kept factored (lowrank.py)
+    lowrank: dict[int, nn.Linear] = field(default_factory=dict)
 
 
 def matching_setup(obs: Observation, layers: Sequence[str] | None) -> MatchingSetup:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from gradleak.attacks import functional
 from gradleak.attacks.base import Attack, Observation, Reconstruction
 from gradleak.attacks.losses import DISTANCES
+from gradleak.attacks.lowrank import factorable, factored_gradients
 from gradleak.attacks.matching import MatchingSetup, matching_setup, resolve_labels, select_layers
 from gradleak.attacks.priors import TV_BORDERS, BatchNormStatistics, l2_norm, total_variation
 from gradleak.attacks.restart import Candidate, Restart, RunContext, rank
@@ -163,8 +164,14 @@ class GradientMatchingAttack(Attack):
     # -- the loop --------------------------------------------------------------------------------
 
     def matching_setup(self, obs: Observation) -> MatchingSetup:
-        """The attacker's model copy, the matched parameters and the target they are matched to."""
-        return matching_setup(obs, self.layers)
+        """The attacker's model copy, the matched parameters and the target they are matched to.
+        With the cosine distance on a one-gradient update, large linear layers' weight gradients
+        are kept factored (:mod:`gradleak.attacks.lowrank`)."""
+        setup = matching_setup(obs, self.layers)
+        if self.distance_name == "cosine" and not setup.simulate and self.transform is None:
+            setup.lowrank = factorable(setup.model, setup.all_names, setup.chosen, obs.num_samples,
+                                       obs.input_shape)
+        return setup
 
     def predict(self, setup: MatchingSetup, obs: Observation, images: torch.Tensor,
                 labels: torch.Tensor, order: list[torch.Tensor] | None) -> list[torch.Tensor]:
@@ -172,6 +179,9 @@ class GradientMatchingAttack(Attack):
         if setup.simulate:
             delta = simulated_delta(setup.model, setup.all_names, images, labels, obs.client, order)
             dummy = [delta[i] for i in setup.chosen]
+        elif setup.lowrank and self.transform is None:
+            dummy = factored_gradients(setup.model, setup.params, setup.lowrank,
+                                       lambda: F.cross_entropy(setup.model(images), labels))
         else:
             loss = F.cross_entropy(setup.model(images), labels)
             dummy = list(torch.autograd.grad(loss, setup.params, create_graph=True))
