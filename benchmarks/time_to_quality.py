@@ -59,6 +59,7 @@ HOOK = '''
     def _instrumented(candidate, *a, **k):
         optimizer, scheduler = _init_optimizer(candidate, *a, **k)
         step, count = scheduler.step, [0]
+        tensor = candidate[0] if isinstance(candidate, (list, tuple)) else candidate
 
         def traced_step(*sa, **sk):
             out = step(*sa, **sk)
@@ -66,7 +67,7 @@ HOOK = '''
             if count[0] % _every == 0 or count[0] == case["iterations"]:
                 t0 = time.perf_counter()
                 _trace.append((t0 - start - _excluded[0], count[0],
-                               candidate.detach().clamp(0, 1).clone()))
+                               tensor.detach().clamp(0, 1).clone()))
                 _excluded[0] += time.perf_counter() - t0
             return out
 
