@@ -7,6 +7,9 @@ engine's own step (Inverting Gradients: cosine distance, TV, signed Adam, box), 
 and their medians reported (the machines are noisy).
 
     .venv/bin/python benchmarks/attack_speed.py [--repeats 20] [--batches 1 8]
+
+``--restarts R`` instead times whole R-restart attacks with ``attack.batch_restarts`` off and on
+(interleaved medians), the measurement behind ``batch_restarts=auto`` (batched on CUDA only).
 """
 
 from __future__ import annotations
@@ -71,6 +74,27 @@ def measure(model: torch.nn.Module, batch: int, repeats: int) -> tuple[float, fl
     return statistics.median(train), statistics.median(attack)
 
 
+def restart_batching(model: torch.nn.Module, batch: int, restarts: int, iterations: int,
+                     repeats: int) -> dict[str, float]:
+    """Median seconds of a whole ``restarts``-restart attack with ``attack.batch_restarts`` off
+    (one after another, autograd) and on (one vmapped functional problem), interleaved."""
+    x, y = torch.rand(batch, 3, 32, 32), torch.arange(batch) % 10
+    setup = ClientSetup.from_config(ClientConfig(), batch)
+    obs = observe(model=model, update=client_update(model, x, y, setup, seed=0),
+                  threat=ThreatModel.from_config(ThreatConfig()), setup=setup, labels=y,
+                  input_shape=(3, 32, 32), num_classes=10)
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    for r in range(repeats + 1):
+        for mode in ("off", "on") if r % 2 == 0 else ("on", "off"):
+            attack = build_attack(AttackConfig(name="ig", iterations=iterations, restarts=restarts,
+                                               batch_restarts=mode))
+            start = time.perf_counter()
+            attack(obs, seed=0)
+            if r > 0:  # the first round warms both paths up
+                times[mode].append(time.perf_counter() - start)
+    return {mode: statistics.median(t) for mode, t in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=20)
@@ -79,8 +103,22 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--dense", action="store_true",
                         help="never factor linear-layer gradients (the engine before lowrank.py)")
+    parser.add_argument("--restarts", type=int, default=0,
+                        help="instead: time whole attacks with this many restarts, batched or not")
+    parser.add_argument("--iterations", type=int, default=20, help="with --restarts")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.restarts:
+        print(f"{'model':18} {'B':>3} {'R':>3} {'sequential s':>13} {'batched s':>10} {'ratio':>6}")
+        for label in args.models:
+            torch.manual_seed(0)
+            model = build_model(MODELS[label], num_classes=10, channels=3, resolution=32,
+                                mean=(0.5,) * 3, std=(0.25,) * 3).eval()
+            for batch in args.batches:
+                t = restart_batching(model, batch, args.restarts, args.iterations, args.repeats)
+                print(f"{label:18} {batch:>3} {args.restarts:>3} {t['off']:>13.3f} {t['on']:>10.3f} "
+                      f"{t['on'] / t['off']:>6.2f}", flush=True)
+        return
     if args.dense:
         lowrank.MIN_WEIGHTS = float("inf")
     print(f"{'model':18} {'B':>3} {'train step s':>13} {'attack it s':>12} {'ratio':>6}")
