@@ -130,6 +130,18 @@ class AttackConfig:
     group_weight: float = _opt(0.01, minimum=0.0, help="weight of the group-consistency prior")
     group_every: int = _opt(100, minimum=1, help="iterations between consensus updates (the "
                             "first at this iteration: members start independent)")
+    stop: bool = _opt(False, help="GIA-O: end a restart once its gradient loss stops improving "
+                      "(a plateau first brings the next lr decay forward; see stop_window)")
+    stop_tolerance: float = _opt(1e-3, minimum=0.0, help="attack.stop: a plateau is a relative "
+                                 "improvement of the best gradient loss <= this over stop_window")
+    stop_window: int = _opt(100, minimum=1, help="attack.stop: iterations per plateau test; never "
+                            "stops before this many iterations")
+    max_seconds: float | None = _opt(None, minimum=0.0, help="GIA-O: wall-clock budget of the "
+                                     "attack, split evenly over its restarts (null: none)")
+    compile: bool = _opt(False, help="GIA-O: torch.compile the functional objective (falls back "
+                         "to the autograd path with a warning where it cannot)")
+    batch_restarts: str = _opt("auto", choices=("auto", "on", "off"),
+                               help="GIA-O: run restarts as one vmapped problem; auto = on CUDA only")
     generator: str | None = _opt(None, help="gias/ggl: generator.pt from `gradleak train-generator`")
     latent_iterations: int = _opt(400, minimum=1, help="gias stage 1: latent search steps")
     generator_iterations: int = _opt(600, minimum=0,

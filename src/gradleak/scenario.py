@@ -303,6 +303,7 @@ class Scenario:
             "thresholds": score.thresholds,
             "wsrr_initializations": score.wsrr_initializations,
             "iterations": recon.iterations,
+            "iterations_used": recon.iterations_used,
             "seconds": round(seconds, 3),
             "attack_seconds": round(attack_seconds, 3),
             "attack_losses": recon.losses,

@@ -76,6 +76,7 @@ class Reconstruction:
     iterations: int
     label_source: str
     history: list[float] = field(default_factory=list)
+    iterations_used: list[int] = field(default_factory=list)  # per restart (attack.stop may end one early)
 
 
 @dataclass(frozen=True)

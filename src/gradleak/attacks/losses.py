@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import torch
 from torch.autograd.function import once_differentiable
 
+from gradleak.attacks.lowrank import LowRankGradient
+
 _EPS = 1e-12
 
 
@@ -102,12 +104,27 @@ def _check(dummy: Sequence[torch.Tensor], observed: Sequence[torch.Tensor]) -> N
                          f"{len(dummy)} and {len(observed)}")
 
 
-def cosine_distance(dummy: Sequence[torch.Tensor], observed: Sequence[torch.Tensor],
+def _factored_cosine(dummy, observed, weights) -> torch.Tensor:
+    """The cosine distance where some dummy entries are factored (``LowRankGradient``)."""
+    dot = norm_d = norm_o = observed[0].new_zeros(())
+    for w, d, o in zip(weights, dummy, observed, strict=True):
+        if isinstance(d, LowRankGradient):
+            dot, norm_d = dot + w * d.dot(o), norm_d + w * d.squared_norm()
+        else:
+            dot, norm_d = dot + w * _dot(d, o), norm_d + w * _dot(d, d)
+        norm_o = norm_o + w * _dot(o, o)
+    return 1 - dot / (norm_d.sqrt() * norm_o.sqrt()).clamp_min(_EPS)
+
+
+def cosine_distance(dummy: Sequence[torch.Tensor | LowRankGradient], observed: Sequence[torch.Tensor],
                     weights: Sequence[float] | None = None) -> torch.Tensor:
     """1 - cosine similarity of the layers' gradients taken jointly as one vector
-    (Geiping et al. 2020, Eq. 4)."""
+    (Geiping et al. 2020, Eq. 4). Dummy entries may be factored linear-layer gradients
+    (:class:`gradleak.attacks.lowrank.LowRankGradient`)."""
     _check(dummy, observed)
     w = list(_weights(len(dummy), weights))
+    if any(isinstance(d, LowRankGradient) for d in dummy):
+        return _factored_cosine(dummy, observed, w)
     if any(o.requires_grad for o in observed):
         return _plain_cosine(dummy, observed, w)
     return _Cosine.apply(w, len(dummy), *dummy, *observed)
@@ -118,9 +135,14 @@ def l2_distance(dummy: Sequence[torch.Tensor], observed: Sequence[torch.Tensor],
     """Sum of squared differences over layers (DLG, Zhu et al. 2019)."""
     _check(dummy, observed)
     w = list(_weights(len(dummy), weights))
+    dummy = [d.dense() if isinstance(d, LowRankGradient) else d for d in dummy]
     if any(o.requires_grad for o in observed):
         return _plain_l2(dummy, observed, w)
     return _L2.apply(w, len(dummy), *dummy, *observed)
 
 
 DISTANCES = {"cosine": cosine_distance, "l2": l2_distance}
+
+# Plain autograd formulas (twice differentiable, torch.func-compatible): the functional and
+# compiled objective (gradleak.attacks.functional) uses these.
+PLAIN_DISTANCES = {"cosine": _plain_cosine, "l2": _plain_l2}
