@@ -14,7 +14,7 @@ import yaml
 
 from gradleak.attacks import build_attack, observe
 from gradleak.config import AttackConfig, ClientConfig, ModelConfig, ThreatConfig
-from gradleak.fl.client import ClientSetup, client_update
+from gradleak.fl.client import ClientSetup, client_round
 from gradleak.models import build_model
 from gradleak.threat import ThreatModel
 from tests.conftest import photo
@@ -58,11 +58,13 @@ def make_case(case: str, seed: int):
                       channels=3, resolution=16, mean=(0.5,) * 3, std=(0.25,) * 3).eval()
     client = ClientConfig(protocol=protocol, local_epochs=1, batch_size=1, lr=0.1)
     setup = ClientSetup.from_config(client, batch)
-    update = client_update(net, images, labels, setup, seed=seed)
+    rnd = client_round(net, images, labels, setup, seed=seed)
+    update = rnd.update
     threat = ThreatConfig(knows_bn_statistics=norm == "batch",
                           knows_client_config=protocol == "fedavg")
     obs = observe(model=net, update=update, threat=ThreatModel.from_config(threat), setup=setup,
-                  labels=labels, input_shape=tuple(images.shape[1:]), num_classes=10)
+                  labels=labels, input_shape=tuple(images.shape[1:]), num_classes=10,
+                  bn_statistics=rnd.bn_statistics)
     cfg = attack_config(attack_name, iterations=30, **overrides)
     return build_attack(cfg), obs
 
