@@ -80,7 +80,8 @@ def matching_setup(obs: Observation, layers: Sequence[str] | None) -> MatchingSe
     set_bn_mode(model, obs.bn_mode, dropout=False)
     for p in model.parameters():
         p.requires_grad_(True)
-    all_names = [n for n, _ in model.named_parameters()]
+    # The parameters the client trained and shared (a user model may freeze some).
+    all_names = [n for n, _ in model.named_parameters() if n in obs.update.tensors]
     chosen = select_layers(all_names, layers)
     by_name = dict(model.named_parameters())
     simulate = obs.protocol == "fedavg" and obs.client is not None
