@@ -39,12 +39,12 @@ demo: $(STAMP)
 	OMP_NUM_THREADS=2 $(BIN)/gradleak audit --out $(DEMO_OUT)
 
 test: $(STAMP) browser datasets
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 	OMP_NUM_THREADS=1 GRADLEAK_REQUIRE_CHROMIUM=1 GRADLEAK_REQUIRE_FASHION_MNIST=1 \
 		$(BIN)/python -m pytest tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) reports
