@@ -301,6 +301,20 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
+def unflatten(items: dict[str, Any] | list[tuple[str, Any]]) -> dict[str, Any]:
+    """``{"a.b": 1}`` (or ``[("a.b", 1)]``) -> ``{"a": {"b": 1}}``; later items win."""
+    tree: dict[str, Any] = {}
+    for key, value in (items.items() if isinstance(items, dict) else items):
+        node = tree
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise GradleakError(f"bad config key {key!r}: {part!r} is not a section")
+        node[last] = value
+    return tree
+
+
 def parse_override(item: str) -> tuple[str, str]:
     if "=" not in item:
         raise GradleakError(f"bad override {item!r}: expected key=value, e.g. attack.iterations=500")

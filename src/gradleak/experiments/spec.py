@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from gradleak.config import Config, load_config
+from gradleak.config import Config, load_config, unflatten
 from gradleak.errors import GradleakError
 
 PROFILES = ("quick", "paper")
@@ -69,7 +69,7 @@ class RunSpec:
         the ``${name}`` placeholders)."""
         items = {k: _substitute(v, resolve) for k, v in self.overrides.items()}
         items["seed"] = self.seed
-        return load_config(base=_unflatten(items))
+        return load_config(base=unflatten(items))
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "experiment": self.experiment, "kind": self.kind,
@@ -166,19 +166,6 @@ def _substitute(value: Any, resolve: dict[str, str] | None) -> Any:
     if "${" in value:
         raise GradleakError(f"unresolved artifact in {value!r}; prepared: {', '.join(resolve) or 'none'}")
     return value
-
-
-def _unflatten(items: dict[str, Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for key, value in items.items():
-        node = tree
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise GradleakError(f"bad config key {key!r}: {part!r} is not a section")
-        node[last] = value
-    return tree
 
 
 def experiments_dir() -> Path:

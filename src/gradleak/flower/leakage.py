@@ -22,7 +22,7 @@ from torch import nn
 
 from gradleak.attacks import build_attack
 from gradleak.attacks.base import Reconstruction
-from gradleak.config import Config, flatten, load_config, parse_override
+from gradleak.config import Config, flatten, load_config, parse_override, unflatten
 from gradleak.data.base import TensorImageDataset
 from gradleak.errors import GradleakError
 from gradleak.fl.client import SharedUpdate
@@ -58,20 +58,6 @@ def probe_config(attack: str, budget: int | None, config: ConfigSpec, *,
     # Unknown attacks and attacks needing ungranted knowledge are refused now, not in round 1.
     threat.require(build_attack(cfg.attack).needs(), who=f"attack {cfg.attack.name!r}")
     return cfg
-
-
-def unflatten(items: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``[("a.b", 1)]`` -> ``{"a": {"b": 1}}``; later items win."""
-    tree: dict[str, Any] = {}
-    for key, value in items:
-        *sections, last = key.split(".")
-        node = tree
-        for section in sections:
-            node = node.setdefault(section, {})
-            if not isinstance(node, dict):
-                raise GradleakError(f"config key {key!r} is not inside a section")
-        node[last] = value
-    return tree
 
 
 @contextmanager
