@@ -7,7 +7,7 @@ from gradleak.attacks import build_attack
 from gradleak.attacks.priors import group_consistency
 from gradleak.config import AttackConfig, load_config
 from gradleak.errors import GradleakError
-from tests.test_attack_ig import _observe
+from tests.attacks.test_inverting_gradients import _observe
 
 
 def _spread(candidates: torch.Tensor) -> float:

@@ -8,7 +8,7 @@ from gradleak.attacks import build_attack
 from gradleak.attacks.priors import total_variation
 from gradleak.config import AttackConfig
 from gradleak.errors import GradleakError
-from tests.test_attack_ig import _observe
+from tests.attacks.test_inverting_gradients import _observe
 
 
 def _conv_tv(x: torch.Tensor) -> torch.Tensor:
