@@ -143,6 +143,64 @@ def _save_samples(path: Path, generator: DCGANGenerator, noise: torch.Tensor,
     atomic_write(path, lambda p: save_image(grid, p, format="png"))
 
 
+@dataclass
+class _GAN:
+    """The training state: both networks, their optimisers, the sampling RNG and the fixed
+    noise (and labels) of the sample grid."""
+
+    gen: DCGANGenerator
+    disc: DCGANDiscriminator
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    rng: torch.Generator
+    noise: torch.Tensor
+    sample_labels: torch.Tensor | None
+
+    @classmethod
+    def build(cls, settings: GeneratorTraining, dataset: ImageDataset) -> _GAN:
+        num_classes = dataset.num_classes
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(settings.seed)
+            gen = DCGANGenerator(settings.latent_dim, dataset.channels, dataset.resolution,
+                                 num_classes=num_classes, conditional=settings.conditional,
+                                 width=settings.width)
+            disc = DCGANDiscriminator(dataset.channels, dataset.resolution, num_classes=num_classes,
+                                      conditional=settings.conditional, width=settings.width)
+        betas = (settings.beta1, settings.beta2)
+        opt_g = torch.optim.Adam(gen.parameters(), lr=settings.lr, betas=betas)
+        opt_d = torch.optim.Adam(disc.parameters(), lr=settings.lr, betas=betas)
+        rng = torch.Generator().manual_seed(settings.seed)
+        # A separate stream so the grid shows the same latents at every checkpoint.
+        fixed = torch.Generator().manual_seed(settings.seed + 7919)
+        noise = torch.randn(64, settings.latent_dim, generator=fixed)
+        sample_labels = torch.arange(64) % num_classes if settings.conditional else None
+        return cls(gen, disc, opt_g, opt_d, rng, noise, sample_labels)
+
+    def load(self, state: dict[str, Any]) -> int:
+        """Restore a checkpoint's state; returns its step."""
+        self.gen.load_state_dict(state["generator"])
+        self.disc.load_state_dict(state["discriminator"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.rng.set_state(state["rng"])
+        return int(state["step"])
+
+    def save_outputs(self, out: Path, step: int, identity: dict[str, Any]) -> None:
+        """``generator.pt`` and ``samples.png``."""
+        save_generator(out / GENERATOR, self.gen, step=step, data=identity)
+        _save_samples(out / SAMPLES, self.gen, self.noise, self.sample_labels)
+
+    def save_all(self, out: Path, step: int, settings: GeneratorTraining,
+                 identity: dict[str, Any]) -> None:
+        """The checkpoint (atomically), then the generator and the sample grid."""
+        blob = {"step": step, "generator": self.gen.state_dict(),
+                "discriminator": self.disc.state_dict(), "opt_g": self.opt_g.state_dict(),
+                "opt_d": self.opt_d.state_dict(), "rng": self.rng.get_state(),
+                "settings": dataclasses.asdict(settings), "data": identity}
+        atomic_write(out / CHECKPOINT, lambda p: torch.save(blob, p))
+        self.save_outputs(out, step, identity)
+
+
 def train_generator(data: DataConfig, out: str | Path, settings: GeneratorTraining | None = None, *,
                     fresh: bool = False, progress: bool = True,
                     log: Callable[[str], None] = lambda _m: None) -> TrainResult:
@@ -159,79 +217,62 @@ def train_generator(data: DataConfig, out: str | Path, settings: GeneratorTraini
     if len(images) == 0:
         raise GradleakError(f"dataset {data.dataset!r} ({data.split}) is empty: nothing to train on")
     identity = _data_identity(data, dataset)
-    num_classes = dataset.num_classes
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(settings.seed)
-        gen = DCGANGenerator(settings.latent_dim, dataset.channels, dataset.resolution,
-                             num_classes=num_classes, conditional=settings.conditional,
-                             width=settings.width)
-        disc = DCGANDiscriminator(dataset.channels, dataset.resolution, num_classes=num_classes,
-                                  conditional=settings.conditional, width=settings.width)
-    betas = (settings.beta1, settings.beta2)
-    opt_g = torch.optim.Adam(gen.parameters(), lr=settings.lr, betas=betas)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=settings.lr, betas=betas)
-    rng = torch.Generator().manual_seed(settings.seed)
-    # A separate stream so the grid shows the same latents at every checkpoint.
-    fixed = torch.Generator().manual_seed(settings.seed + 7919)
-    noise = torch.randn(64, settings.latent_dim, generator=fixed)
-    sample_labels = torch.arange(64) % num_classes if settings.conditional else None
+    gan = _GAN.build(settings, dataset)
 
     step = 0
     ckpt_path = out / CHECKPOINT
     if ckpt_path.is_file() and not fresh:
         state = _load_checkpoint(ckpt_path)
         _check_resumable(ckpt_path, state, settings, identity)
-        gen.load_state_dict(state["generator"])
-        disc.load_state_dict(state["discriminator"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        rng.set_state(state["rng"])
-        step = int(state["step"])
+        step = gan.load(state)
         log(f"resuming from step {step} of {ckpt_path}")
-
-    def save_all(at: int) -> None:
-        blob = {"step": at, "generator": gen.state_dict(), "discriminator": disc.state_dict(),
-                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "rng": rng.get_state(),
-                "settings": dataclasses.asdict(settings), "data": identity}
-        atomic_write(ckpt_path, lambda p: torch.save(blob, p))
-        save_generator(out / GENERATOR, gen, step=at, data=identity)
-        _save_samples(out / SAMPLES, gen, noise, sample_labels)
 
     start = step
     if step >= settings.steps:
         if not (out / GENERATOR).is_file() or not (out / SAMPLES).is_file():
-            save_generator(out / GENERATOR, gen, step=step, data=identity)
-            _save_samples(out / SAMPLES, gen, noise, sample_labels)
+            gan.save_outputs(out, step, identity)
         log(f"already trained to step {step} (>= --steps {settings.steps}): nothing to do")
         return TrainResult(start, step, out / GENERATOR, out / SAMPLES, time.perf_counter() - started)
 
     out.mkdir(parents=True, exist_ok=True)
-    gen.train()
-    disc.train()
+    step, loss_d, loss_g = _train_loop(gan, images, labels, step, settings, progress=progress,
+                                       save=lambda at: gan.save_all(out, at, settings, identity),
+                                       log=log, ckpt_path=ckpt_path)
+    return TrainResult(start, step, out / GENERATOR, out / SAMPLES, time.perf_counter() - started,
+                       float(loss_d.detach()), float(loss_g.detach()))
+
+
+def _train_loop(gan: _GAN, images: torch.Tensor, labels: torch.Tensor, step: int,
+                settings: GeneratorTraining, *, progress: bool, save: Callable[[int], None],
+                log: Callable[[str], None], ckpt_path: Path,
+                ) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """Steps from ``step`` to ``settings.steps``, checkpointing every ``checkpoint_every`` steps,
+    at the end and on Ctrl-C; returns the last step and losses."""
+    gan.gen.train()
+    gan.disc.train()
     loss_d = loss_g = torch.tensor(float("nan"))
     bar = tqdm(total=settings.steps, initial=step, disable=not progress, desc="train-generator",
                unit="step", dynamic_ncols=True)
-    aug = (lambda t: diff_augment(t, rng)) if settings.augment else (lambda t: t)
+    aug = (lambda t: diff_augment(t, gan.rng)) if settings.augment else (lambda t: t)
     try:
         with DeferredInterrupt() as interrupt:
             while step < settings.steps:
-                loss_d, loss_g = _step(gen, disc, opt_g, opt_d, images, labels, rng, aug, settings)
+                loss_d, loss_g = _step(gan.gen, gan.disc, gan.opt_g, gan.opt_d, images, labels,
+                                       gan.rng, aug, settings)
                 step += 1
                 bar.update(1)
                 if step % 10 == 0 or step == settings.steps:
                     bar.set_postfix(loss_d=f"{float(loss_d):.4g}", loss_g=f"{float(loss_g):.4g}")
                 if step % settings.checkpoint_every == 0 or step == settings.steps:
-                    save_all(step)
+                    save(step)
                 if interrupt.requested:  # Ctrl-C: checkpoint between steps, so resuming is exact
                     if step % settings.checkpoint_every and step != settings.steps:
-                        save_all(step)
+                        save(step)
                     log(f"interrupted: saved step {step} to {ckpt_path}; run again to resume")
                     raise KeyboardInterrupt
     finally:
         bar.close()
-    return TrainResult(start, step, out / GENERATOR, out / SAMPLES, time.perf_counter() - started,
-                       float(loss_d.detach()), float(loss_g.detach()))
+    return step, loss_d, loss_g
 
 
 def _step(gen: DCGANGenerator, disc: DCGANDiscriminator, opt_g: torch.optim.Optimizer,
