@@ -6,22 +6,42 @@ docs/extending.md. Every name registered here becomes a valid config value.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 from torch import nn
 
+from gradleak.attack_settings import AttackSettings
 from gradleak.attacks import register_attack
 from gradleak.attacks.base import Attack, AttackInfo, Observation, Reconstruction
 from gradleak.attacks.labels import infer_labels
-from gradleak.config import AttackConfig, DataConfig, ModelConfig
+from gradleak.config import DataConfig, ModelConfig
+from gradleak.config_values import option
 from gradleak.data import register_dataset
 from gradleak.data.base import TensorImageDataset
 from gradleak.defenses import map_tensors, register_defense
+from gradleak.errors import GradleakError
 from gradleak.fl.client import SharedUpdate
 from gradleak.models import register_model
 from gradleak.threat import Knowledge
 
 
-@register_attack("flat_guess")
+@dataclass
+class FlatGuessSettings(AttackSettings):
+    """The attack's own ``attack.*`` keys (beside the shared ``name``, ``labels``, ``adaptive``):
+    usable as ``attack.level=0.25`` on the command line, in YAML files and in sweeps."""
+
+    level: float = option(0.5, minimum=0.0, help="flat_guess: the grey level guessed, in [0, 1]")
+
+    def __post_init__(self) -> None:  # checked when the config is resolved, before any work
+        if not 0.0 <= self.level <= 1.0:
+            raise GradleakError(f"bad value {self.level} for attack.level: a grey level in [0, 1]")
+
+
+# Presets are data: flat_guess.yaml beside this file sets attack.labels=llg for this attack.
+@register_attack("flat_guess", settings=FlatGuessSettings,
+                 preset=Path(__file__).with_name("flat_guess.yaml"))
 class FlatGuess(Attack):
     """The null baseline: guess a flat image of one grey level for every sample.
 
@@ -37,9 +57,8 @@ class FlatGuess(Attack):
     def __init__(self, *, level: float = 0.5, labels: str = "llg") -> None:
         self.level, self.labels = level, labels
 
-    @classmethod
-    def from_config(cls, cfg: AttackConfig) -> FlatGuess:
-        return cls(labels="llg" if cfg.labels == "known" else cfg.labels)
+    def needs(self) -> frozenset[Knowledge]:
+        return self.requires | {Knowledge.LABELS} if self.labels == "known" else self.requires
 
     def run(self, obs: Observation, *, seed: int, progress: bool) -> Reconstruction:
         n = obs.num_samples

@@ -18,16 +18,11 @@ from typing import Any
 
 import yaml
 
-from gradleak.config_values import check_config, check_value, coerce, describe, parse_text
+from gradleak.attack_settings import AttackConfig, preset_file, retype, settings_for, unknown_key
+from gradleak.config_values import check_config, check_value, coerce, describe, option, parse_text
 from gradleak.errors import GradleakError
 
-
-def _opt(default: Any, *, choices: tuple | None = None, minimum: float | None = None,
-         help: str = "") -> Any:
-    meta = {"choices": choices, "minimum": minimum, "help": help}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
+_opt = option
 
 
 @dataclass
@@ -93,64 +88,6 @@ class ClientConfig:
     augment: str = _opt("none", choices=("none", "flip", "crop_flip"),
                         help="per-sample random flips / CIFAR crop (pad R/8) + flip")
     label_smoothing: float = _opt(0.0, minimum=0.0, help="cross-entropy label smoothing, < 1")
-
-
-@dataclass
-class AttackConfig:
-    name: str = _opt("ig", help="attack name, see `gradleak attacks`")
-    iterations: int = _opt(2000, minimum=1)
-    lr: float = _opt(0.1, minimum=0.0)
-    tv: float = _opt(1e-4, minimum=0.0, help="total-variation prior weight")
-    tv_border: str = _opt("none", choices=("none", "zero"),
-                          help="none: Geiping et al.'s TV; zero: breaching's, which also pulls the "
-                               "right/bottom edge pixels towards 0")
-    restarts: int = _opt(1, minimum=1)
-    labels: str = _opt("known", choices=("known", "idlg", "yin", "llg", "geng", "ilrg"))
-    init: str = _opt("randn", choices=("randn", "rand", "gray", "normal"),
-                     help="randn: mean + std * N(0, 1) in pixels; normal: N(0, 1) as in DLG")
-    lr_decay: bool = _opt(True, help="step decay x0.1 at 3/8, 5/8, 7/8 of the run")
-    bins: int = _opt(64, minimum=2, help="imprint: measurement bins k of the imprint module "
-                     "(keep k well above N so that samples rarely share a bin)")
-    distance: str = _opt("cosine", choices=("cosine", "l2"), help="gradient distance")
-    distance_scale: float = _opt(1.0, minimum=0.0, help="weight of the gradient distance")
-    optimizer: str = _opt("adam", choices=("adam", "lbfgs"))
-    signed: bool = _opt(True, help="Adam on the sign of the image gradient (Geiping et al.)")
-    box: bool = _opt(True, help="clamp images to [0, 1] after each step")
-    l2: float = _opt(0.0, minimum=0.0, help="image L2-norm prior weight")
-    bn: float = _opt(0.0, minimum=0.0, help="BN-statistics prior weight (GradInversion)")
-    bn_source: str = _opt("client", choices=("client", "running"),
-                          help="BN prior targets: the client's batch statistics (level 4) or the "
-                               "model's running statistics")
-    layers: list[str] | None = _opt(None, help="match only parameters with these name prefixes")
-    learn_labels: bool = _opt(False, help="optimise soft labels jointly (DLG)")
-    keep: str = _opt("last", choices=("last", "best"),
-                     help="GIA-O: return each restart's last iterate or its lowest-gradient-loss one")
-    group: int = _opt(1, minimum=1, help="GIA-O: members optimised jointly per restart from different "
-                      "seeds, pulled to their consensus (GradInversion's group consistency)")
-    group_weight: float = _opt(0.01, minimum=0.0, help="weight of the group-consistency prior")
-    group_every: int = _opt(100, minimum=1, help="iterations between consensus updates (the "
-                            "first at this iteration: members start independent)")
-    stop: bool = _opt(False, help="GIA-O: end a restart once its gradient loss stops improving "
-                      "(a plateau first brings the next lr decay forward; see stop_window)")
-    stop_tolerance: float = _opt(1e-3, minimum=0.0, help="attack.stop: a plateau is a relative "
-                                 "improvement of the best gradient loss <= this over stop_window")
-    stop_window: int = _opt(100, minimum=1, help="attack.stop: iterations per plateau test; never "
-                            "stops before this many iterations")
-    max_seconds: float | None = _opt(None, minimum=0.0, help="GIA-O: wall-clock budget of the "
-                                     "attack, split evenly over its restarts (null: none)")
-    compile: bool = _opt(False, help="GIA-O: torch.compile the functional objective (falls back "
-                         "to the autograd path with a warning where it cannot)")
-    batch_restarts: str = _opt("auto", choices=("auto", "on", "off"),
-                               help="GIA-O: run restarts as one vmapped problem; auto = on CUDA only")
-    generator: str | None = _opt(None, help="gias/ggl: generator.pt from `gradleak train-generator`")
-    latent_iterations: int = _opt(400, minimum=1, help="gias stage 1: latent search steps")
-    generator_iterations: int = _opt(600, minimum=0,
-                                     help="gias stage 2: per-image generator fine-tuning steps")
-    generator_lr: float = _opt(1e-3, minimum=0.0, help="gias stage 2 learning rate")
-    ggl_budget: int = _opt(2000, minimum=1, help="ggl: CMA-ES loss evaluations per restart")
-    adaptive: bool = _opt(False, help="apply the known defense (or a surrogate) to trial gradients")
-    rog_scale: int = _opt(4, minimum=1, help="rog: the optimised image is H/scale x W/scale")
-    postprocess: str | None = _opt(None, help="rog: post-processing network file (TorchScript)")
 
 
 @dataclass
@@ -261,6 +198,8 @@ def set_key(cfg: Config, key: str, value: Any) -> None:
     for depth, part in enumerate(parts):
         fields = _section_fields(target) if dataclasses.is_dataclass(target) else {}
         if part not in fields:
+            if depth == 1 and parts[0] == "attack":
+                raise unknown_key(cfg.attack.name, part)
             raise GradleakError(
                 f"unknown config key {key!r}; allowed keys: {', '.join(valid_keys(cfg))}"
             )
@@ -286,6 +225,8 @@ def set_key(cfg: Config, key: str, value: Any) -> None:
         check_value(key, value, coerced, choices=f.metadata.get("choices"),
                     minimum=f.metadata.get("minimum"))
         setattr(target, part, coerced)
+        if key == "attack.name":  # a plug-in attack's own keys come (and go) with its name
+            cfg.attack = retype(cfg.attack, coerced)
         return
 
 
@@ -345,10 +286,14 @@ def attack_preset(name: str) -> dict[str, Any]:
 def _attack_preset(name: str) -> dict[str, Any]:
     from importlib import resources
 
-    file = resources.files("gradleak").joinpath(f"configs/attacks/{name}.yaml")
+    file: Any = preset_file(name) or resources.files("gradleak").joinpath(
+        f"configs/attacks/{name}.yaml")
     if not file.is_file():
         return {}
-    return {"attack": yaml.safe_load(file.read_text()) or {}}
+    tree = yaml.safe_load(file.read_text()) or {}
+    if not isinstance(tree, dict):
+        raise GradleakError(f"attack preset {str(file)!r} must hold a mapping of attack keys")
+    return {"attack": tree}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
@@ -359,13 +304,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if path is not None:
         items += flatten(_read_yaml(path))
     items += [parse_override(item) for item in overrides]
+    # The last attack.name wins; it is set first, so every attack key is checked against the
+    # attack that runs (a plug-in's own keys are valid only with its name).
+    names = [value for key, value in items if key == "attack.name"]
+    items = [(key, value) for key, value in items if key != "attack.name"]
     probe = Config()
-    for key, value in items:  # validates every key once, and finds the attack's name
+    for key, value in [("attack.name", v) for v in names[-1:]] + items:  # validates every key once
         set_key(probe, key, value)
     cfg = Config()
+    set_key(cfg, "attack.name", probe.attack.name)
     for key, value in flatten(attack_preset(probe.attack.name)) + items:
         set_key(cfg, key, value)
     check_config(cfg)
+    settings_for(cfg.attack.name).of(cfg.attack)  # a family's own checks (its __post_init__)
     return cfg
 
 

@@ -6,6 +6,7 @@ failure is a one-line :class:`GradleakError` naming the key, the bad value and w
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import types
@@ -16,6 +17,15 @@ from typing import Any
 import yaml
 
 from gradleak.errors import GradleakError
+
+
+def option(default: Any, *, choices: tuple | None = None, minimum: float | None = None,
+           help: str = "") -> Any:
+    """A config field with its default, allowed ``choices``, ``minimum`` and one-line ``help``."""
+    meta = {"choices": choices, "minimum": minimum, "help": help}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 def describe(tp: Any) -> str:

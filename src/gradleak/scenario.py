@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from gradleak import metrics
+from gradleak.attack_settings import settings_for
 from gradleak.attacks import build_attack, observe
 from gradleak.attacks.base import Attack, Observation, Reconstruction
 from gradleak.config import Config
@@ -132,8 +133,8 @@ def generator_overlap(cfg: Config) -> list[str]:
     """A warning when a GIA-L attack's generator was trained on the very split the victim's
     samples are drawn from (its checkpoint records its training data): the generator may then
     have seen the victim, which makes the attack look stronger than a real adversary's."""
-    path = cfg.attack.generator
-    if not path or cfg.attack.name not in ("gias", "ggl"):
+    path = getattr(cfg.attack, "generator", None)
+    if not path or "generator" not in settings_for(cfg.attack.name).names():
         return []
     try:
         trained_on = torch.load(path, map_location="cpu", weights_only=True).get("data") or {}

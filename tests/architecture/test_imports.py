@@ -14,7 +14,8 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "gradleak"
 LAYERS: list[tuple[str, int]] = [
     ("gradleak.errors", 0), ("gradleak.registry", 0), ("gradleak.config", 0), ("gradleak.io", 0),
     ("gradleak.provenance", 0), ("gradleak.plugins", 0), ("gradleak.configs", 0),
-    ("gradleak.config_values", 0), ("gradleak.progress", 0), ("gradleak.argtypes", 0),
+    ("gradleak.config_values", 0), ("gradleak.attack_settings", 0), ("gradleak.progress", 0),
+    ("gradleak.argtypes", 0),
     ("gradleak.images", 1), ("gradleak.threat", 1), ("gradleak.data", 1), ("gradleak.models", 1),
     ("gradleak.metrics", 1),
     ("gradleak.generative", 2), ("gradleak.fl", 2), ("gradleak.defenses", 2),

@@ -30,10 +30,10 @@ import math
 import torch
 from torch import nn
 
+from gradleak.attack_settings import ImprintSettings
 from gradleak.attacks import register_attack
 from gradleak.attacks.base import Attack, AttackInfo, Observation, Reconstruction
 from gradleak.attacks.optimization import resolve_labels
-from gradleak.config import AttackConfig
 from gradleak.errors import GradleakError
 from gradleak.threat import Knowledge
 
@@ -119,10 +119,6 @@ class AnalyticLinear(Attack):
 
     def __init__(self, *, labels: str = "known") -> None:
         self.labels = labels
-
-    @classmethod
-    def from_config(cls, cfg: AttackConfig) -> AnalyticLinear:
-        return cls(labels=cfg.labels)
 
     def needs(self) -> frozenset[Knowledge]:
         return _label_needs(self.requires, self.labels)
@@ -221,16 +217,13 @@ class Imprint(Attack):
                       server="malicious", capability="active: crafts parameters (detectable)",
                       goal="data")
     requires = frozenset({Knowledge.BASIC, Knowledge.MALICIOUS})
+    settings = ImprintSettings
 
     def __init__(self, *, bins: int = 64, labels: str = "known") -> None:
         if bins < 2:
             raise GradleakError(f"bad value {bins} for attack.bins: must be >= 2")
         self.bins = bins
         self.labels = labels
-
-    @classmethod
-    def from_config(cls, cfg: AttackConfig) -> Imprint:
-        return cls(bins=cfg.bins, labels=cfg.labels)
 
     def needs(self) -> frozenset[Knowledge]:
         return _label_needs(self.requires, self.labels)

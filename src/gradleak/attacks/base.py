@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from gradleak.attack_settings import AttackSettings
 from gradleak.errors import GradleakError
 from gradleak.fl.client import ClientSetup, SharedUpdate
 from gradleak.threat import Knowledge, ThreatModel
@@ -92,11 +93,25 @@ class AttackInfo:
 
 
 class Attack:
-    """Base class: declare ``requires`` and ``info``; call the attack like a function."""
+    """Base class: declare ``requires``, ``info`` and ``settings``; call the attack like a function."""
 
     name: ClassVar[str]
     info: ClassVar[AttackInfo]
     requires: ClassVar[frozenset[Knowledge]] = frozenset({Knowledge.BASIC})
+    # The attack family's typed ``attack.*`` keys (a dataclass; see gradleak.attack_settings).
+    settings: ClassVar[type[AttackSettings]] = AttackSettings
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Attack:
+        """Build from the ``attack`` config section: read this family's :attr:`settings` from
+        it, then :meth:`from_settings`."""
+        return cls.from_settings(cls.settings.of(cfg))
+
+    @classmethod
+    def from_settings(cls, settings: AttackSettings) -> Attack:
+        """Each setting (but ``name`` and ``adaptive``) is the same-named constructor keyword;
+        override where names differ."""
+        return cls(**settings.values())
 
     def needs(self) -> frozenset[Knowledge]:
         """Knowledge needed with the current settings (subclasses add setting-dependent needs)."""

@@ -38,13 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradleak.attack_settings import GGLSettings
 from gradleak.attacks import register_attack
 from gradleak.attacks.base import Attack, AttackInfo, Observation, Reconstruction
 from gradleak.attacks.gias import attack_generator
 from gradleak.attacks.losses import l2_distance
 from gradleak.attacks.optimization import resolve_labels, select_layers
 from gradleak.attacks.simulate import batch_order, simulated_delta
-from gradleak.config import AttackConfig
 from gradleak.errors import GradleakError
 from gradleak.fl.client import SharedUpdate, set_bn_mode
 from gradleak.models.generator import DCGANGenerator
@@ -68,6 +68,7 @@ class GGL(Attack):
     name = "ggl"
     info = AttackInfo(paper="Li et al., CVPR 2022", strategy="GIA-L")
     requires = frozenset({Knowledge.BASIC, Knowledge.DATA_DISTRIBUTION})
+    settings = GGLSettings
 
     def __init__(self, *, generator: str | Path | DCGANGenerator | None = None, budget: int = 2000,
                  labels: str = "idlg", restarts: int = 1, distance_scale: float = 1.0,
@@ -81,10 +82,10 @@ class GGL(Attack):
         self.adaptive = adaptive or defense is not None
 
     @classmethod
-    def from_config(cls, cfg: AttackConfig) -> GGL:
-        return cls(generator=cfg.generator, budget=cfg.ggl_budget, labels=cfg.labels,
-                   restarts=cfg.restarts, distance_scale=cfg.distance_scale, layers=cfg.layers,
-                   adaptive=cfg.adaptive)
+    def from_settings(cls, settings: GGLSettings) -> GGL:
+        """``ggl_budget`` is the constructor's ``budget``; ``adaptive`` is passed on."""
+        kwargs = settings.values(exclude=("name",))
+        return cls(budget=kwargs.pop("ggl_budget"), **kwargs)
 
     def use_defense(self, defense: Callable[..., SharedUpdate]) -> None:
         """Give the attack the scenario's defense (``defense(update, generator=...)``)."""

@@ -28,11 +28,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from gradleak.attack_settings import GIASSettings
 from gradleak.attacks import register_attack
 from gradleak.attacks.base import AttackInfo, Observation, Reconstruction
 from gradleak.attacks.optimization import GradientMatchingAttack, resolve_labels
 from gradleak.attacks.simulate import batch_order
-from gradleak.config import AttackConfig
 from gradleak.errors import GradleakError
 from gradleak.models.generator import DCGANGenerator, load_generator
 from gradleak.progress import tqdm
@@ -73,6 +73,7 @@ class GIAS(GradientMatchingAttack):
     name = "gias"
     info = AttackInfo(paper="Jeon et al., NeurIPS 2021", strategy="GIA-L")
     requires = frozenset({Knowledge.BASIC, Knowledge.DATA_DISTRIBUTION})
+    settings = GIASSettings  # its keys are the constructor's keywords one to one
 
     def __init__(self, *, generator: GeneratorSpec = None, latent_iterations: int = 400,
                  generator_iterations: int = 600, generator_lr: float = 1e-3, lr: float = 0.1,
@@ -91,16 +92,6 @@ class GIAS(GradientMatchingAttack):
         self._net: DCGANGenerator | None = None
         self._classes: torch.Tensor | None = None
         self._finals: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    @classmethod
-    def from_config(cls, cfg: AttackConfig) -> GIAS:
-        return cls(generator=cfg.generator, latent_iterations=cfg.latent_iterations,
-                   generator_iterations=cfg.generator_iterations, generator_lr=cfg.generator_lr,
-                   lr=cfg.lr, restarts=cfg.restarts, labels=cfg.labels, lr_decay=cfg.lr_decay,
-                   distance=cfg.distance, distance_scale=cfg.distance_scale,
-                   optimizer=cfg.optimizer, signed=cfg.signed, tv=cfg.tv, l2=cfg.l2, bn=cfg.bn,
-                   bn_source=cfg.bn_source, layers=cfg.layers, learn_labels=cfg.learn_labels,
-                   tv_border=cfg.tv_border)
 
     # -- the engine's hooks: the free variable is z [N, latent_dim] ------------------------------
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradleak.attack_settings import MatchingSettings
 from gradleak.attacks import functional
 from gradleak.attacks.base import Attack, Observation, Reconstruction
 from gradleak.attacks.losses import DISTANCES
@@ -32,7 +33,6 @@ from gradleak.attacks.priors import TV_BORDERS, BatchNormStatistics, l2_norm, to
 from gradleak.attacks.restart import Candidate, Restart, RunContext, rank
 from gradleak.attacks.simulate import simulated_delta
 from gradleak.attacks.steps import StopRule
-from gradleak.config import AttackConfig
 from gradleak.errors import GradleakError
 from gradleak.fl.client import SharedUpdate
 from gradleak.progress import tqdm
@@ -40,12 +40,13 @@ from gradleak.threat import Knowledge
 
 __all__ = ["GradientMatchingAttack", "MatchingSetup", "resolve_labels", "select_layers"]
 
-# Engine options added after the paper attacks (issue 16); all off by default.
-SPEED_OPTIONS = ("stop", "stop_tolerance", "stop_window", "max_seconds", "compile", "batch_restarts")
-
 
 class GradientMatchingAttack(Attack):
-    """Base of the GIA-O attacks; subclasses set ``name``, ``info`` and their defaults file."""
+    """Base of the GIA-O attacks; subclasses set ``name``, ``info`` and their defaults file.
+    Its settings (:class:`~gradleak.attack_settings.MatchingSettings`) are its constructor's
+    keywords one to one."""
+
+    settings = MatchingSettings
 
     # Adaptive attacker (attack.adaptive): maps the dummy gradients of the matched parameters to
     # their defended version before the distance; see gradleak.attacks.adaptive.
@@ -112,19 +113,6 @@ class GradientMatchingAttack(Attack):
         if batch_restarts not in functional.BATCH_MODES:
             raise GradleakError(f"bad value {batch_restarts!r} for attack.batch_restarts; allowed: "
                                 f"{', '.join(functional.BATCH_MODES)}")
-
-    @classmethod
-    def config_kwargs(cls, cfg: AttackConfig) -> dict:
-        """The engine's constructor arguments from the attack config section."""
-        names = ("iterations", "lr", "restarts", "labels", "init", "lr_decay", "distance",
-                 "distance_scale", "optimizer", "signed", "box", "tv", "l2", "bn", "bn_source",
-                 "layers", "learn_labels", "keep", "group", "group_weight", "group_every",
-                 "tv_border", *SPEED_OPTIONS)
-        return {n: getattr(cfg, n) for n in names if hasattr(cfg, n)}
-
-    @classmethod
-    def from_config(cls, cfg: AttackConfig) -> GradientMatchingAttack:
-        return cls(**cls.config_kwargs(cfg))
 
     def needs(self) -> frozenset[Knowledge]:
         needs = set(self.requires)

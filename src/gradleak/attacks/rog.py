@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradleak.attack_settings import ROGSettings
 from gradleak.attacks import register_attack
 from gradleak.attacks.base import AttackInfo, Observation, Reconstruction
 from gradleak.attacks.optimization import GradientMatchingAttack
 from gradleak.attacks.postprocess import load_postprocess
-from gradleak.config import AttackConfig
 from gradleak.errors import GradleakError
 
 
@@ -39,6 +39,7 @@ class ROG(GradientMatchingAttack):
 
     name = "rog"
     info = AttackInfo(paper="Yue et al., USENIX Security 2023", strategy="GIA-O")
+    settings = ROGSettings
 
     def __init__(self, *, scale: int = 4, postprocess: str | Path | nn.Module | None = None,
                  **kwargs) -> None:
@@ -49,14 +50,10 @@ class ROG(GradientMatchingAttack):
         self._size: tuple[int, int] | None = None
 
     @classmethod
-    def from_config(cls, cfg: AttackConfig) -> ROG:
-        return cls(scale=cfg.rog_scale, postprocess=cfg.postprocess, iterations=cfg.iterations,
-                   lr=cfg.lr, restarts=cfg.restarts, labels=cfg.labels, init=cfg.init,
-                   lr_decay=cfg.lr_decay, distance=cfg.distance, distance_scale=cfg.distance_scale,
-                   optimizer=cfg.optimizer, signed=cfg.signed, box=cfg.box, tv=cfg.tv, l2=cfg.l2,
-                   bn=cfg.bn, bn_source=cfg.bn_source, layers=cfg.layers, learn_labels=cfg.learn_labels,
-                   keep=cfg.keep, group=cfg.group, group_weight=cfg.group_weight,
-                   group_every=cfg.group_every, tv_border=cfg.tv_border)
+    def from_settings(cls, settings: ROGSettings) -> ROG:
+        """``rog_scale`` is the constructor's ``scale``; every engine option passes through."""
+        kwargs = settings.values()
+        return cls(scale=kwargs.pop("rog_scale"), **kwargs)
 
     def initial(self, obs: Observation, model: nn.Module, generator: torch.Generator) -> torch.Tensor:
         c, h, w = obs.input_shape

@@ -1,0 +1,254 @@
+"""Typed ``attack.*`` settings, one dataclass per attack family.
+
+Each attack class names its family's dataclass (``Attack.settings``); the family declares the keys
+it reads, with their defaults, allowed values and help. The families share their common keys by
+inheritance::
+
+    AttackSettings      name, labels, adaptive                    analytic
+    ├─ ImprintSettings      + bins                                imprint
+    └─ SearchSettings       + restarts, layers, distance_scale
+       ├─ GGLSettings           + generator, ggl_budget           ggl
+       └─ ObjectiveSettings     + lr, distance, priors, ...
+          ├─ GIASSettings           + generator, latent/generator iterations, generator_lr   gias
+          └─ MatchingSettings       + iterations, init, box, engine options   dlg idlg ig gradinversion
+             └─ ROGSettings             + rog_scale, postprocess      rog
+
+The config's ``attack`` section is :class:`AttackConfig`, the union of the built-in families (so
+every built-in key is accepted whatever the attack, as it always was, and a config's digest does
+not depend on which families exist). A plug-in attack whose settings add keys (or change a
+default) gets a section class that extends :class:`AttackConfig` with them
+(:func:`section_class`); its keys are valid only while ``attack.name`` names it. A plug-in may also
+ship a preset file (:func:`register_settings`), like ``configs/attacks/<name>.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gradleak.config_values import option
+from gradleak.errors import GradleakError
+
+S = TypeVar("S", bound="AttackSettings")
+LABEL_RULES = ("known", "idlg", "yin", "llg", "geng", "ilrg")
+
+
+@dataclass
+class AttackSettings:
+    """Keys every attack has (analytic's whole family)."""
+
+    name: str = option("ig", help="attack name, see `gradleak attacks`")
+    labels: str = option("known", choices=LABEL_RULES)
+    adaptive: bool = option(False, help="apply the known defense (or a surrogate) to trial gradients")
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """The keys of this family, in declaration order."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def of(cls: type[S], section: Any) -> S:
+        """This family's settings read from a config ``section`` (keys it lacks keep defaults)."""
+        return cls(**{k: getattr(section, k) for k in cls.names() if hasattr(section, k)})
+
+    def values(self, *, exclude: tuple[str, ...] = ("name", "adaptive")) -> dict[str, Any]:
+        """The settings as constructor keywords (``name`` and ``adaptive`` are the scenario's)."""
+        return {k: getattr(self, k) for k in self.names() if k not in exclude}
+
+
+@dataclass
+class ImprintSettings(AttackSettings):
+    bins: int = option(64, minimum=2, help="imprint: measurement bins k of the imprint module "
+                       "(keep k well above N so that samples rarely share a bin)")
+
+
+@dataclass
+class SearchSettings(AttackSettings):
+    """Attacks that search for data whose gradient is close to the observed one."""
+
+    restarts: int = option(1, minimum=1)
+    layers: list[str] | None = option(None, help="match only parameters with these name prefixes")
+    distance_scale: float = option(1.0, minimum=0.0, help="weight of the gradient distance")
+
+
+@dataclass
+class _GeneratorKey:
+    generator: str | None = option(None, help="gias/ggl: generator.pt from `gradleak train-generator`")
+
+
+@dataclass
+class GGLSettings(_GeneratorKey, SearchSettings):
+    ggl_budget: int = option(2000, minimum=1, help="ggl: CMA-ES loss evaluations per restart")
+
+
+@dataclass
+class ObjectiveSettings(SearchSettings):
+    """A gradient-descent objective: gradient distance plus priors, and its optimiser."""
+
+    lr: float = option(0.1, minimum=0.0)
+    lr_decay: bool = option(True, help="step decay x0.1 at 3/8, 5/8, 7/8 of the run")
+    distance: str = option("cosine", choices=("cosine", "l2"), help="gradient distance")
+    optimizer: str = option("adam", choices=("adam", "lbfgs"))
+    signed: bool = option(True, help="Adam on the sign of the image gradient (Geiping et al.)")
+    tv: float = option(1e-4, minimum=0.0, help="total-variation prior weight")
+    tv_border: str = option("none", choices=("none", "zero"),
+                            help="none: Geiping et al.'s TV; zero: breaching's, which also pulls the "
+                                 "right/bottom edge pixels towards 0")
+    l2: float = option(0.0, minimum=0.0, help="image L2-norm prior weight")
+    bn: float = option(0.0, minimum=0.0, help="BN-statistics prior weight (GradInversion)")
+    bn_source: str = option("client", choices=("client", "running"),
+                            help="BN prior targets: the client's batch statistics (level 4) or the "
+                                 "model's running statistics")
+    learn_labels: bool = option(False, help="optimise soft labels jointly (DLG)")
+
+
+@dataclass
+class GIASSettings(_GeneratorKey, ObjectiveSettings):
+    latent_iterations: int = option(400, minimum=1, help="gias stage 1: latent search steps")
+    generator_iterations: int = option(600, minimum=0,
+                                       help="gias stage 2: per-image generator fine-tuning steps")
+    generator_lr: float = option(1e-3, minimum=0.0, help="gias stage 2 learning rate")
+
+
+@dataclass
+class MatchingSettings(ObjectiveSettings):
+    """The GIA-O engine (:class:`gradleak.attacks.optimization.GradientMatchingAttack`)."""
+
+    iterations: int = option(2000, minimum=1)
+    init: str = option("randn", choices=("randn", "rand", "gray", "normal"),
+                       help="randn: mean + std * N(0, 1) in pixels; normal: N(0, 1) as in DLG")
+    box: bool = option(True, help="clamp images to [0, 1] after each step")
+    keep: str = option("last", choices=("last", "best"),
+                       help="GIA-O: return each restart's last iterate or its lowest-gradient-loss one")
+    group: int = option(1, minimum=1, help="GIA-O: members optimised jointly per restart from "
+                        "different seeds, pulled to their consensus (GradInversion's group "
+                        "consistency)")
+    group_weight: float = option(0.01, minimum=0.0, help="weight of the group-consistency prior")
+    group_every: int = option(100, minimum=1, help="iterations between consensus updates (the "
+                              "first at this iteration: members start independent)")
+    stop: bool = option(False, help="GIA-O: end a restart once its gradient loss stops improving "
+                        "(a plateau first brings the next lr decay forward; see stop_window)")
+    stop_tolerance: float = option(1e-3, minimum=0.0, help="attack.stop: a plateau is a relative "
+                                   "improvement of the best gradient loss <= this over stop_window")
+    stop_window: int = option(100, minimum=1, help="attack.stop: iterations per plateau test; "
+                              "never stops before this many iterations")
+    max_seconds: float | None = option(None, minimum=0.0, help="GIA-O: wall-clock budget of the "
+                                       "attack, split evenly over its restarts (null: none)")
+    compile: bool = option(False, help="GIA-O: torch.compile the functional objective (falls "
+                           "back to the autograd path with a warning where it cannot)")
+    batch_restarts: str = option("auto", choices=("auto", "on", "off"),
+                                 help="GIA-O: run restarts as one vmapped problem; auto = on CUDA only")
+
+
+@dataclass
+class ROGSettings(MatchingSettings):
+    rog_scale: int = option(4, minimum=1, help="rog: the optimised image is H/scale x W/scale")
+    postprocess: str | None = option(None, help="rog: post-processing network file (TorchScript)")
+
+
+@dataclass
+class AttackConfig(ROGSettings, GIASSettings, GGLSettings, ImprintSettings):
+    """The ``attack`` config section: every built-in family's keys (see the module docstring)."""
+
+
+# --- which settings each attack name has ----------------------------------------------------
+
+# The built-in attacks' families, known without importing the attacks (and torch), so that a bad
+# key fails before any heavy import; gradleak.attacks registers the same classes (and checks).
+_SETTINGS: dict[str, type[AttackSettings]] = {
+    "analytic": AttackSettings, "imprint": ImprintSettings, "ggl": GGLSettings,
+    "gias": GIASSettings, "rog": ROGSettings, "dlg": MatchingSettings, "idlg": MatchingSettings,
+    "ig": MatchingSettings, "gradinversion": MatchingSettings,
+}
+_PRESETS: dict[str, Path] = {}
+_HINTS = typing.get_type_hints(AttackConfig)
+
+
+def register_settings(name: str, settings: type[AttackSettings],
+                      preset: str | Path | None = None) -> None:
+    """Declare attack ``name``'s settings class and, optionally, its preset YAML file (a mapping
+    of ``attack.*`` keys without the prefix). Called by ``register_attack``."""
+    if not (isinstance(settings, type) and issubclass(settings, AttackSettings)
+            and dataclasses.is_dataclass(settings)):
+        raise GradleakError(f"attack {name!r}: settings must be a dataclass subclassing "
+                            "gradleak.attack_settings.AttackSettings")
+    known = _SETTINGS.get(name)
+    if known is not None and known is not settings:
+        raise GradleakError(f"attack {name!r} already has settings {known.__name__}")
+    if preset is not None and not Path(preset).is_file():
+        raise GradleakError(f"attack {name!r}: preset file {str(preset)!r} does not exist")
+    _SETTINGS[name] = settings
+    if preset is not None:
+        _PRESETS[name] = Path(preset)
+
+
+def settings_for(name: str) -> type[AttackSettings]:
+    """The settings class of attack ``name`` (the full :class:`AttackConfig` if unknown)."""
+    return _SETTINGS.get(name, AttackConfig)
+
+
+def preset_file(name: str) -> Path | None:
+    """A plug-in's preset file for attack ``name``, if it declared one."""
+    return _PRESETS.get(name)
+
+
+def section_class(name: str) -> type[AttackConfig]:
+    """The config section class while ``attack.name`` is ``name``: :class:`AttackConfig`, or a
+    subclass with the keys (and changed defaults) of a plug-in's settings."""
+    return _section_class(name, settings_for(name))
+
+
+@functools.cache
+def _section_class(name: str, settings: type[AttackSettings]) -> type[AttackConfig]:
+    base = {f.name: f for f in dataclasses.fields(AttackConfig)}
+    hints = typing.get_type_hints(settings)
+    own = [f for f in dataclasses.fields(settings) if f.name not in base
+           or _default(f) != _default(base[f.name]) or hints[f.name] != _HINTS[f.name]]
+    if not own:
+        return AttackConfig
+    qualname = f"AttackConfig_{name}"
+    cls = dataclasses.make_dataclass(
+        qualname, [(f.name, hints[f.name], _copy(f)) for f in own], bases=(AttackConfig,),
+        namespace={"__module__": __name__})
+    setattr(sys.modules[__name__], qualname, cls)  # so that pickle finds it by name
+    return cls
+
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _copy(f: dataclasses.Field) -> dataclasses.Field:
+    if f.default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=f.default_factory, metadata=f.metadata)
+    return dataclasses.field(default=f.default, metadata=f.metadata)
+
+
+def retype(section: Any, name: str) -> Any:
+    """``section`` as the section class of attack ``name``: keys both classes have keep their
+    values where they differ from the old class's defaults; the rest take the new defaults."""
+    cls = section_class(name)
+    if type(section) is cls:
+        return section
+    old = {f.name: f for f in dataclasses.fields(section)}
+    values = {f.name: getattr(section, f.name) for f in dataclasses.fields(cls)
+              if f.name in old and getattr(section, f.name) != _default(old[f.name])}
+    return cls(**{**values, "name": name})
+
+
+def unknown_key(name: str, key: str) -> GradleakError:
+    """The one-line error for ``attack.<key>`` that attack ``name`` does not have."""
+    owners = sorted(n for n, s in _SETTINGS.items() if key in s.names())
+    where = f" (a setting of attack {', '.join(owners)})" if owners else ""
+    allowed = settings_for(name).names()
+    return GradleakError(f"unknown config key 'attack.{key}' for attack {name!r}{where}; "
+                         f"allowed for {name}: {', '.join(allowed)} (and the other built-in "
+                         "attacks' keys)")

@@ -1,0 +1,173 @@
+"""Typed attack settings: each family declares its keys; built-in keys, defaults and config digests
+stay what they were; a plug-in's own keys work from the CLI, presets and sweeps, and only there."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+
+from gradleak import attack_settings
+from gradleak.attack_settings import (
+    AttackConfig,
+    AttackSettings,
+    GGLSettings,
+    GIASSettings,
+    ImprintSettings,
+    MatchingSettings,
+    ROGSettings,
+    register_settings,
+)
+from gradleak.attacks import ATTACKS, build_attack
+from gradleak.cli import main
+from gradleak.config import Config, config_from_dict, load_config, set_key
+from gradleak.errors import GradleakError
+from gradleak.plugins import load_plugins
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plugins" / "my_plugin.py"
+
+# Digests of configs resolved by commit 18a9afe (before typed settings): sweeps resume on them.
+KNOWN_DIGESTS = {
+    (): "e7708b0f35312a4c",
+    ("attack.name=rog",): "19d1d11c987b1f13",
+    ("attack.name=gias", "attack.generator=g.pt"): "920958a65deef00d",
+    ("attack.name=ggl",): "b6d3e03d2fc788f9",
+    ("attack.name=imprint", "model.name=mlp"): "a5b80a614b652117",
+    ("attack.name=dlg", "data.num_samples=2"): "42baccbf28020d74",
+    ("attack.name=analytic",): "9cb1959649a2f1ba",
+    ("attack.name=gradinversion",): "0c327383e4861f01",
+}
+
+# Every attack.* key that existed before, with its default (contract: same key, same meaning).
+LEGACY_DEFAULTS = {
+    "name": "ig", "iterations": 2000, "lr": 0.1, "tv": 1e-4, "tv_border": "none", "restarts": 1,
+    "labels": "known", "init": "randn", "lr_decay": True, "bins": 64, "distance": "cosine",
+    "distance_scale": 1.0, "optimizer": "adam", "signed": True, "box": True, "l2": 0.0, "bn": 0.0,
+    "bn_source": "client", "layers": None, "learn_labels": False, "keep": "last", "group": 1,
+    "group_weight": 0.01, "group_every": 100, "stop": False, "stop_tolerance": 1e-3,
+    "stop_window": 100, "max_seconds": None, "compile": False, "batch_restarts": "auto",
+    "generator": None, "latent_iterations": 400, "generator_iterations": 600,
+    "generator_lr": 1e-3, "ggl_budget": 2000, "adaptive": False, "rog_scale": 4,
+    "postprocess": None,
+}
+
+
+@pytest.fixture(scope="module")
+def plugin():
+    load_plugins([str(EXAMPLE)], env=False)
+
+
+@pytest.mark.parametrize("overrides", sorted(KNOWN_DIGESTS))
+def test_known_config_digests_are_unchanged(overrides):
+    assert load_config(None, list(overrides)).digest() == KNOWN_DIGESTS[overrides]
+
+
+def test_the_attack_section_keeps_every_key_and_default():
+    assert dataclasses.asdict(AttackConfig()) == LEGACY_DEFAULTS
+    assert Config().to_dict()["attack"] == LEGACY_DEFAULTS
+
+
+def test_each_builtin_family_declares_exactly_the_keys_it_reads():
+    families = {"analytic": AttackSettings, "imprint": ImprintSettings, "ggl": GGLSettings,
+                "gias": GIASSettings, "rog": ROGSettings, "ig": MatchingSettings,
+                "dlg": MatchingSettings, "idlg": MatchingSettings, "gradinversion": MatchingSettings}
+    assert set(ATTACKS.names()) >= set(families)
+    for name, settings in families.items():
+        assert ATTACKS.get(name).settings is settings
+    assert "bins" not in MatchingSettings.names() and "iterations" not in GIASSettings.names()
+    assert set(ROGSettings.names()) - set(MatchingSettings.names()) == {"rog_scale", "postprocess"}
+    union = set().union(*(s.names() for s in families.values()))
+    assert union == set(LEGACY_DEFAULTS)
+
+
+def test_rog_passes_every_engine_option():
+    cfg = load_config(None, ["attack.name=rog", "attack.rog_scale=2", "attack.stop=true",
+                             "attack.stop_window=7", "attack.max_seconds=5",
+                             "attack.batch_restarts=off", "attack.keep=best", "attack.group=2"])
+    rog = build_attack(cfg.attack)
+    assert (rog.scale, rog.stop, rog.stop_window, rog.max_seconds) == (2, True, 7, 5.0)
+    assert (rog.batch_restarts, rog.keep, rog.group, rog.lr) == ("off", "best", 2, 0.05)
+
+
+def test_families_build_from_their_settings():
+    ggl = build_attack(load_config(None, ["attack.name=ggl", "attack.ggl_budget=33",
+                                          "attack.adaptive=true"]).attack)
+    assert (ggl.budget, ggl.labels, ggl.adaptive) == (33, "idlg", True)
+    gias = build_attack(load_config(None, ["attack.name=gias", "attack.latent_iterations=9"]).attack)
+    assert (gias.iterations, gias.generator_iterations, gias.signed) == (9, 600, False)
+    assert build_attack(load_config(None, ["attack.name=imprint", "attack.bins=5"]).attack).bins == 5
+    with pytest.raises(GradleakError, match="group consistency"):
+        build_attack(load_config(None, ["attack.name=gias", "attack.group=2"]).attack)
+
+
+def test_unknown_attack_key_names_the_key_and_the_attacks_keys():
+    with pytest.raises(GradleakError) as err:
+        load_config(None, ["attack.name=imprint", "attack.nope=1"])
+    msg = str(err.value)
+    assert "'attack.nope'" in msg and "for attack 'imprint'" in msg
+    assert "allowed for imprint: name, labels, adaptive, bins" in msg and "\n" not in msg
+
+
+def test_plugin_keys_from_cli_preset_and_python(plugin, tmp_path, capsys):
+    cfg = load_config(None, ["attack.level=0.25", "attack.name=flat_guess"])  # order is free
+    assert cfg.attack.level == 0.25 and cfg.attack.labels == "llg"  # llg: the plug-in's preset
+    assert build_attack(cfg.attack).level == 0.25
+    assert load_config(None, ["attack.name=flat_guess"]).attack.level == 0.5
+    assert config_from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
+    assert pickle.loads(pickle.dumps(cfg)).attack.level == 0.25
+    assert cfg.digest() != load_config(None, ["attack.name=flat_guess"]).digest()
+    with pytest.raises(GradleakError, match="attack.level"):
+        load_config(None, ["attack.name=flat_guess", "attack.level=2"])
+    assert main(["config", "attack.name=flat_guess", "attack.level=0.75"]) == 0
+    assert "level: 0.75" in capsys.readouterr().out
+    # The same key without the plug-in's attack: one line, exit 2, naming the attack that has it.
+    assert main(["attack", "--out", str(tmp_path / "x"), "attack.level=0.3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'attack.level' for attack 'ig'" in err
+    assert "a setting of attack flat_guess" in err and "allowed for ig:" in err
+
+
+def test_changing_the_attack_name_retypes_the_section(plugin):
+    cfg = Config()
+    set_key(cfg, "attack.iterations", 7)
+    set_key(cfg, "attack.name", "flat_guess")
+    assert cfg.attack.level == 0.5 and cfg.attack.iterations == 7
+    set_key(cfg, "attack.level", 0.1)
+    set_key(cfg, "attack.name", "ig")
+    assert not hasattr(cfg.attack, "level") and type(cfg.attack) is AttackConfig
+
+
+def test_plugin_keys_in_a_sweep(plugin, tmp_path):
+    spec = tmp_path / "levels.yaml"
+    spec.write_text(
+        'title: "grey levels"\ntests: "attack.level reaches the runs"\ninsight: "none"\n'
+        "kind: attack\nbase: {attack.name: flat_guess, model.name: tiny_cnn, model.width: 4,\n"
+        "       data.dataset: stripes, data.resolution: 16, threat.knows_labels: false}\n"
+        "grid: {attack.level: [0.0, 1.0]}\nseeds: [0]\n"
+        "profiles: {quick: {seeds: [0]}, paper: {seeds: [0]}}\n")
+    out = tmp_path / "sweep"
+    assert main(["experiment", "run", str(spec), "--out", str(out), "--quiet"]) == 0
+    from gradleak.experiments.store import ResultStore
+
+    with ResultStore(out) as store:
+        rows = store.rows(status="ok")
+    assert sorted(r["attack.level"] for r in rows) == [0.0, 1.0]
+    psnr = {r["attack.level"]: r["psnr"] for r in rows}
+    assert psnr[0.0] != psnr[1.0]  # the setting changed what the attack did
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(spec.read_text().replace("attack.name: flat_guess, ", ""))
+    assert main(["experiment", "run", str(bad), "--out", str(tmp_path / "b"), "--quiet"]) == 2
+
+
+def test_register_settings_refuses_bad_or_conflicting_settings(tmp_path):
+    with pytest.raises(GradleakError, match="dataclass"):
+        register_settings("x_bad", dict)  # type: ignore[arg-type]
+    with pytest.raises(GradleakError, match="already has settings"):
+        register_settings("ig", ROGSettings)
+    with pytest.raises(GradleakError, match="does not exist"):
+        register_settings("x_missing", AttackSettings, preset=tmp_path / "none.yaml")
+    assert "x_bad" not in attack_settings._SETTINGS
+    json.dumps(Config().to_dict())  # the section stays plain data
