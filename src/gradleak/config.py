@@ -296,13 +296,38 @@ def _attack_preset(name: str) -> dict[str, Any]:
     return {"attack": tree}
 
 
+# Keys whose value may name user code to import (``model.name=path/file.py:NAME`` or
+# ``package.module:NAME``): accepted only from what the user typed (command-line overrides) or
+# passed in Python, never from a file gradleak reads as data (the "no code from data" rule).
+CODE_KEYS = ("model.name",)
+
+
+def names_code(key: str, value: Any) -> bool:
+    """Whether ``key=value`` names user code (``...:NAME``) rather than a registered name."""
+    return key in CODE_KEYS and isinstance(value, str) and ":" in value
+
+
+def refuse_code(items: list[tuple[str, Any]] | dict[str, Any], where: str) -> None:
+    """One-line refusal if ``items`` (read from data: ``where``) name code to import."""
+    for key, value in (items.items() if isinstance(items, dict) else items):
+        if names_code(key, value):
+            raise GradleakError(f"{key}={value} names code; pass it on the command line "
+                                f"({key}=...) or in Python, not in {where}")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                *, base: dict[str, Any] | None = None) -> Config:
+                *, base: dict[str, Any] | None = None, trusted_base: bool = False) -> Config:
     """Defaults, the chosen attack's preset, an optional ``base`` dict, a YAML file, then dotted
-    overrides: each later source wins."""
+    overrides: each later source wins. ``overrides`` are what the user typed (or passed in
+    Python) and may name user code (``model.name=file.py:NAME``); the YAML file and ``base`` are
+    data and may not, unless ``trusted_base`` says the caller built ``base`` from such input."""
     items = flatten(base or {})
+    if not trusted_base:
+        refuse_code(items, "a plan, store or other config data")
     if path is not None:
-        items += flatten(_read_yaml(path))
+        from_file = flatten(_read_yaml(path))
+        refuse_code(from_file, f"the config file {str(path)!r}")
+        items += from_file
     items += [parse_override(item) for item in overrides]
     # The last attack.name wins; it is set first, so every attack key is checked against the
     # attack that runs (a plug-in's own keys are valid only with its name).
@@ -321,5 +346,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:
-    """Rebuild a Config from ``Config.to_dict()`` output (validated like any other input)."""
+    """Rebuild a Config from ``Config.to_dict()`` output (validated like any other input; a
+    stored dict is data, so it may not name user code)."""
     return load_config(base=tree)

@@ -127,3 +127,85 @@ def test_results_store_is_only_data(tmp_path, capsys):
     db.commit()
     db.close()
     _expect_refused(capsys, ["report", str(folder)], marker)
+
+
+# --- model.name=FILE.py:NAME names code: only from the command line or Python (issue 13) -------
+
+TRAP = """
+from pathlib import Path
+Path({marker!r}).write_text("imported")
+import torch.nn as nn
+class Net(nn.Sequential):
+    def __init__(self, num_classes, channels, resolution):
+        super().__init__(nn.Flatten(), nn.Linear(channels * resolution * resolution, num_classes))
+"""
+
+
+def _trap(tmp_path: Path) -> tuple[Path, Path]:
+    marker = tmp_path / "marker"
+    code = tmp_path / "trap.py"
+    code.write_text(TRAP.format(marker=str(marker)))
+    return code, marker
+
+
+def _refused_as_code(err: str) -> None:
+    assert "names code; pass it on the command line" in err, err
+
+
+@pytest.mark.parametrize("form", ["{code}:Net", "os.path:join"])
+def test_config_file_cannot_name_model_code(tmp_path, capsys, form):
+    code, marker = _trap(tmp_path)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model:\n  name: {form.format(code=code)}\n")
+    for argv in (["config", "--config", str(config)],
+                 ["attack", "--config", str(config), "--out", str(tmp_path / "o"), *TINY[1:]]):
+        _refused_as_code(_expect_refused(capsys, argv, marker))
+
+
+def test_experiment_file_cannot_name_model_code(tmp_path, capsys):
+    code, marker = _trap(tmp_path)
+    body = ('title: t\ntests: t\ninsight: t\nkind: attack\nbase: {{data.resolution: 16, '
+            'attack.iterations: 1{extra}}}\n{grid}seeds: [0]\n'
+            'profiles: {{quick: {{seeds: [0]}}, paper: {{seeds: [0]}}}}\n')
+    for extra, grid in ((f", model.name: {code}:Net", ""),
+                        ("", f"grid: {{model.name: [mlp, '{code}:Net']}}\n")):
+        spec = tmp_path / "exp.yaml"
+        spec.write_text(body.format(extra=extra, grid=grid))
+        for argv in (["experiment", "show", str(spec)],
+                     ["experiment", "run", str(spec), "--out", str(tmp_path / "s"), "--quiet"]):
+            _refused_as_code(_expect_refused(capsys, argv, marker))
+    # Typed on the command line, the same model is the user's choice: the plan accepts it.
+    from gradleak.experiments.spec import make_plan
+
+    spec.write_text(body.format(extra="", grid=""))
+    plan = make_plan(str(spec), "quick", [f"model.name={code}:Net"])
+    assert plan.runs[0].config(resolve=None).model.name == f"{code}:Net"
+
+
+def test_audit_plan_cannot_name_model_code(tmp_path, capsys):
+    code, marker = _trap(tmp_path)
+    for where in ("base:\n  model: {name: '%s:Net'}\nscenarios:\n  - {name: a}\n",
+                  "scenarios:\n  - name: a\n    set: {model.name: '%s:Net'}\n"):
+        plan = tmp_path / "plan.yaml"
+        plan.write_text(where % code)
+        _refused_as_code(_expect_refused(
+            capsys, ["audit", "--plan", str(plan), "--out", str(tmp_path / "a")], marker))
+
+
+def test_stored_config_cannot_name_model_code(tmp_path):
+    from gradleak.config import Config, config_from_dict
+    from gradleak.errors import GradleakError
+
+    code, marker = _trap(tmp_path)
+    tree = Config().to_dict()
+    tree["model"]["name"] = f"{code}:Net"
+    with pytest.raises(GradleakError, match="names code"):
+        config_from_dict(tree)
+    assert not marker.exists()
+
+
+def test_model_code_typed_on_the_command_line_still_runs(tmp_path, capsys):
+    code, marker = _trap(tmp_path)
+    assert main(["attack", "--out", str(tmp_path / "o"), f"model.name={code}:Net",
+                 "data.resolution=16", "attack.iterations=1", "--quiet"]) == 0
+    assert marker.exists()  # the user named it: imported, as documented

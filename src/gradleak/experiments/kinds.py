@@ -88,7 +88,7 @@ def run_stage(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> dict[str, A
     folder, accuracy = ensure_federated(cfg, ctx.cache)
     tree = cfg.to_dict()
     tree["model"]["checkpoint"] = str(folder / f"round_{r:03d}.pt")
-    out = _scenario_metrics(Scenario.from_config(load_config(base=tree)), ctx,
+    out = _scenario_metrics(Scenario.from_config(load_config(base=tree, trusted_base=True)), ctx,
                             igsa_points=int(options.get("igsa_points", 4)))
     out["accuracy"] = accuracy[r]
     out["_result"] = {k: out["_result"][k] for k in ("per_sample", "warnings", "git_commit")}

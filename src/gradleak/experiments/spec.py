@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from gradleak.config import Config, load_config, unflatten
+from gradleak.config import Config, load_config, refuse_code, unflatten
 from gradleak.errors import GradleakError
 
 PROFILES = ("quick", "paper")
@@ -69,7 +69,8 @@ class RunSpec:
         the ``${name}`` placeholders)."""
         items = {k: _substitute(v, resolve) for k, v in self.overrides.items()}
         items["seed"] = self.seed
-        return load_config(base=unflatten(items))
+        # The experiment file's part was checked in Experiment.runs; the rest the user typed.
+        return load_config(base=unflatten(items), trusted_base=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "experiment": self.experiment, "kind": self.kind,
@@ -128,6 +129,7 @@ class Experiment:
                         run_opts[axis[4:]] = value
                     else:
                         overrides[axis] = value
+                refuse_code(overrides, f"the experiment file {self.path or self.name}")
                 overrides.update(extra or {})
                 used = {}
                 for value in overrides.values():

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradleak.config import names_code
 from gradleak.errors import GradleakError
 from gradleak.models.base import Classifier
 
@@ -33,7 +34,7 @@ _FORMS = "expected model.name=path/to/file.py:NAME or package.module:NAME"
 
 def is_user_model(name: str) -> bool:
     """Whether ``model.name`` names user code (``...:NAME``) rather than a registered model."""
-    return ":" in name
+    return names_code("model.name", name)
 
 
 def _one_line(exc: BaseException) -> str:
