@@ -115,11 +115,18 @@ class DefenseConfig:
     per_tensor: bool = _opt(True, help="qsgd/signsgd/topk: per tensor, else over the whole update")
 
 
+# The paper's leakage thresholds (App. C): a sample leaks if PSNR >= 18 dB and LPIPS <= 0.1.
+# Defined here once; gradleak.metrics.METRICS and the reports read them from here.
+DEFAULT_PSNR_THRESHOLD = 18.0
+DEFAULT_LPIPS_THRESHOLD = 0.1
+
+
 @dataclass
 class MetricsConfig:
     lpips_net: str = _opt("alex", choices=("alex", "vgg"))
-    psnr_threshold: float = _opt(18.0, help="a sample leaks if PSNR >= this ...")
-    lpips_threshold: float = _opt(0.1, help="... and LPIPS <= this (paper App. C)")
+    psnr_threshold: float = _opt(DEFAULT_PSNR_THRESHOLD, help="a sample leaks if PSNR >= this ...")
+    lpips_threshold: float = _opt(DEFAULT_LPIPS_THRESHOLD,
+                                  help="... and LPIPS <= this (paper App. C)")
 
 
 @dataclass

@@ -25,7 +25,6 @@ from gradleak.errors import GradleakError
 from gradleak.registry import Registry
 
 KINDS: Registry = Registry("experiment kind")
-METRIC_KEYS = ("psnr", "ssim", "lpips", "mse", "brr", "wsrr", "label_accuracy")
 
 
 def register_kind(name: str) -> Callable:
@@ -41,7 +40,11 @@ class RunContext:
 
 
 def _flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: metrics.get(k) for k in METRIC_KEYS}
+    """One store column per metric of :data:`gradleak.metrics.METRICS` (imported here: listing
+    kinds must not import torch)."""
+    from gradleak.metrics import METRICS
+
+    return {k: metrics.get(k) for k in METRICS}
 
 
 def _scenario_metrics(sc: Any, ctx: RunContext, *, igsa_points: int | None) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from gradleak.config import Config, flatten, set_key
 from gradleak.errors import GradleakError
 from gradleak.experiments.spec import Experiment, Plan
 from gradleak.io import write_json, write_text
+from gradleak.metrics import METRICS
 from gradleak.provenance import git_commit, versions
 from gradleak.threat import ThreatModel
 
@@ -133,7 +134,7 @@ def best_tradeoff(rows: Sequence[dict[str, Any]], lpips_threshold: float) -> dic
         mine = [r for r in rows if r["defense"] == name and r.get("lpips") is not None]
         if not mine:
             continue
-        safe = [r for r in mine if r["lpips"] > lpips_threshold]
+        safe = [r for r in mine if not METRICS["lpips"].passes(r["lpips"], lpips_threshold)]
         pick = (min(safe, key=lambda r: (r["accuracy_drop"] if r["accuracy_drop"] is not None
                                          else math.inf)) if safe
                 else max(mine, key=lambda r: r["lpips"]))

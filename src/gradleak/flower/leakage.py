@@ -27,6 +27,7 @@ from gradleak.data.base import TensorImageDataset
 from gradleak.errors import GradleakError
 from gradleak.fl.client import SharedUpdate
 from gradleak.flower.arrays import to_tensors
+from gradleak.metrics import METRICS
 from gradleak.models.base import Classifier
 from gradleak.models.user import prepare_user_model
 from gradleak.scenario import Scenario, Score
@@ -179,5 +180,5 @@ def leak_rate(score: Score, cfg: Config) -> tuple[float, str]:
     if score.brr is not None:
         return float(score.brr), "brr"
     psnrs = score.per_sample["psnr"]
-    hits = sum(p >= cfg.metrics.psnr_threshold for p in psnrs)
+    hits = sum(METRICS["psnr"].passes(p, cfg.metrics.psnr_threshold) for p in psnrs)
     return hits / max(1, len(psnrs)), "psnr"

@@ -45,9 +45,11 @@ __all__ = [
 
 METRICS: dict[str, MetricInfo] = {
     "mse": MetricInfo("mse", higher_is_better=False, range=(0.0, 1.0)),
-    "psnr": MetricInfo("psnr", higher_is_better=True, range=(0.0, math.inf)),
+    "psnr": MetricInfo("psnr", higher_is_better=True, range=(0.0, math.inf),
+                       threshold=DEFAULT_PSNR_THRESHOLD, threshold_key="metrics.psnr_threshold"),
     "ssim": MetricInfo("ssim", higher_is_better=True, range=(-1.0, 1.0)),
-    "lpips": MetricInfo("lpips", higher_is_better=False, range=(0.0, math.inf)),
+    "lpips": MetricInfo("lpips", higher_is_better=False, range=(0.0, math.inf),
+                        threshold=DEFAULT_LPIPS_THRESHOLD, threshold_key="metrics.lpips_threshold"),
     "brr": MetricInfo("brr", higher_is_better=True, range=(0.0, 1.0)),
     "wsrr": MetricInfo("wsrr", higher_is_better=True, range=(0.0, 1.0)),
     "label_accuracy": MetricInfo("label_accuracy", higher_is_better=True, range=(0.0, 1.0)),

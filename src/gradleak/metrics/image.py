@@ -21,11 +21,28 @@ __all__ = ["MetricInfo", "check_image_pair", "mse", "psnr", "ssim", "ssim_window
 
 @dataclass(frozen=True)
 class MetricInfo:
-    """What a metric means: its name, which direction is better and its value range."""
+    """What a metric means: its name, which direction is better (for the attack) and its value
+    range; for the two leakage metrics also the paper's ``threshold`` and the config key that
+    sets it (``threshold_key``, e.g. ``metrics.psnr_threshold``)."""
 
     name: str
     higher_is_better: bool
     range: tuple[float, float]
+    threshold: float | None = None
+    threshold_key: str | None = None
+
+    @property
+    def direction(self) -> str:
+        """``"higher"`` or ``"lower"``: the direction of more leakage."""
+        return "higher" if self.higher_is_better else "lower"
+
+    def passes(self, value: float, threshold: float | None = None) -> bool:
+        """Whether ``value`` is on the leaking side of ``threshold`` (default: the paper's),
+        inclusive: PSNR >= 18, LPIPS <= 0.1."""
+        limit = self.threshold if threshold is None else threshold
+        if limit is None:
+            raise ValueError(f"metric {self.name} has no leakage threshold")
+        return value >= limit if self.higher_is_better else value <= limit
 
 
 def check_image_pair(x: torch.Tensor, y: torch.Tensor, *, names: tuple[str, str] = ("x", "y")

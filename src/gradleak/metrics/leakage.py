@@ -22,6 +22,7 @@ import math
 
 import torch
 
+from gradleak.config import DEFAULT_LPIPS_THRESHOLD, DEFAULT_PSNR_THRESHOLD
 from gradleak.errors import GradleakError
 
 __all__ = [
@@ -31,9 +32,6 @@ __all__ = [
     "leaked",
     "worst_sample_reconstruction_rate",
 ]
-
-DEFAULT_PSNR_THRESHOLD = 18.0
-DEFAULT_LPIPS_THRESHOLD = 0.1
 
 
 def _check_threshold(value: float, name: str) -> None:

@@ -22,7 +22,8 @@ import yaml
 from gradleak.errors import GradleakError
 from gradleak.experiments.store import STORE_NAME, ResultStore
 from gradleak.io import write_text
-from gradleak.report.verdicts import HIGHER_LEAKS, judge
+from gradleak.metrics import METRICS
+from gradleak.report.verdicts import judge, threshold
 from gradleak.report.verdicts import number as _num
 
 REPORT_NAME = "report.html"
@@ -116,9 +117,9 @@ def _pivot(rows: list[dict[str, Any]], table: dict[str, Any], metric: str,
     for rk, by_col in cells.items():
         body += "<tr>" + "".join(f"<td>{_e(x)}</td>" for x in rk) + "".join(
             f"<td>{_cell(by_col.get(c, []))}</td>" for c in cols) + "</tr>"
-    arrow = "higher" if HIGHER_LEAKS.get(metric, True) else "lower"
-    caption = (f"<caption class='muted'>{_e(metric)} (mean ± std over seeds; {arrow} = more "
-               "leakage)</caption>" if metric in HIGHER_LEAKS else
+    info = METRICS.get(metric)
+    caption = (f"<caption class='muted'>{_e(metric)} (mean ± std over seeds; {info.direction} = "
+               "more leakage)</caption>" if info is not None else
                f"<caption class='muted'>{_e(metric)} (mean ± std over seeds)</caption>")
     return f"<table>{caption}<tr>{head}</tr>{body}</table>"
 
@@ -164,8 +165,7 @@ def _line_plot(rows: list[dict[str, Any]], plot: dict[str, Any]) -> str | None:
                 es = [statistics.stdev(by_x[x]) if len(by_x[x]) > 1 else 0.0 for x in xs]
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name)
                 drawn = True
-            if metric == "lpips":
-                ax.axhline(0.1, color="red", lw=0.8, ls="--")
+            _threshold_line(ax.axhline, rows, metric)
             ax.set_xlabel(x_key)
             ax.set_ylabel(metric)
             if panel_key:
@@ -196,9 +196,15 @@ def _bar_plot(rows: list[dict[str, Any]], metric: str) -> str | None:
            yerr=[statistics.stdev(groups[n]) if len(groups[n]) > 1 else 0 for n in names], capsize=3)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel(metric)
-    if metric == "lpips":
-        ax.axhline(0.1, color="red", lw=0.8, ls="--")
+    _threshold_line(ax.axhline, rows, metric)
     return _png(fig)
+
+
+def _threshold_line(draw: Any, rows: list[dict[str, Any]], metric: str) -> None:
+    """The leakage threshold of ``metric`` (if it has one) as a dashed red line."""
+    limit = threshold(rows, metric)
+    if limit is not None:
+        draw(limit, color="red", lw=0.8, ls="--")
 
 
 def _tradeoff_plot(rows: list[dict[str, Any]], max_drop: float = 5.0) -> str | None:
@@ -217,7 +223,7 @@ def _tradeoff_plot(rows: list[dict[str, Any]], max_drop: float = 5.0) -> str | N
         ax.scatter([r["lpips"] for r in mine], [r["accuracy_drop"] for r in mine], label=fam)
         for r in mine:
             ax.annotate(r["variant"], (r["lpips"], r["accuracy_drop"]), fontsize=6)
-    ax.axvline(0.1, color="red", lw=0.8, ls="--")
+    _threshold_line(ax.axvline, pts, "lpips")
     ax.axhline(max_drop, color="blue", lw=0.8, ls="--")
     ax.set_xlabel("LPIPS of the attack (right = defended)")
     ax.set_ylabel("accuracy drop (points; below = useful)")

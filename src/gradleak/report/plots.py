@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gradleak.config import DEFAULT_LPIPS_THRESHOLD
 from gradleak.io import atomic_write
 
 
@@ -35,7 +36,8 @@ def save_png(fig: Any, path: str | Path, *, dpi: int = 120) -> None:
         plt.close(fig)
 
 
-def tradeoff_figure(points: Sequence[dict[str, Any]], *, lpips_threshold: float = 0.1,
+def tradeoff_figure(points: Sequence[dict[str, Any]], *,
+                    lpips_threshold: float = DEFAULT_LPIPS_THRESHOLD,
                     max_drop: float = 5.0) -> Any | None:
     """Fig. 11: ``points`` are dicts with ``defense``, ``label`` (the strength, annotated),
     ``lpips``, ``accuracy_drop`` (points) and optionally ``best`` (circled). Points without LPIPS

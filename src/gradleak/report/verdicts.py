@@ -25,11 +25,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gradleak.errors import GradleakError
+from gradleak.metrics import METRICS
 from gradleak.registry import Registry
 
 RULES: Registry = Registry("verdict rule")
-HIGHER_LEAKS = {"psnr": True, "ssim": True, "brr": True, "wsrr": True, "label_accuracy": True,
-                "lpips": False, "mse": False}
+# Direction of more leakage per metric, from the metrics' own metadata (one definition).
+HIGHER_LEAKS = {name: info.higher_is_better for name, info in METRICS.items()}
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 NOT_SUPPORTED = CONTRADICTED  # the constant's earlier name
 MIN_SEEDS = 3
@@ -100,6 +101,16 @@ def _key(value: Any) -> str:
 
 def _leak_sign(metric: str) -> int:
     return 1 if HIGHER_LEAKS.get(metric, True) else -1
+
+
+def threshold(rows: Sequence[dict[str, Any]], metric: str) -> float | None:
+    """The leakage threshold of ``metric`` the ``rows`` were scored with (their
+    ``metrics.<metric>_threshold`` when they agree), else the paper's; None if it has none."""
+    info = METRICS.get(metric)
+    if info is None or info.threshold is None:
+        return None
+    used = {_num(r.get(info.threshold_key)) for r in rows} - {None}
+    return used.pop() if len(used) == 1 else info.threshold
 
 
 def _fmt(v: float | None) -> str:
@@ -341,7 +352,7 @@ def tradeoff(rows: Sequence[dict[str, Any]], *, max_drop: float = 5.0,
         return Verdict(INCONCLUSIVE, "no defended runs", measure="families as the paper says")
     parts = []
     for name, by_variant in fam.items():
-        thr = next(iter(by_variant.values()))[0].get("metrics.lpips_threshold", 0.1)
+        thr = threshold(next(iter(by_variant.values())), "lpips")
         settings = [_setting(rs, thr, max_drop) for rs in by_variant.values()]
         sure = [s for s in settings if s["defends"]]
         outcome = True if sure else False if all(s["defends"] is False for s in settings) else None
