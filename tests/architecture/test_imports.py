@@ -1,5 +1,6 @@
-"""Imports point one way (commands -> report -> experiments/audit/flower -> scenario -> attacks /
-defenses / fl -> models / data / metrics -> config / registry) and form no cycle; modules stay small."""
+"""Imports point one way (commands -> report / experiments / audit / flower -> scenario -> attacks /
+defenses / fl -> models / data / metrics -> config / registry), report and experiments do not
+import each other, and there is no cycle; modules stay small."""
 
 from __future__ import annotations
 
@@ -22,9 +23,12 @@ LAYERS: list[tuple[str, int]] = [
     ("gradleak.attacks", 3),
     ("gradleak.scenario", 4), ("gradleak.runner", 4), ("gradleak.analysis", 5),
     ("gradleak.experiments", 6), ("gradleak.audit", 6), ("gradleak.flower", 6),
-    ("gradleak.report", 7),
+    ("gradleak.report", 6),
     ("gradleak.commands", 8), ("gradleak.cli", 8), ("gradleak", 9),
 ]
+# Packages of one layer that must not import each other: the commands read a sweep's store
+# (experiments) and hand its rows to the renderer (report).
+APART = [("gradleak.report", "gradleak.experiments"), ("gradleak.experiments", "gradleak.report")]
 
 
 def layer(module: str) -> int:
@@ -78,6 +82,16 @@ def test_no_upward_import():
             if dep != "gradleak" and layer(dep) > layer(mod):
                 bad.append(f"{mod} (layer {layer(mod)}) imports {dep} (layer {layer(dep)})")
     assert not bad, "upward imports:\n" + "\n".join(sorted(bad))
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_sibling_packages_stay_apart():
+    bad = [f"{mod} imports {dep}" for mod, deps in _graph().items() for dep in deps
+           for a, b in APART if _within(mod, a) and _within(dep, b)]
+    assert not bad, "imports between sibling packages:\n" + "\n".join(sorted(bad))
 
 
 def test_no_import_cycle():

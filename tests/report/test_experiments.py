@@ -11,10 +11,10 @@ import subprocess
 import pytest
 import yaml
 
+from gradleak.commands.report import report_folder as render_report
 from gradleak.errors import GradleakError
 from gradleak.experiments.spec import make_plan
 from gradleak.experiments.sweep import run_sweep
-from gradleak.report.experiments import render_report
 
 SPEC = {
     "title": "Tiny table", "tests": "LPIPS against N", "insight": "(Insight X) more samples leak less",
@@ -85,3 +85,32 @@ def test_report_renders_in_headless_chromium(sweep, tmp_path):
     subprocess.run([chromium, *flags, "--window-size=1000,1400", f"--screenshot={shot}",
                     page.as_uri()], capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000  # a blank page compresses to ~2 kB
+
+
+def test_tradeoff_plot_is_the_one_figure_definition(tmp_path, monkeypatch):
+    """The HTML report's Fig. 11 is plots.tradeoff_figure, fed from the rows it was handed (the
+    report reads no store), with the runs' own LPIPS threshold."""
+    from gradleak.report import experiments as report_module
+    from gradleak.report import plots
+
+    seen = {}
+
+    def spy(points, **kwargs):
+        seen["points"], seen["kwargs"] = list(points), kwargs
+        return plots.tradeoff_figure(points, **kwargs)
+
+    monkeypatch.setattr(report_module, "tradeoff_figure", spy)
+    (tmp_path / "plans").mkdir()
+    plan = {"spec": {"plot": {"kind": "tradeoff"}, "table": {"cols": "variant", "metric": "lpips"}},
+            "title": "trade-off", "runs": []}
+    (tmp_path / "plans" / "t-quick.yaml").write_text(yaml.safe_dump(plan))
+    rows = [{"run_id": f"r{i}", "experiment": "t", "profile": "quick", "status": "ok",
+             "variant": v, "seed": 0, "labels": {}, "defense.name": d, "lpips": lp,
+             "accuracy_drop": drop, "metrics.lpips_threshold": 0.15}
+            for i, (v, d, lp, drop) in enumerate([("none", "none", 0.05, 0.0),
+                                                   ("topk 0.9", "topk", 0.2, 1.5),
+                                                   ("topk 0.99", "topk", 0.4, 6.0)])]
+    page = report_module.render_report(tmp_path, rows).read_text()
+    assert seen["kwargs"]["lpips_threshold"] == 0.15
+    assert [(p["defense"], p["label"]) for p in seen["points"]][1] == ("topk", "topk 0.9")
+    assert "alt='plot of t'" in page

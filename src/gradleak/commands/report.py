@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+
+def report_folder(folder: str | Path) -> Path:
+    """Read ``folder/results.sqlite`` and render ``folder/report.html`` from its rows."""
+    from gradleak.errors import GradleakError
+    from gradleak.experiments.store import STORE_NAME, ResultStore
+    from gradleak.report.experiments import render_report
+
+    root = Path(folder)
+    if not (root / STORE_NAME).is_file():
+        raise GradleakError(f"no results store {root / STORE_NAME}: run `gradleak experiment run "
+                            f"NAME --out {root}` first")
+    with ResultStore(root) as store:
+        rows = store.rows()
+    return render_report(root, rows)
 
 
 def run(args: argparse.Namespace) -> int:
-    from gradleak.report.experiments import render_report
-
-    print(f"wrote {render_report(args.folder)}")
+    print(f"wrote {report_folder(args.folder)}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``gradleak report DIR``: one self-contained HTML page over a sweep folder's results store.
+"""``gradleak report DIR``: one self-contained HTML page over a sweep folder's stored results.
 
 For each experiment (and profile) in ``DIR/results.sqlite``: the paper's insight and our
 verdict on it, our table laid out like the paper's (mean +- std over seeds), the paper's
@@ -14,15 +14,16 @@ import io
 import json
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from gradleak.errors import GradleakError
-from gradleak.experiments.store import STORE_NAME, ResultStore
 from gradleak.io import write_text
 from gradleak.metrics import METRICS
+from gradleak.report.plots import tradeoff_figure
 from gradleak.report.verdicts import judge, threshold
 from gradleak.report.verdicts import number as _num
 
@@ -208,28 +209,15 @@ def _threshold_line(draw: Any, rows: list[dict[str, Any]], metric: str) -> None:
 
 
 def _tradeoff_plot(rows: list[dict[str, Any]], max_drop: float = 5.0) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pts = [r for r in rows if _num(r.get("lpips")) is not None
-           and _num(r.get("accuracy_drop")) is not None]
-    if not pts:
-        return None
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for fam in sorted({r.get("defense.name") for r in pts}):
-        mine = [r for r in pts if r.get("defense.name") == fam]
-        ax.scatter([r["lpips"] for r in mine], [r["accuracy_drop"] for r in mine], label=fam)
-        for r in mine:
-            ax.annotate(r["variant"], (r["lpips"], r["accuracy_drop"]), fontsize=6)
-    _threshold_line(ax.axvline, pts, "lpips")
-    ax.axhline(max_drop, color="blue", lw=0.8, ls="--")
-    ax.set_xlabel("LPIPS of the attack (right = defended)")
-    ax.set_ylabel("accuracy drop (points; below = useful)")
-    ax.invert_yaxis()
-    ax.legend(fontsize=7)
-    return _png(fig)
+    """Fig. 11 over stored rows: :func:`gradleak.report.plots.tradeoff_figure` (one definition),
+    one point per run, labelled by its variant."""
+    points = [{"defense": str(r.get("defense.name")), "label": r.get("variant"),
+               "lpips": _num(r.get("lpips")), "accuracy_drop": _num(r.get("accuracy_drop"))}
+              for r in rows]
+    limit = threshold(rows, "lpips")
+    fig = tradeoff_figure(points, max_drop=max_drop,
+                          **({"lpips_threshold": limit} if limit is not None else {}))
+    return None if fig is None else _png(fig)
 
 
 def _images(rows: list[dict[str, Any]], root: Path, table: dict[str, Any],
@@ -321,15 +309,10 @@ def _section(root: Path, experiment: str, profile: str, rows: list[dict[str, Any
     return "\n".join(p for p in parts if p)
 
 
-def render_report(folder: str | Path) -> Path:
-    """Write ``folder/report.html`` (and ``folder/verdicts.json``) from ``folder/results.sqlite``;
-    returns the page's path."""
+def render_report(folder: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """Write ``folder/report.html`` (and ``folder/verdicts.json``) for the stored ``rows`` of the
+    sweep in ``folder`` (its results store's rows; the command reads them); returns the page."""
     root = Path(folder)
-    if not (root / STORE_NAME).is_file():
-        raise GradleakError(f"no results store {root / STORE_NAME}: run `gradleak experiment run "
-                            f"NAME --out {root}` first")
-    with ResultStore(root) as store:
-        rows = store.rows()
     by_exp: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_exp[(r["experiment"], r["profile"])].append(r)
