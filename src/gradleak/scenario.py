@@ -24,6 +24,7 @@ import dataclasses
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,13 +37,20 @@ from gradleak.attack_settings import settings_for
 from gradleak.attacks import build_attack, observe
 from gradleak.attacks.base import Attack, Observation, Reconstruction
 from gradleak.config import Config
-from gradleak.data import build_dataset, describe_dataset
+from gradleak.data import DATASETS, build_dataset, describe_dataset
 from gradleak.data.base import ImageDataset
 from gradleak.data.sampling import select_victim_samples
 from gradleak.defenses import build_defense
 from gradleak.errors import GradleakError
 from gradleak.fl.client import ClientRound, ClientSetup, SharedUpdate, client_round
-from gradleak.models import Classifier, build_model, count_parameters, recorded_model_config
+from gradleak.models import (
+    MODELS,
+    Classifier,
+    build_model,
+    count_parameters,
+    is_user_model,
+    recorded_model_config,
+)
 from gradleak.models.user import prepare_user_model
 from gradleak.provenance import git_commit, seed_everything, versions
 from gradleak.threat import ThreatModel
@@ -149,6 +157,32 @@ def generator_overlap(cfg: Config) -> list[str]:
             "(e.g. data.split=test) or train the generator on disjoint data"]
 
 
+def _threat_and_attack(cfg: Config) -> tuple[ThreatModel, Attack]:
+    """The threat model and the attack; refuses (one line) an attack needing more than the
+    scenario grants, before any expensive work."""
+    threat = ThreatModel.from_config(cfg.threat)
+    attack = build_attack(cfg.attack)
+    threat.require(attack.needs(), who=f"attack {cfg.attack.name!r}")
+    return threat, attack
+
+
+def preflight(cfg: Config, *, data: bool = False) -> None:
+    """Check what :meth:`Scenario.from_config` would refuse, without its work: the attack's name
+    and settings, the knowledge it needs against the threat model's grants, the defense, the
+    model (a registered name, or the user's file exists) and the dataset name. ``data=True``
+    also loads the dataset once (its files must exist; skipped with ``data.download=true``,
+    where the run fetches them). Sweeps call this for every run before launching any."""
+    _threat_and_attack(cfg)
+    build_defense(cfg.defense)
+    if not is_user_model(cfg.model.name):
+        MODELS.get(cfg.model.name)
+    elif (file := cfg.model.name.rpartition(":")[0]).endswith(".py") and not Path(file).is_file():
+        raise GradleakError(f"model.name={cfg.model.name}: file {file!r} does not exist")
+    DATASETS.get(cfg.data.dataset)
+    if data and not cfg.data.download:
+        build_dataset(cfg.data)
+
+
 class Scenario:
     """Everything one run needs, built once; see the module docstring. Use :meth:`from_config`."""
 
@@ -172,10 +206,7 @@ class Scenario:
         seeds = SeedStreams.from_seed(cfg.seed)
         user_model = None
         seed_everything(cfg.seed)  # the global RNG initialises the model (server side)
-        threat = ThreatModel.from_config(cfg.threat)
-        attack = build_attack(cfg.attack)
-        # Refuse before any expensive work if the attack needs more than the scenario grants.
-        threat.require(attack.needs(), who=f"attack {cfg.attack.name!r}")
+        threat, attack = _threat_and_attack(cfg)
         dataset = build_dataset(cfg.data) if data is None else as_image_dataset(data)
         if victim is None:
             images, labels, indices = select_victim_samples(dataset, cfg.data, seed=seeds.victim)

@@ -19,6 +19,7 @@ study) rather than config keys. Values may contain ``${name}``: the path of prep
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -144,20 +145,34 @@ class Experiment:
         return out
 
     def validate(self, profile: str, extra: dict[str, Any] | None = None) -> list[RunSpec]:
-        """Expand ``profile`` and check every run's config, so a typo fails before any work."""
+        """Expand ``profile`` and :func:`preflight` every run, so a typo fails before any work."""
         runs = self.runs(profile, extra)
-        checked: set[str] = set()
-        for run in runs:
-            key = json.dumps(run.overrides, sort_keys=True, default=str)
-            if key in checked:  # seeds share the rest of the config
-                continue
-            checked.add(key)
-            try:
-                run.config(resolve=None)
-            except GradleakError as e:
-                raise GradleakError(f"experiment {self.name} ({profile}), variant {run.variant} "
-                                    f"{run.labels}: {e}") from None
+        preflight(runs, profile)
         return runs
+
+
+def preflight(runs: list[RunSpec], profile: str, *, data: bool = False) -> None:
+    """Check every run's config and what its scenario would refuse
+    (:func:`gradleak.scenario.preflight`: attack name and settings, threat grants, defense,
+    model, dataset name; with ``data`` also the dataset's files, loaded once per distinct data
+    section), so a grid that cannot run fails in one line naming the run before any starts."""
+    from gradleak.scenario import preflight as check
+
+    checked: set[str] = set()
+    loaded: set[str] = set()
+    for run in runs:
+        key = json.dumps(run.overrides, sort_keys=True, default=str)
+        if key in checked:  # seeds share the rest of the config
+            continue
+        checked.add(key)
+        try:
+            cfg = run.config(resolve=None)
+            data_key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
+            check(cfg, data=data and data_key not in loaded)
+            loaded.add(data_key)
+        except GradleakError as e:
+            raise GradleakError(f"experiment {run.experiment} ({profile}), variant {run.variant} "
+                                f"{run.labels}: {e}") from None
 
 
 def _substitute(value: Any, resolve: dict[str, str] | None) -> Any:

@@ -44,7 +44,7 @@ import yaml
 from gradleak import plugins
 from gradleak.errors import GradleakError
 from gradleak.experiments.lifecycle import init_worker
-from gradleak.experiments.spec import Plan, RunSpec
+from gradleak.experiments.spec import Plan, RunSpec, preflight
 from gradleak.experiments.store import ResultStore
 from gradleak.experiments.worker import execute
 from gradleak.io import write_text
@@ -216,6 +216,9 @@ def run_sweep(plan: Plan, out: str | Path, *, jobs: int = 1, executor: str = "lo
         if result.skipped:
             log(f"{plan.experiment.name}: {len(result.skipped)} of {len(runs)} runs already "
                 "stored, skipping them")
+        # make_plan checked every config; the data files are checked for the runs to do, so a
+        # missing file stops the sweep in one line instead of failing each of its runs.
+        preflight(todo, plan.profile, data=True)
         kwargs = {"profile": plan.profile, "plugins": plugins.loaded()}  # re-imported by workers
         bar = tqdm(total=len(todo), desc=plan.experiment.name, unit="run", disable=not progress)
 
