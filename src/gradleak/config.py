@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,10 +315,13 @@ def names_code(key: str, value: Any) -> bool:
     return key in CODE_KEYS and isinstance(value, str) and ":" in value
 
 
-def refuse_code(items: list[tuple[str, Any]] | dict[str, Any], where: str) -> None:
-    """One-line refusal if ``items`` (read from data: ``where``) name code to import."""
+def refuse_code(items: list[tuple[str, Any]] | dict[str, Any], where: str, *,
+                unless: Iterable[str] = ()) -> None:
+    """One-line refusal if ``items`` (read from data: ``where``) name code to import; keys in
+    ``unless`` are skipped (a later source the user typed replaces them)."""
+    skip = set(unless)
     for key, value in (items.items() if isinstance(items, dict) else items):
-        if names_code(key, value):
+        if key not in skip and names_code(key, value):
             raise GradleakError(f"{key}={value} names code; pass it on the command line "
                                 f"({key}=...) or in Python, not in {where}")
 
@@ -328,14 +332,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     overrides: each later source wins. ``overrides`` are what the user typed (or passed in
     Python) and may name user code (``model.name=file.py:NAME``); the YAML file and ``base`` are
     data and may not, unless ``trusted_base`` says the caller built ``base`` from such input."""
+    typed = [parse_override(item) for item in overrides]
     items = flatten(base or {})
     if not trusted_base:
-        refuse_code(items, "a plan, store or other config data")
+        refuse_code(items, "a plan, store or other config data", unless=dict(typed))
     if path is not None:
         from_file = flatten(_read_yaml(path))
-        refuse_code(from_file, f"the config file {str(path)!r}")
+        refuse_code(from_file, f"the config file {str(path)!r}", unless=dict(typed))
         items += from_file
-    items += [parse_override(item) for item in overrides]
+    items += typed
     # The last attack.name wins; it is set first, so every attack key is checked against the
     # attack that runs (a plug-in's own keys are valid only with its name).
     names = [value for key, value in items if key == "attack.name"]

@@ -209,3 +209,19 @@ def test_model_code_typed_on_the_command_line_still_runs(tmp_path, capsys):
     assert main(["attack", "--out", str(tmp_path / "o"), f"model.name={code}:Net",
                  "data.resolution=16", "attack.iterations=1", "--quiet"]) == 0
     assert marker.exists()  # the user named it: imported, as documented
+
+
+def test_a_saved_config_reruns_when_the_user_retypes_the_model(tmp_path):
+    """A config file naming code is refused, unless the command line names the model itself (the
+    file's value is then never used)."""
+    from gradleak.config import load_config
+    from gradleak.errors import GradleakError
+
+    code, marker = _trap(tmp_path)
+    saved = tmp_path / "config.yaml"
+    saved.write_text(f"model:\n  name: {tmp_path / 'other.py'}:Evil\ndata:\n  resolution: 16\n")
+    with pytest.raises(GradleakError, match="names code"):
+        load_config(saved)
+    cfg = load_config(saved, [f"model.name={code}:Net"])
+    assert cfg.model.name == f"{code}:Net" and cfg.data.resolution == 16
+    assert not marker.exists()  # resolving a config imports nothing

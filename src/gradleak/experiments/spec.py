@@ -130,7 +130,8 @@ class Experiment:
                         run_opts[axis[4:]] = value
                     else:
                         overrides[axis] = value
-                refuse_code(overrides, f"the experiment file {self.path or self.name}")
+                refuse_code(overrides, f"the experiment file {self.path or self.name}",
+                            unless=extra or {})
                 overrides.update(extra or {})
                 used = {}
                 for value in overrides.values():
