@@ -171,3 +171,15 @@ def test_register_settings_refuses_bad_or_conflicting_settings(tmp_path):
         register_settings("x_missing", AttackSettings, preset=tmp_path / "none.yaml")
     assert "x_bad" not in attack_settings._SETTINGS
     json.dumps(Config().to_dict())  # the section stays plain data
+
+
+def test_presets_set_only_their_familys_keys():
+    """Presets stay data and name only keys their attack reads. ggl.yaml's distance and tv are
+    unused by GGL but stay: removing them would change every stored GGL run's config digest."""
+    from gradleak.config import attack_preset
+
+    kept_for_digests = {"ggl": {"distance", "tv"}}
+    for name in ATTACKS.names():
+        preset = set(attack_preset(name).get("attack", {}))
+        stray = preset - set(ATTACKS.get(name).settings.names()) - kept_for_digests.get(name, set())
+        assert not stray, f"{name}.yaml sets keys {name} does not read: {sorted(stray)}"
