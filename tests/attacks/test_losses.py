@@ -67,3 +67,39 @@ def test_degenerate_inputs():
     assert torch.isfinite(cosine_distance([torch.zeros(3, requires_grad=True)], [torch.ones(3)]))
     with pytest.raises(ValueError, match="equal, non-empty"):
         cosine_distance([torch.ones(2)], [])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("path", ["fused", "plain", "factored"])
+def test_cosine_is_scale_free_down_to_tiny_gradients(dtype, path):
+    # A fitted model's or one deep block's gradient has norms near 1e-8: |d| |o| ~ 1e-16. A fixed
+    # 1e-12 floor on the denominator pinned the distance at 1 with a zero gradient there.
+    dummy = [t.to(dtype).detach() for t in _layers(0, False)]
+    observed = [t.to(dtype) for t in _layers(1, False)]
+
+    def value_and_grad(scale: float):
+        d = [(t * scale).requires_grad_(True) for t in dummy]
+        o = [t * scale for t in observed]
+        if path == "plain":
+            v = _plain_cosine(d, o, [1.0] * 3)
+        elif path == "factored":
+            from gradleak.attacks.lowrank import LowRankGradient
+
+            g = torch.Generator().manual_seed(3)
+            u, w = torch.randn(2, 6, generator=g, dtype=dtype), torch.randn(2, 5, generator=g, dtype=dtype)
+            lr = LowRankGradient(u * scale ** 0.5, w * scale ** 0.5)
+            d[0] = lr.dense().detach().requires_grad_(True)
+            v = cosine_distance([lr, *d[1:]], o)
+            v_dense = cosine_distance(d, o)
+            assert float(v) == pytest.approx(float(v_dense), rel=1e-4)
+        else:
+            v = cosine_distance(d, o)
+        grads = torch.autograd.grad(v, d[1:])
+        return float(v), [g * scale for g in grads]  # d(cos)/d(d) scales as 1/scale
+
+    v1, g1 = value_and_grad(1.0)
+    v_tiny, g_tiny = value_and_grad(1e-8)
+    assert 0.0 < v1 < 2.0
+    assert v_tiny == pytest.approx(v1, rel=1e-4)
+    for a, b in zip(g_tiny, g1, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)

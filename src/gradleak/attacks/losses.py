@@ -22,7 +22,15 @@ from torch.autograd.function import once_differentiable
 
 from gradleak.attacks.lowrank import LowRankGradient
 
-_EPS = 1e-12
+
+
+def _floor(denom: torch.Tensor) -> float:
+    """The smallest denominator the cosine divides by: the dtype's smallest normal number.
+
+    Only an all-zero gradient needs the guard. A fixed floor such as 1e-12 is a scale: gradients
+    with norms near 1e-8 (a fitted model, one block of a deep network) have |d| |o| ~ 1e-16, and
+    a 1e-12 floor pins the distance at ~1 with no gradient, so the attack silently stops moving."""
+    return torch.finfo(denom.dtype).tiny
 
 
 def _weights(n: int, weights: Sequence[float] | None) -> Sequence[float]:
@@ -45,7 +53,7 @@ class _Cosine(torch.autograd.Function):
         denom = norm_d.sqrt() * norm_o.sqrt()
         ctx.save_for_backward(*tensors)
         ctx.weights, ctx.n, ctx.stats = weights, n, (dot, norm_d, denom)
-        return 1 - dot / denom.clamp_min(_EPS)
+        return 1 - dot / denom.clamp_min(_floor(denom))
 
     @staticmethod
     @once_differentiable
@@ -53,8 +61,9 @@ class _Cosine(torch.autograd.Function):
         tensors, n = ctx.saved_tensors, ctx.n
         dot, norm_d, denom = ctx.stats
         # d/dd_i (1 - dot / (|d| |o|)) = w_i (-o_i / (|d| |o|) + dot d_i / (|d|^3 |o|))
-        clamped = bool(denom < _EPS)
-        c_obs = -grad / denom.clamp_min(_EPS)
+        floor = _floor(denom)
+        clamped = bool(denom < floor)
+        c_obs = -grad / denom.clamp_min(floor)
         c_dummy = 0.0 if clamped else float(grad * dot / (denom * norm_d))
         grads = [None] * len(tensors)
         for i, (w, d, o) in enumerate(zip(ctx.weights, tensors[:n], tensors[n:], strict=True)):
@@ -88,7 +97,8 @@ def _plain_cosine(dummy, observed, weights) -> torch.Tensor:
         dot = dot + w * (d * o).sum()
         norm_d = norm_d + w * d.pow(2).sum()
         norm_o = norm_o + w * o.pow(2).sum()
-    return 1 - dot / (norm_d.sqrt() * norm_o.sqrt()).clamp_min(_EPS)
+    denom = norm_d.sqrt() * norm_o.sqrt()
+    return 1 - dot / denom.clamp_min(_floor(denom))
 
 
 def _plain_l2(dummy, observed, weights) -> torch.Tensor:
@@ -113,7 +123,8 @@ def _factored_cosine(dummy, observed, weights) -> torch.Tensor:
         else:
             dot, norm_d = dot + w * _dot(d, o), norm_d + w * _dot(d, d)
         norm_o = norm_o + w * _dot(o, o)
-    return 1 - dot / (norm_d.sqrt() * norm_o.sqrt()).clamp_min(_EPS)
+    denom = norm_d.sqrt() * norm_o.sqrt()
+    return 1 - dot / denom.clamp_min(_floor(denom))
 
 
 def cosine_distance(dummy: Sequence[torch.Tensor | LowRankGradient], observed: Sequence[torch.Tensor],
