@@ -12,7 +12,7 @@ def _list(args: argparse.Namespace) -> int:
 
     for name in experiment_names():
         exp = load_experiment(name)
-        counts = "  ".join(f"{p}: {len(exp.runs(p))} runs" for p in ("quick", "paper"))
+        counts = "  ".join(f"{p}: {len(exp.runs(p))} runs" for p in exp.profile_names())
         print(f"{name:<8} {exp.title}\n         tests: {exp.tests}\n         {counts}")
     return 0
 
@@ -57,7 +57,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                ("run", _run, "run (or resume) an experiment's grid")):
         q = sub.add_parser(name, help=helptext)
         q.add_argument("name", help="experiment name (see `gradleak experiment list`) or YAML path")
-        q.add_argument("--profile", default="quick", help="quick (2 CPU cores, <= 30 min) or paper")
+        q.add_argument("--profile", default="quick",
+                       help="quick (2 CPU cores, <= 30 min), long (where defined: <= ~1 h on 2 "
+                            "cores, for findings quick cannot decide) or paper")
         q.add_argument("overrides", nargs="*", metavar="key=value",
                        help="config keys applied to every run")
         q.set_defaults(func=fn)

@@ -7,7 +7,7 @@ An experiment file (``configs/experiments/<name>.yaml``) holds
 * ``base``: dotted config keys shared by every run; ``grid``: axes whose values are crossed;
   ``variants``: named override sets (the series of a table row) crossed with the grid;
   ``seeds``; ``prepare``: artifacts built once and shared (a generator for GIA-L);
-* ``profiles.quick`` / ``profiles.paper``: overrides of the above (``base`` and ``prepare`` are
+* ``profiles.quick`` / ``profiles.long`` (optional) / ``profiles.paper``: overrides of the above (``base`` and ``prepare`` are
   merged key by key, ``grid`` axis by axis, ``variants`` and ``seeds`` replaced);
 * ``table``, ``plot``, ``verdict`` and ``paper`` (the published numbers) for the report.
 
@@ -35,7 +35,11 @@ import yaml
 from gradleak.config import Config, load_config, refuse_code, unflatten
 from gradleak.errors import GradleakError
 
-PROFILES = ("quick", "paper")
+PROFILES = ("quick", "long", "paper")
+OPTIONAL_PROFILES = frozenset({"long"})
+"""Profiles an experiment may lack: ``long`` exists where a finding needs a bigger CPU budget
+(<= ~1 h on 2 cores) than ``quick`` to decide; asking an experiment without one is an error,
+not a silent fall-back to the paper's full settings."""
 _TOP_KEYS = {"title", "tests", "insight", "kind", "base", "grid", "variants", "seeds", "prepare",
              "profiles", "table", "plot", "verdict", "paper", "names", "options"}
 _PROFILE_KEYS = {"base", "grid", "variants", "seeds", "prepare", "options"}
@@ -93,9 +97,9 @@ class Experiment:
 
     def profile(self, name: str) -> dict[str, Any]:
         """The experiment's settings with profile ``name`` applied."""
-        if name not in PROFILES:
+        if name not in self.profile_names():
             raise GradleakError(f"bad profile {name!r} for experiment {self.name}; allowed: "
-                                f"{', '.join(PROFILES)}")
+                                f"{', '.join(self.profile_names())}")
         merged = {k: copy.deepcopy(self.spec.get(k)) for k in _PROFILE_KEYS}
         over = (self.spec.get("profiles") or {}).get(name) or {}
         for key, value in over.items():
@@ -104,6 +108,11 @@ class Experiment:
             else:
                 merged[key] = value
         return merged
+
+    def profile_names(self) -> list[str]:
+        """The profiles this experiment has: ``quick`` and ``paper`` always, ``long`` if defined."""
+        defined = set(self.spec.get("profiles") or {})
+        return [p for p in PROFILES if p not in OPTIONAL_PROFILES or p in defined]
 
     def runs(self, profile: str, extra: dict[str, Any] | None = None) -> list[RunSpec]:
         """Every run of the profile's grid, variants outermost, seeds innermost; ``extra``
