@@ -72,6 +72,24 @@ def test_quick_profiles_are_cpu_sized():
         assert len(make_plan(name, "quick").runs) <= 40, name
 
 
+def test_long_profiles_are_optional_and_bounded():
+    """``long`` exists only where an experiment defines it; where it does it stays CPU-sized
+    (<= 32 px) and is asked of no experiment that lacks it."""
+    with_long = [n for n in PAPER if "long" in load_experiment(n).profile_names()]
+    assert "fig7" in with_long
+    for name in PAPER:
+        names = load_experiment(name).profile_names()
+        assert names[0] == "quick" and names[-1] == "paper", name
+        if name not in with_long:
+            with pytest.raises(GradleakError, match=f"bad profile 'long' for experiment {name}; "
+                                                    "allowed: quick, paper"):
+                make_plan(name, "long")
+    for name in with_long:
+        runs = make_plan(name, "long").runs
+        assert runs and len(runs) <= 40, name
+        assert all(r.config(resolve=None).data.resolution <= 32 for r in runs), name
+
+
 def test_bad_experiment_inputs_give_one_line_errors(tmp_path):
     with pytest.raises(GradleakError, match="unknown experiment 'nope'"):
         load_experiment("nope")
