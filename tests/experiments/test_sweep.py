@@ -284,3 +284,22 @@ def test_ray_executor_on_a_local_instance_matches_the_local_executor(tmp_path):
     assert metric_rows(tmp_path / "ray") == metric_rows(tmp_path / "local")
     with ResultStore(tmp_path / "ray") as store:
         assert all(r["status"] == "ok" and r["worker"] for r in store.rows())
+
+
+def test_gpu_check_grid_is_prepared_and_the_script_refuses_without_cuda():
+    """benchmarks/gpu_check.sh's grid validates with device=cuda (paper profiles too) and is
+    small; on a machine without CUDA the script stops at once with one line."""
+    import torch
+
+    root = Path(__file__).resolve().parents[2]
+    plan = make_plan(str(root / "benchmarks/gpu/tab1_resnet18.yaml"), "quick", ["device=cuda"])
+    cfgs = [r.config(resolve=None) for r in plan.runs]
+    assert len(cfgs) == 8 and {c.device for c in cfgs} == {"cuda"}
+    assert {c.model.name for c in cfgs} == {"resnet18"} and {c.data.resolution for c in cfgs} == {32}
+    assert {c.attack.name for c in cfgs} == {"ig", "gias"}
+    for name in PAPER:
+        assert make_plan(name, "paper", ["device=cuda"]).runs, name
+    if not torch.cuda.is_available():
+        done = subprocess.run(["bash", str(root / "benchmarks/gpu_check.sh")], capture_output=True,
+                              text=True, env={**os.environ, "PYTHON": sys.executable}, timeout=120)
+        assert done.returncode != 0 and "no CUDA device here" in done.stderr

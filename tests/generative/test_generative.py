@@ -152,6 +152,20 @@ def test_train_generator_writes_resumes_and_stops(tmp_path, capsys):
     assert _train(split, 6, "attack.lr=1") == 2
     assert "only data.* keys" in capsys.readouterr().err
 
+    # --device cpu is the default's exact run; an unusable device is one line before any work.
+    explicit = tmp_path / "explicit"
+    assert _train(explicit, 5, "--device", "cpu") == 0
+    c = torch.load(explicit / "checkpoint.pt", weights_only=True)
+    for key, value in a["generator"].items():
+        assert torch.equal(value, c["generator"][key]), key
+    capsys.readouterr()
+    assert _train(tmp_path / "gpu", 5, "--device", "tpu") == 2
+    assert "bad value 'tpu' for device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert _train(tmp_path / "gpu", 5, "--device", "cuda") == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+        assert not (tmp_path / "gpu").exists()
+
 
 # -- gias ----------------------------------------------------------------------------------------
 

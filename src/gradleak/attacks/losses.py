@@ -23,7 +23,6 @@ from torch.autograd.function import once_differentiable
 from gradleak.attacks.lowrank import LowRankGradient
 
 
-
 def _floor(denom: torch.Tensor) -> float:
     """The smallest denominator the cosine divides by: the dtype's smallest normal number.
 

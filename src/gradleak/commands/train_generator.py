@@ -32,6 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-augment", action="store_true", help="no DiffAugment (not advised on small data)")
     p.add_argument("--checkpoint-every", type=int_at_least(1), default=250, metavar="K")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint, start at 0")
+    p.add_argument("--device", default="cpu", help="where G and D train: cpu (default), cuda or "
+                   "cuda:N (random draws stay on the CPU generator)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="data.key=value", help="dataset overrides")
     p.set_defaults(func=run)
@@ -47,12 +49,15 @@ def run(args: argparse.Namespace) -> int:
             raise GradleakError(f"train-generator reads only data.* keys, got {key!r}; use the "
                                 "--steps/--batch-size/... options for training settings")
     data = load_config(args.config, args.overrides).data
+    from gradleak.scenario import resolve_device
+
+    device = resolve_device(args.device)  # one line, before any data is loaded
     settings = GeneratorTraining(steps=args.steps, batch_size=args.batch_size,
                                  latent_dim=args.latent_dim, width=args.width,
                                  conditional=args.conditional, lr=args.lr, seed=args.seed,
                                  checkpoint_every=args.checkpoint_every, augment=not args.no_augment)
     result = train_generator(data, args.out, settings, fresh=args.fresh, progress=not args.quiet,
-                             log=print)
+                             device=str(device), log=print)
     if result.did_work:
         print(f"trained steps {result.start_step}..{result.step} in {result.seconds:.1f} s "
               f"(loss_d={result.loss_d:.3f} loss_g={result.loss_g:.3f})")

@@ -47,11 +47,11 @@ def locked(path: Path) -> Iterator[None]:
 
 
 def ensure_generator(name: str, spec: dict[str, Any], cache: Path, *,
-                     resolution: int | None = None) -> Path:
+                     resolution: int | None = None, device: str = "cpu") -> Path:
     """Train (or reuse) the generator described by ``spec``; returns its ``generator.pt``.
 
     ``resolution`` (the run's ``data.resolution``) applies unless ``spec.data`` sets one, so one
-    prepare entry serves every resolution of a grid.
+    prepare entry serves every resolution of a grid; ``device`` is where it trains.
     """
     from gradleak.config import load_config
     from gradleak.generative.train import GENERATOR, GeneratorTraining, train_generator
@@ -70,7 +70,9 @@ def ensure_generator(name: str, spec: dict[str, Any], cache: Path, *,
         path = folder / GENERATOR
         done = folder / "done.json"
         if not done.is_file():
-            train_generator(data, folder, settings, progress=False)
+            # The run's device (a GPU sweep trains its generator there too); the draws do not
+            # depend on it, so the artifact's key leaves it out.
+            train_generator(data, folder, settings, progress=False, device=device)
             write_json(done, {"spec": spec})
     return path
 

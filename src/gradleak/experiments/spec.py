@@ -7,8 +7,9 @@ An experiment file (``configs/experiments/<name>.yaml``) holds
 * ``base``: dotted config keys shared by every run; ``grid``: axes whose values are crossed;
   ``variants``: named override sets (the series of a table row) crossed with the grid;
   ``seeds``; ``prepare``: artifacts built once and shared (a generator for GIA-L);
-* ``profiles.quick`` / ``profiles.long`` (optional) / ``profiles.paper``: overrides of the above (``base`` and ``prepare`` are
-  merged key by key, ``grid`` axis by axis, ``variants`` and ``seeds`` replaced);
+* ``profiles.quick`` / ``profiles.long`` (optional) / ``profiles.paper``: overrides of the
+  above (``base`` and ``prepare`` are merged key by key, ``grid`` axis by axis, ``variants``
+  and ``seeds`` replaced);
 * ``table``, ``plot``, ``verdict`` and ``paper`` (the published numbers) for the report.
 
 Axes named ``run.<key>`` are options of the run kind (e.g. ``run.round`` of a training-stage

@@ -55,7 +55,8 @@ def execute(run: dict[str, Any], out: str, *, profile: str, threads: int = 1,
         row.update(flatten(unresolved.to_dict()))
         row.update({f"run.{k}": v for k, v in spec.options.items()})
         resolution = unresolved.data.resolution
-        resolved = {n: str(ensure_generator(n, p, ctx.cache, resolution=resolution))
+        resolved = {n: str(ensure_generator(n, p, ctx.cache, resolution=resolution,
+                                            device=unresolved.device))
                     for n, p in sorted(spec.prepare.items())}
         cfg = spec.config(resolve=resolved)
         with warnings.catch_warnings(record=True) as caught:  # kept in the row, not printed

@@ -103,26 +103,34 @@ def diff_augment(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     """DiffAugment's colour + translation (1/8) + cutout (1/2) of ``x [B, C, H, W]`` in [0, 1],
     differentiable in ``x``; the draws come from ``rng`` so that resumed runs stay identical."""
     b, _, h, w = x.shape
+    dev = x.device  # draws stay on the CPU generator (the same stream on every device)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=rng).to(dev)
+
+    def randint(lo: int, hi: int, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randint(lo, hi, shape, generator=rng).to(dev)
+
     # Colour: brightness, saturation, contrast (Zhao et al.'s ranges, mapped to [0, 1] pixels).
-    x = x + (torch.rand(b, 1, 1, 1, generator=rng) - 0.5) * 0.5
+    x = x + (rand(b, 1, 1, 1) - 0.5) * 0.5
     mean = x.mean(dim=1, keepdim=True)
-    x = (x - mean) * (torch.rand(b, 1, 1, 1, generator=rng) * 2) + mean
+    x = (x - mean) * (rand(b, 1, 1, 1) * 2) + mean
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * (torch.rand(b, 1, 1, 1, generator=rng) + 0.5) + mean
+    x = (x - mean) * (rand(b, 1, 1, 1) + 0.5) + mean
     # Translation by up to 1/8 of the side, padding with mid-grey.
     r = max(1, round(h * 0.125))
-    shift_y = torch.randint(-r, r + 1, (b, 1, 1), generator=rng)
-    shift_x = torch.randint(-r, r + 1, (b, 1, 1), generator=rng)
-    rows = (torch.arange(h)[None, :, None] + shift_y).clamp(-1, h) + 1
-    cols = (torch.arange(w)[None, None, :] + shift_x).clamp(-1, w) + 1
+    shift_y = randint(-r, r + 1, (b, 1, 1))
+    shift_x = randint(-r, r + 1, (b, 1, 1))
+    rows = (torch.arange(h, device=dev)[None, :, None] + shift_y).clamp(-1, h) + 1
+    cols = (torch.arange(w, device=dev)[None, None, :] + shift_x).clamp(-1, w) + 1
     padded = F.pad(x, [1, 1, 1, 1], value=0.5)
-    batch = torch.arange(b)[:, None, None]
+    batch = torch.arange(b, device=dev)[:, None, None]
     x = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
     # Cutout: one mid-grey square of half the side per image.
     size = h // 2
-    top = torch.randint(0, h - size + 1, (b, 1, 1), generator=rng)
-    left = torch.randint(0, w - size + 1, (b, 1, 1), generator=rng)
-    ys, xs = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+    top = randint(0, h - size + 1, (b, 1, 1))
+    left = randint(0, w - size + 1, (b, 1, 1))
+    ys, xs = torch.arange(h, device=dev)[None, :, None], torch.arange(w, device=dev)[None, None, :]
     hole = ((ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size))[:, None]
     return torch.where(hole, torch.full_like(x, 0.5), x)
 
@@ -136,8 +144,9 @@ def _save_samples(path: Path, generator: DCGANGenerator, noise: torch.Tensor,
                   labels: torch.Tensor | None) -> None:
     was_training = generator.training
     generator.eval()
+    dev = next(generator.parameters()).device
     with torch.no_grad():
-        images = generator(noise, labels).cpu()
+        images = generator(noise.to(dev), None if labels is None else labels.to(dev)).cpu()
     generator.train(was_training)
     grid = make_grid(images, nrow=8, padding=2, pad_value=1.0)
     atomic_write(path, lambda p: save_image(grid, p, format="png"))
@@ -157,7 +166,8 @@ class _GAN:
     sample_labels: torch.Tensor | None
 
     @classmethod
-    def build(cls, settings: GeneratorTraining, dataset: ImageDataset) -> _GAN:
+    def build(cls, settings: GeneratorTraining, dataset: ImageDataset,
+              device: str = "cpu") -> _GAN:
         num_classes = dataset.num_classes
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)
@@ -166,6 +176,7 @@ class _GAN:
                                  width=settings.width)
             disc = DCGANDiscriminator(dataset.channels, dataset.resolution, num_classes=num_classes,
                                       conditional=settings.conditional, width=settings.width)
+        gen, disc = gen.to(device), disc.to(device)  # built on the CPU: the same init everywhere
         betas = (settings.beta1, settings.beta2)
         opt_g = torch.optim.Adam(gen.parameters(), lr=settings.lr, betas=betas)
         opt_d = torch.optim.Adam(disc.parameters(), lr=settings.lr, betas=betas)
@@ -202,11 +213,13 @@ class _GAN:
 
 
 def train_generator(data: DataConfig, out: str | Path, settings: GeneratorTraining | None = None, *,
-                    fresh: bool = False, progress: bool = True,
+                    fresh: bool = False, progress: bool = True, device: str = "cpu",
                     log: Callable[[str], None] = lambda _m: None) -> TrainResult:
     """Train (or resume training of) a DCGAN on ``data`` (the adversary's auxiliary set) into ``out``.
 
     ``fresh=True`` ignores an existing ``out/checkpoint.pt`` and starts again from step 0.
+    ``device`` is where the networks train (e.g. ``cuda``); every random draw still comes from
+    the CPU generator, so the sampled batches, noise and augmentations do not depend on it.
     """
     settings = settings or GeneratorTraining()
     settings.check()
@@ -217,7 +230,7 @@ def train_generator(data: DataConfig, out: str | Path, settings: GeneratorTraini
     if len(images) == 0:
         raise GradleakError(f"dataset {data.dataset!r} ({data.split}) is empty: nothing to train on")
     identity = _data_identity(data, dataset)
-    gan = _GAN.build(settings, dataset)
+    gan = _GAN.build(settings, dataset, device)
 
     step = 0
     ckpt_path = out / CHECKPOINT
@@ -282,10 +295,11 @@ def _step(gen: DCGANGenerator, disc: DCGANDiscriminator, opt_g: torch.optim.Opti
     """One discriminator and one generator update; all randomness from ``rng``."""
     batch = settings.batch_size
     idx = torch.randint(len(images), (batch,), generator=rng)
-    real, y = images[idx], labels[idx]
-    flip = torch.rand(batch, generator=rng) < 0.5
+    dev = next(gen.parameters()).device
+    real, y = images[idx].to(dev), labels[idx].to(dev)
+    flip = (torch.rand(batch, generator=rng) < 0.5).to(dev)
     real = torch.where(flip[:, None, None, None], real.flip(-1), real)
-    z = torch.randn(batch, settings.latent_dim, generator=rng)
+    z = torch.randn(batch, settings.latent_dim, generator=rng).to(dev)
     y_in = y if settings.conditional else None
 
     fake = gen(z, y_in)
