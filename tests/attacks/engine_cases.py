@@ -81,7 +81,9 @@ def run_case(case: str, seed: int) -> dict[str, torch.Tensor]:
 
 def record() -> None:
     torch.set_num_threads(1)
-    out = {"torch": str(torch.__version__),
+    from tests.build_signature import signature
+
+    out = {**signature(),
            "runs": {f"{c}/{s}": run_case(c, s) for c in CASES for s in SEEDS}}
     REFERENCE.parent.mkdir(exist_ok=True)
     torch.save(out, REFERENCE)

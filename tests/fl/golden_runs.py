@@ -4,7 +4,6 @@ was split into aggregation / dp / server (issue 11): ``python -m tests.fl.golden
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 import torch
@@ -63,7 +62,9 @@ def runs() -> dict[str, dict]:
 
 
 def record() -> None:
-    torch.save({"torch": torch.__version__, "machine": platform.machine(), "runs": runs()}, GOLDEN)
+    from tests.build_signature import signature
+
+    torch.save({**signature(), "runs": runs()}, GOLDEN)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,10 @@ final global model, bit for bit on the recording's torch build and machine."""
 
 from __future__ import annotations
 
-import platform
-
 import pytest
 import torch
 
+from tests.build_signature import same_build as _same_build
 from tests.fl.golden_runs import GOLDEN, runs
 
 
@@ -26,7 +25,7 @@ def fresh():
 def test_refactored_server_reproduces_the_recorded_run(recorded, fresh, name):
     want, got = recorded["runs"][name], fresh[name]
     # Another torch build or CPU may round differently; the recording machine must match exactly.
-    same_build = (recorded["torch"], recorded["machine"]) == (torch.__version__, platform.machine())
+    same_build = _same_build(recorded)
     tol = {"atol": 0.0, "rtol": 0.0} if same_build else {"atol": 1e-5, "rtol": 1e-4}
     assert got["sampled"] == want["sampled"]
     assert set(got["epsilon"]) == set(want["epsilon"])
