@@ -125,7 +125,7 @@ def plan_runs(ladder: Ladder, setup: Setup, budget: dict[str, Any], seeds: list[
                                                              extra=keys_adapt),
                          kind="defended_attack", labels={"defense": point.key}) for s in seeds]
         if train:
-            fl = flatten({"fl": ladder.recommend.get("fl") or {}})
+            fl = dict(flatten({"fl": ladder.recommend.get("fl") or {}}))
             base = next(lv for lv in ladder.levels if lv.level == 0)
             cfg = level_config(ladder, base, setup, budget, seed=setup.cfg.seed,
                                extra={**fl, **setup.user_fl, **keys})
