@@ -90,11 +90,20 @@ def test_wilson_interval():
 
 def test_convergence_reads_the_best_restart_and_early_stops():
     assert converged(RunEvidence(0, [], [], T), 0.05)  # closed-form attack: no history
-    two = [5.0] * 10 + [1.0 - 0.05 * i for i in range(10)]  # restart 2 still falling
+    # Iterations 0, 10, ..., 90 and 99 are recorded: 11 entries per restart of 100.
+    two = [5.0] * 11 + [1.0 - 0.05 * i for i in range(11)]  # restart 2 still falling
     assert not converged(RunEvidence(0, [], [], T, iterations=100, iterations_used=[100, 100],
                                      history=two), 0.05)
-    stopped = RunEvidence(0, [], [], T, iterations=100, iterations_used=[40], history=two)
+    flat_best = [1.0 - 0.05 * i for i in range(11)] + [0.1] * 11  # restart 2 best and flat
+    assert converged(RunEvidence(0, [], [], T, iterations=100, iterations_used=[100, 100],
+                                 history=flat_best), 0.05)
+    stopped = RunEvidence(0, [], [], T, iterations=100, iterations_used=[100, 100], history=two,
+                          plateau_stop=True)
+    stopped.iterations_used = [40, 100]
+    stopped.history = two[:5] + two[11:]
     assert converged(stopped, 0.05)
+    stopped.plateau_stop = False  # ended by attack.max_seconds: the loss decides
+    assert not converged(stopped, 0.05)
 
 
 def test_combine_and_best_sample():

@@ -66,6 +66,7 @@ class RunEvidence:
     iterations_used: list[int] = field(default_factory=list)
     history: list[float] = field(default_factory=list)
     run_id: str = ""
+    plateau_stop: bool = False  # attack.stop without attack.max_seconds: an early end is a plateau
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> RunEvidence:
@@ -76,7 +77,8 @@ class RunEvidence:
                    lpips=per.get("lpips"), thresholds=res.get("thresholds") or {},
                    iterations=int(row.get("iterations") or 0),
                    iterations_used=list(res.get("iterations_used") or []),
-                   history=list(res.get("loss_history") or []), run_id=str(row.get("run_id", "")))
+                   history=list(res.get("loss_history") or []), run_id=str(row.get("run_id", "")),
+                   plateau_stop=bool(row.get("attack.stop")) and row.get("attack.max_seconds") is None)
 
     def flags(self) -> list[tuple[bool, bool | None]]:
         """Per sample ``(at_risk, leaked)``; ``leaked`` is None without LPIPS."""
@@ -106,21 +108,30 @@ def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
 
 def converged(run: RunEvidence, gain: float) -> bool:
     """Whether the attack had stopped improving: no loss history (a closed-form attack), a
-    restart ended early by its plateau rule, or the best restart's loss fell by at most ``gain``
-    (relative) over its last fifth of recorded iterations. The history holds every 10th
-    iteration of each restart, restarts one after another."""
+    restart ended early by its plateau rule (``attack.stop`` alone; an end by ``attack.max_seconds``
+    is a spent budget, judged by the loss like a full run), or the best restart's loss fell by at
+    most ``gain`` (relative) over its last fifth of recorded iterations. The history holds every
+    10th iteration of each restart, restarts one after another."""
     if not run.history:
         return True
-    if run.iterations_used and run.iterations and min(run.iterations_used) < run.iterations:
+    ended_early = bool(run.iterations_used) and min(run.iterations_used) < run.iterations
+    if run.plateau_stop and ended_early:
         return True
-    restarts = max(1, len(run.iterations_used))
-    size = len(run.history) // restarts
-    chunks = ([run.history[i * size:(i + 1) * size] for i in range(restarts)]
-              if size >= 5 and size * restarts == len(run.history) else [run.history])
+    chunks = _per_restart(run.history, run.iterations_used)
     best = min(chunks, key=lambda c: min(c))
     tail = max(1, len(best) // 5)
     before, after = min(best[:-tail] or best), min(best[-tail:])
     return before - after <= gain * max(abs(before), 1e-12)
+
+
+def _per_restart(history: list[float], used: list[int]) -> list[list[float]]:
+    """Split the history by restart: a restart of ``u`` iterations recorded iterations
+    ``0, 10, 20, ...`` and its last one; the whole history when the lengths do not add up."""
+    sizes = [len([i for i in range(u) if i % 10 == 0 or i == u - 1]) for u in used]
+    if not used or sum(sizes) != len(history) or min(sizes) < 5:
+        return [history]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [history[a:a + n] for a, n in zip(starts, sizes, strict=True)]
 
 
 def seeds_for(share: float, samples: int, rule: VerdictRule) -> int | None:
