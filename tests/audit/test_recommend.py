@@ -1,7 +1,10 @@
 """Picking the cheapest defense setting that does not leak (gradleak.audit.recommend)."""
 
+import pytest
+
 from gradleak.audit.recommend import (
     COST_DISTORTION,
+    Bisection,
     accuracy_drops,
     largest_layers,
     pick_defense,
@@ -49,3 +52,15 @@ def test_accuracy_drops_and_layers():
     drops = accuracy_drops({"none": 0.8, "qsgd": 0.75, "x": None})
     assert drops["none"] == 0.0 and abs(drops["qsgd"] - 5.0) < 1e-9 and drops["x"] is None
     assert largest_layers([("a", 10), ("b", 300), ("c", 20), ("d", 5)], 2) == ["b", "c"]
+
+
+@pytest.mark.parametrize("first_safe", [0, 1, 2, 3, 4, 5])
+def test_bisection_finds_the_weakest_safe_setting(first_safe):
+    from gradleak.experiments.privacy_utility import GridPoint
+
+    b = Bisection([GridPoint("topk", "sparsity", v) for v in (0.6, 0.7, 0.8, 0.9, 0.95)])
+    probed = []
+    while (p := b.probe()) is not None:
+        probed.append(p.value)
+        b.record([0.6, 0.7, 0.8, 0.9, 0.95].index(p.value) >= first_safe)
+    assert b.lo == first_safe and len(probed) <= 3

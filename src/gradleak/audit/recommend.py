@@ -2,9 +2,12 @@
 attack of the ladder, and the most vulnerable layers (paper Sec. 7: defend the vulnerable parts
 lightly).
 
-* Privacy of each defense setting: the strongest leaking level's config with the defense, over
-  the same seeds (kind ``defended_attack``), adaptive (``attack.adaptive=true``) where the defense
+* Privacy of a defense setting: the strongest leaking level's config with the defense, over the
+  same seeds (kind ``defended_attack``), adaptive (``attack.adaptive=true``) where the defense
   has a differentiable surrogate and the attack an adaptive mode; the level's verdict rule.
+  Each defense's grid (weakest to strongest) is bisected for its weakest setting that does not
+  leak (:class:`Bisection`), a sweep per round: at most ``ceil(log2(len + 1))`` settings per
+  defense instead of all of them, since a stronger setting only costs more.
 * Utility cost: the drop of test accuracy (percentage points) after a short FL training of the
   user's model on the user's data with the defense, against the same training without it (kind
   ``privacy_utility`` with ``attack: false``; the held-out test split of ``data.test_root`` /
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from gradleak.audit.ladder import Ladder, Level, Setup, level_config
@@ -141,6 +145,91 @@ def plan_runs(ladder: Ladder, setup: Setup, budget: dict[str, Any], seeds: list[
     return runs
 
 
+@dataclass
+class Bisection:
+    """Binary search for the weakest setting of one defense that does not leak, over its grid
+    ordered from the weakest to the strongest setting (privacy is assumed to grow with strength,
+    and so does the cost): ``lo``..``hi`` bracket the first safe index (``hi = len``: none yet).
+    An ``inconclusive`` setting counts as not safe."""
+
+    points: list[GridPoint]
+    lo: int = 0
+    hi: int = -1
+
+    def __post_init__(self) -> None:
+        if self.hi < 0:
+            self.hi = len(self.points)
+
+    def probe(self) -> GridPoint | None:
+        return self.points[(self.lo + self.hi) // 2] if self.lo < self.hi else None
+
+    def record(self, safe: bool) -> None:
+        mid = (self.lo + self.hi) // 2
+        if safe:
+            self.hi = mid
+        else:
+            self.lo = mid + 1
+
+
+def bisections(grid: list[GridPoint]) -> list[Bisection]:
+    """One search per defense of ``grid`` (``none`` left out), in the grid's order."""
+    by: dict[str, list[GridPoint]] = {}
+    for p in grid:
+        if p.defense != "none":
+            by.setdefault(p.defense, []).append(p)
+    return [Bisection(points) for points in by.values()]
+
+
+def _evidence(groups: dict[str, list[RunSpec]], rows: dict[str, dict],
+              group: str) -> list[RunEvidence]:
+    return [RunEvidence.from_row(rows[r.run_id]) for r in groups.get(group, [])
+            if r.run_id in rows]
+
+
+def _point(p: GridPoint, groups: dict[str, list[RunSpec]], rows: dict[str, dict],
+           rule: VerdictRule) -> dict[str, Any]:
+    """One evaluated setting (its cost is filled in once the baseline accuracy is known)."""
+    decided = level_verdict(_evidence(groups, rows, f"privacy:{p.key}"), rule)
+    mine = [rows[r.run_id] for r in groups[f"privacy:{p.key}"] if r.run_id in rows]
+    dist = [r["distortion"] for r in mine if isinstance(r.get("distortion"), (int, float))]
+    return {"key": p.key, "defense": p.defense, "param": p.param, "value": p.value,
+            "verdict": decided["verdict"], "at_risk_share": decided["at_risk_share"],
+            "leaked_share": decided["leaked_share"], "reason": decided["reason"],
+            "distortion": sum(dist) / len(dist) if dist else None}
+
+
+def search(ladder: Ladder, setup: Setup, budget: dict[str, Any], seeds: list[int], level: Level,
+           grid: list[GridPoint], layers: list[str], rule: VerdictRule, *, train: bool,
+           sweep: Callable[[list[RunSpec], str, str], dict[str, dict]]
+           ) -> tuple[list[dict[str, Any]], dict[str, float | None], list[dict[str, Any]]]:
+    """Bisect every defense's grid, a sweep per round (the undefended training and the layers
+    in the first): the evaluated settings, the accuracies by key and the layers' verdicts."""
+    searches, points, accuracy, layer_rows = bisections(grid), [], {}, []
+    first = True
+    while True:
+        active = [(b, p) for b in searches if (p := b.probe()) is not None]
+        if not active and not first:
+            break
+        batch = ([GridPoint("none")] if first else []) + [p for _, p in active]
+        groups = plan_runs(ladder, setup, budget, seeds, level, batch, layers if first else [],
+                           train=train)
+        rows = sweep([r for runs in groups.values() for r in runs], "audit recommendation",
+                     EXPERIMENT)
+        accuracy.update({p.key: next((rows[r.run_id].get("final_accuracy") for r in
+                                      groups.get(f"utility:{p.key}", []) if r.run_id in rows),
+                                     None) for p in batch})
+        if first:
+            layer_rows = [{"layer": n, "parameters": dict(setup.layers)[n]}
+                          | level_verdict(_evidence(groups, rows, f"layer:{n}"), rule)
+                          for n in layers]
+        for b, p in active:
+            points.append(_point(p, groups, rows, rule))
+            b.record(points[-1]["verdict"] == SAFE)
+        first = False
+    rank = {p.key: i for i, p in enumerate(grid)}
+    return sorted(points, key=lambda e: rank[e["key"]]), accuracy, layer_rows
+
+
 def recommend(ladder: Ladder, setup: Setup, budget: dict[str, Any], seeds: list[int],
               levels: list[dict[str, Any]], rule: VerdictRule, options: Any,
               sweep: Callable[[list[RunSpec], str, str], dict[str, dict]]) -> dict[str, Any]:
@@ -153,41 +242,20 @@ def recommend(ladder: Ladder, setup: Setup, budget: dict[str, Any], seeds: list[
     grids = (rec.get("grids") or {}).get(options.budget or ladder.default_budget) or {}
     grid = build_grid(rec.get("defenses") or (), grids)
     layers = largest_layers(setup.layers, int(rec.get("layers", 4)))
-    groups = plan_runs(ladder, setup, budget, seeds, level, grid, layers, train=options.train)
-    rows = sweep([r for runs in groups.values() for r in runs], "audit recommendation",
-                 EXPERIMENT)
-
-    def evidence(group: str) -> list[RunEvidence]:
-        return [RunEvidence.from_row(rows[r.run_id]) for r in groups.get(group, [])
-                if r.run_id in rows]
-
-    accuracy = {p.key: next((rows[r.run_id].get("final_accuracy") for r in
-                             groups.get(f"utility:{p.key}", []) if r.run_id in rows), None)
-                for p in grid}
+    points, accuracy, layer_rows = search(ladder, setup, budget, seeds, level, grid, layers, rule,
+                                          train=options.train, sweep=sweep)
     drops = accuracy_drops(accuracy)
-    points = []
-    for p in grid:
-        if p.defense == "none":
-            continue
-        decided = level_verdict(evidence(f"privacy:{p.key}"), rule)
-        mine = [rows[r.run_id] for r in groups[f"privacy:{p.key}"] if r.run_id in rows]
-        dist = [r["distortion"] for r in mine if isinstance(r.get("distortion"), (int, float))]
-        points.append({"key": p.key, "defense": p.defense, "param": p.param, "value": p.value,
-                       "verdict": decided["verdict"], "at_risk_share": decided["at_risk_share"],
-                       "leaked_share": decided["leaked_share"], "reason": decided["reason"],
-                       "accuracy": accuracy.get(p.key), "accuracy_drop": drops.get(p.key),
-                       "distortion": sum(dist) / len(dist) if dist else None,
-                       "cost": drops.get(p.key) if options.train else
-                       (sum(dist) / len(dist) if dist else None)})
+    for e in points:
+        e["accuracy"], e["accuracy_drop"] = accuracy.get(e["key"]), drops.get(e["key"])
+        e["cost"] = e["accuracy_drop"] if options.train else e["distortion"]
     max_drop = (options.max_accuracy_drop if options.max_accuracy_drop is not None
                 else float(rec.get("max_accuracy_drop", 2.0)))
     cost = COST_ACCURACY if options.train else COST_DISTORTION
     picked = pick_defense(points, max_drop=max_drop, cost=cost)
-    layer_rows = [{"layer": n, "parameters": dict(setup.layers)[n]}
-                  | level_verdict(evidence(f"layer:{n}"), rule) for n in layers]
     return {"recommendation": picked | {
                 "attack": level.name, "cost": cost, "max_accuracy_drop": max_drop,
-                "accuracy_without_defense": accuracy.get("none"), "settings": points},
+                "accuracy_without_defense": accuracy.get("none"), "searched": "bisection from "
+                "the weakest to the strongest setting of each defense", "settings": points},
             "vulnerable_layers": {
                 "attack": level.name, "layers": layer_rows,
                 "suffices": [r["layer"] for r in layer_rows if r["verdict"] == LEAKS],
