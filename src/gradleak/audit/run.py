@@ -1,5 +1,5 @@
 """The audit of a user's setup, end to end: ladder -> verdict -> recommendation -> ``verdict.json``
-and the report (``docs/audit.md``).
+(``docs/audit.md``); the command renders the report from it.
 
 Everything runs through the one sweep into ``OUT/results.sqlite`` (experiment ``audit`` for the
 ladder, ``audit-recommend`` for the defense sweep, the utility trainings and the per-layer
@@ -142,9 +142,8 @@ def save_best(out: Path, name: str, best: dict[str, Any]) -> dict[str, Any]:
 
 
 def audit_setup(options: AuditOptions, log: Log = lambda _m: None) -> dict[str, Any]:
-    """Run the audit of ``options``' setup; write and return ``verdict.json``'s content."""
-    from gradleak.report.audit_verdict import render_verdict
-
+    """Run the audit of ``options``' setup; write and return ``verdict.json``'s content (the
+    report is :func:`gradleak.report.audit_verdict.render_verdict` of it)."""
     ladder = load_ladder()
     budget = ladder.budget(options.budget)
     rule = VerdictRule.from_dict(ladder.verdict)
@@ -161,7 +160,6 @@ def audit_setup(options: AuditOptions, log: Log = lambda _m: None) -> dict[str, 
     if options.recommend and verdict["worst_case"] == LEAKS:
         verdict.update(recommend(ladder, setup, budget, seeds, levels, rule, options, sweep))
     write_json(out / "verdict.json", verdict)
-    render_verdict(out, verdict)
     return verdict
 
 

@@ -90,9 +90,11 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _setup(args: argparse.Namespace) -> int:
     from gradleak.audit.run import AuditOptions, audit_setup
+    from gradleak.report.audit_verdict import render_verdict
 
     options = AuditOptions.from_args(args)  # every option checked before any run
     verdict = audit_setup(options, log=lambda m: print(m, flush=True))
+    render_verdict(options.out, verdict)
     print(f"verdict: {verdict['verdict']}  ({verdict['summary']})")
     print(f"report: {options.out / 'index.html'}\n        {options.out / 'report.md'}\n"
           f"        {options.out / 'verdict.json'}")
