@@ -21,6 +21,8 @@ from gradleak.config import Config, flatten, load_config, parse_override, unflat
 from gradleak.errors import GradleakError
 
 LADDER = "configs/audit_ladder.yaml"
+LABELS_GRANTED = ("labels granted: the model has no linear layer to infer them from, so this "
+                  "level is stronger than its title")
 HONEST = (0, 1)  # the levels an honest-but-curious server reaches without extra assumptions
 NOT_RUN = {
     "generator": "not run: needs a generator (gradleak train-generator --out DIR, then "
@@ -86,6 +88,7 @@ class Setup:
     user_fl: dict[str, Any]  # fl.* keys the user gave
     num_samples: int = 1
     has_bn: bool = False
+    has_linear: bool = True  # label inference reads the last linear layer's gradient
     layers: list[tuple[str, int]] = field(default_factory=list)  # (module name, parameters)
 
     @property
@@ -124,6 +127,7 @@ def read_setup(config_file: str | None, overrides: list[str]) -> Setup:
     sc = Scenario.from_config(probe)
     setup.num_samples = int(len(sc.labels))
     setup.has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in sc.model.modules())
+    setup.has_linear = any(isinstance(m, nn.Linear) for m in sc.model.modules())
     setup.layers = [(name, sum(p.numel() for p in m.parameters(recurse=False)))
                     for name, m in sc.model.named_modules()
                     if name and any(True for _ in m.parameters(recurse=False))]
@@ -157,8 +161,10 @@ def level_config(ladder: Ladder, level: Level, setup: Setup, budget: dict[str, A
     items.update(level.set)
     if setup.fedavg:
         items.update(level.fedavg_set)
-    if level.labels != "known":
+    if level.labels != "known" and setup.has_linear:
         items["attack.labels"] = ladder.labels["one" if setup.num_samples == 1 else "many"]
+    elif level.labels != "known":  # nothing to infer labels from: granted (see LABELS_GRANTED)
+        items.update({"attack.labels": "known", "threat.knows_labels": True})
     items.update(extra or {})
     items["seed"] = seed
     try:

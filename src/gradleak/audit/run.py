@@ -16,6 +16,7 @@ from typing import Any
 
 from gradleak.audit.ladder import (
     HONEST,
+    LABELS_GRANTED,
     Ladder,
     Level,
     Setup,
@@ -119,6 +120,8 @@ def level_entry(level: Level, setup: Setup, runs: list[RunSpec], rows: dict[str,
     decided = level_verdict(evidence, rule)
     if len(evidence) < len(runs):
         decided["reason"] += f" ({len(runs) - len(evidence)} runs failed: see results.sqlite)"
+    if level.labels != "known" and not setup.has_linear:
+        decided["reason"] += f"; {LABELS_GRANTED}"
     best = best_sample(evidence)
     if best is not None:
         best |= save_best(out, level.name, best)

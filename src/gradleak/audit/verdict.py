@@ -182,7 +182,7 @@ def level_verdict(runs: list[RunEvidence], rule: VerdictRule) -> dict[str, Any]:
                        f"{len(runs)} seeds have samples at risk)")
     if k or n < rule.min_trials:
         reasons.append(f"{k} of {n} samples at risk, interval [{lo:.2f}, {hi:.2f}] straddles the "
-                       f"{rule.min_share:.0%} floor" if k else f"only {n} trials")
+                       f"{rule.min_share:.0%} floor" if k else f"only {n} trial{'s' if n != 1 else ''}")
         seeds = seeds_for(k / n, per_seed, rule)
         restarts = 2 * max(1, max(len(r.iterations_used) for r in runs))
         suggest.append(f"--seeds {seeds}" if seeds else f"attack.restarts={restarts} (isolated "
