@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,9 @@ def page(root: Path, verdict: dict[str, Any], md: str) -> str:
             level = len(line) - len(line.lstrip("#"))
             parts.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
         elif line.strip():
-            parts.append(f"<p>{html.escape(line).replace('**', '')}</p>")
+            text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(line))
+            text = re.sub(r"\*(.+?)\*", r"<i>\1</i>", text)
+            parts.append(f"<p>{text}</p>")
     if table:
         parts.append("<table>" + "".join(table) + "</table>")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>gradleak audit: \
