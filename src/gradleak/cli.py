@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import pkgutil
 import sys
 import tempfile
@@ -36,38 +35,6 @@ def cmd_attack(args: argparse.Namespace) -> int:
     run = run_scenario(cfg, progress=not args.quiet)
     path = write_run(args.out, run)
     print(f"{format_metrics(run.result['metrics'])}  ->  {path}")
-    return 0
-
-
-def cmd_audit(args: argparse.Namespace) -> int:
-    from gradleak.config import flatten, load_config
-    from gradleak.report.audit import load_audit_plan, render_audit
-    from gradleak.runner import run_scenario, write_run
-
-    plan = load_audit_plan(args.plan)
-    out = Path(args.out)
-    scenarios = plan["scenarios"]
-    base = dict(flatten(plan.get("base") or {}))
-    # Validate every scenario before spending minutes on the first one.
-    configs = [load_config(None, args.overrides, base={**base, **dict(flatten(s.get("set") or {}))})
-               for s in scenarios]
-    for i, (scenario, cfg) in enumerate(zip(scenarios, configs, strict=True), 1):
-        print(f"[{i}/{len(scenarios)}] {scenario.get('title', scenario['name'])}", flush=True)
-        done = out / scenario["name"] / "result.json"
-        if not args.rerun and done.is_file():
-            try:
-                previous = json.loads(done.read_text())
-            except (OSError, ValueError):
-                previous = {}  # a damaged result is redone, not trusted
-            if isinstance(previous, dict) and previous.get("config_digest") == cfg.digest():
-                # An interrupted audit resumes: finished scenarios are not redone.
-                print("    done before (same config): kept", flush=True)
-                continue
-        run = run_scenario(cfg, progress=not args.quiet)
-        write_run(out / scenario["name"], run)
-        print(f"    {format_metrics(run.result['metrics'])}", flush=True)
-    md, page = render_audit(out, scenarios)
-    print(f"report: {page}\n        {md}")
     return 0
 
 
@@ -145,15 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     p.set_defaults(func=cmd_attack)
-
-    p = sub.add_parser("audit", help="the default audit: several scenarios and a report")
-    p.add_argument("--out", default="reports/demo", help="report folder")
-    p.add_argument("--plan", help="YAML audit plan (default: the packaged configs/audit.yaml)")
-    p.add_argument("--rerun", action="store_true", help="redo scenarios that already finished")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="overrides applied to every scenario")
-    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("config", help="print the resolved config")
     p.add_argument("--config")

@@ -29,3 +29,15 @@ def comparison_grid(truth: torch.Tensor, recon: torch.Tensor, *, min_side: int =
 def save_comparison(path: str | Path, truth: torch.Tensor, recon: torch.Tensor) -> None:
     grid = comparison_grid(truth, recon)
     atomic_write(path, lambda p: save_image(grid, p, format="png"))
+
+
+def save_pair(path: str | Path, original: torch.Tensor, recon: torch.Tensor) -> None:
+    """One sample ``[C, H, W]``: the original (left) beside its reconstruction (right)."""
+    both = torch.stack([original, recon]).float().clamp(0, 1)
+    if both.shape[1] == 1:
+        both = both.repeat(1, 3, 1, 1)
+    scale = max(1, 96 // both.shape[-1])
+    if scale > 1:
+        both = F.interpolate(both, scale_factor=scale, mode="nearest")
+    grid = make_grid(both, nrow=2, padding=2, pad_value=1.0)
+    atomic_write(path, lambda p: save_image(grid, p, format="png"))

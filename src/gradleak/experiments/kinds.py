@@ -10,11 +10,15 @@ optionally ``"_result"`` (extra JSON kept in the store). Kinds register with
 * ``stage``: the paper's Fig. 7: FL training (cached, shared by every round of one model), then
   accuracy, IGSA and the attack against the global model of round ``run.round``.
 * ``privacy_utility``: the paper's Fig. 11 / Tab. 6: FL training with every client applying
-  the scenario's defense (final accuracy), then the attack on the victim's observed update.
+  the scenario's defense (final accuracy), then the attack on the victim's observed update
+  (option ``attack: false``: the training's accuracy only, the audit's utility cost).
+* ``defended_attack``: ``attack`` on the defended update, plus the defense's relative distortion
+  ``||D(u) - u|| / ||u||`` of the client's update (the audit's cost without training).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,7 +69,8 @@ def _scenario_metrics(sc: Any, ctx: RunContext, *, igsa_points: int | None) -> d
                model_parameters=res["scenario"]["model_parameters"],
                local_updates=res["scenario"]["local_updates"])
     out["_result"] = {k: res[k] for k in ("per_sample", "labels", "thresholds", "warnings",
-                                          "scenario", "versions", "git_commit", "attack_losses")}
+                                          "scenario", "versions", "git_commit", "attack_losses",
+                                          "loss_history", "iterations_used")}
     return out
 
 
@@ -75,6 +80,21 @@ def run_attack(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> dict[str, 
 
     points = int(options.get("igsa_points", 4)) if options.get("igsa") else None
     return _scenario_metrics(Scenario.from_config(cfg), ctx, igsa_points=points)
+
+
+@register_kind("defended_attack")
+def run_defended_attack(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> dict[str, Any]:
+    from gradleak.scenario import Scenario
+
+    sc = Scenario.from_config(cfg)
+    update = sc.client_round().update  # the same update sc.run() shares (client seed stream)
+    defended = sc.defend(update)
+    diff = sum(float((defended.tensors[k].float() - v.float()).pow(2).sum())
+               for k, v in update.tensors.items())
+    norm = sum(float(v.float().pow(2).sum()) for v in update.tensors.values())
+    out = _scenario_metrics(sc, ctx, igsa_points=None)
+    out["distortion"] = math.sqrt(diff / norm) if norm > 0 else None
+    return out
 
 
 @register_kind("stage")
@@ -123,6 +143,11 @@ def run_privacy_utility(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> d
     from gradleak.fl.server import run_federated
     from gradleak.images import save_comparison
 
+    if options.get("attack", True) is False:  # utility only: the final accuracy of the training
+        fed = run_federated(cfg)
+        return {"final_accuracy": fed.result.final_accuracy,
+                "test_data": describe_dataset(fed.test)["split"],
+                "_result": {"accuracy": list(fed.result.accuracy)}}
     started = time.perf_counter()
     fed = run_federated(cfg, checkpoint_dir=ctx.run_dir if options.get("save_checkpoints") else None)
     fl_seconds = time.perf_counter() - started

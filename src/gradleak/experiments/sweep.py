@@ -182,9 +182,10 @@ def _ray(todo: list[RunSpec], out: str, kwargs: dict[str, Any], jobs: int, addre
 
 def run_sweep(plan: Plan, out: str | Path, *, jobs: int = 1, executor: str = "local",
               address: str | None = None, gpus_per_task: float = 0.0, retries: int = 2,
-              retry_failed: bool = True, progress: bool = True,
+              retry_failed: bool = True, progress: bool = True, rerun: bool = False,
               log: Callable[[str], None] = lambda _m: None) -> SweepResult:
-    """Run every run of ``plan`` not yet stored as ok in ``out/results.sqlite``."""
+    """Run every run of ``plan`` not yet stored as ok in ``out/results.sqlite`` (every run
+    with ``rerun``: stored rows are then replaced as the runs finish)."""
     from gradleak.progress import tqdm
 
     if executor not in EXECUTORS:
@@ -203,7 +204,7 @@ def run_sweep(plan: Plan, out: str | Path, *, jobs: int = 1, executor: str = "lo
         out.mkdir(parents=True, exist_ok=True)
         save_plan(plan, out)
         result = SweepResult(total=len(runs))
-        done = store.finished(r.run_id for r in runs)
+        done = set() if rerun else store.finished(r.run_id for r in runs)
         failed_before = {r["run_id"] for r in store.rows(experiment=plan.experiment.name,
                                                         status="failed")}
         todo, seen = [], set()

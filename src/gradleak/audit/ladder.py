@@ -1,0 +1,178 @@
+"""The risk ladder: the user's setup attacked by servers of growing knowledge (paper Sec. 2.2).
+
+Levels, budgets and the verdict rule are data (``configs/audit_ladder.yaml``). A level's config is
+built in this order, later winning: the user's setup (every section but ``attack``/``threat``),
+the budget's attack keys, the ``attack.*`` keys the user gave (``attack.iterations=...``), the
+level's own keys, and the label rule (inferred from the update unless the level says ``known``).
+Each level runs ``seeds`` times with seeds ``seed, seed + 1, ...``; every run derives its own
+independent streams from its seed (:class:`gradleak.scenario.SeedStreams`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gradleak.config import Config, flatten, load_config, parse_override, unflatten
+from gradleak.errors import GradleakError
+
+LADDER = "configs/audit_ladder.yaml"
+LABELS_GRANTED = ("labels granted: the model has no linear layer to infer them from, so this "
+                  "level is stronger than its title")
+HONEST = (0, 1)  # the levels an honest-but-curious server reaches without extra assumptions
+NOT_RUN = {
+    "generator": "not run: needs a generator (gradleak train-generator --out DIR, then "
+                 "attack.generator=DIR/generator.pt)",
+    "fedavg": "not run: only meaningful for FedAvg (client.protocol=fedavg), where the client "
+              "trains several local steps",
+    "batchnorm": "not run: the model has no BatchNorm layer",
+}
+
+
+@dataclass(frozen=True)
+class Level:
+    """One rung: ``level`` (0-5), a folder-safe ``name``, a title and the keys it sets."""
+
+    level: int
+    name: str
+    title: str
+    server: str
+    set: dict[str, Any]
+    needs: str | None = None
+    labels: str = "inferred"
+    fedavg_set: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Ladder:
+    """The packaged ladder file, read."""
+
+    levels: list[Level]
+    budgets: dict[str, dict[str, Any]]
+    default_budget: str
+    labels: dict[str, str]
+    verdict: dict[str, Any]
+    recommend: dict[str, Any]
+
+    def budget(self, name: str | None) -> dict[str, Any]:
+        """The named budget (one-line error when unknown)."""
+        name = name or self.default_budget
+        if name not in self.budgets:
+            raise GradleakError(f"bad value {name!r} for --budget; allowed: "
+                                f"{', '.join(self.budgets)}")
+        return self.budgets[name]
+
+
+def load_ladder() -> Ladder:
+    """``configs/audit_ladder.yaml`` as a :class:`Ladder`."""
+    data = yaml.safe_load(resources.files("gradleak").joinpath(LADDER).read_text())
+    levels = [Level(level=int(x["level"]), name=x["name"], title=x["title"], server=x["server"],
+                    set=dict(x.get("set") or {}), needs=x.get("needs"),
+                    labels=x.get("labels", "inferred"), fedavg_set=dict(x.get("fedavg_set") or {}))
+              for x in data["levels"]]
+    return Ladder(levels=levels, budgets=data["budgets"], default_budget=data["default_budget"],
+                  labels=data["labels"], verdict=data.get("verdict") or {},
+                  recommend=data.get("recommend") or {})
+
+
+@dataclass
+class Setup:
+    """The user's setup: the resolved config and what the ladder needs to know about it."""
+
+    cfg: Config
+    user_attack: dict[str, Any]  # attack.* keys the user gave (except attack.name)
+    user_fl: dict[str, Any]  # fl.* keys the user gave
+    num_samples: int = 1
+    has_bn: bool = False
+    has_linear: bool = True  # label inference reads the last linear layer's gradient
+    layers: list[tuple[str, int]] = field(default_factory=list)  # (module name, parameters)
+
+    @property
+    def fedavg(self) -> bool:
+        return self.cfg.client.protocol == "fedavg"
+
+    @property
+    def generator(self) -> str | None:
+        return self.user_attack.get("attack.generator")
+
+
+def user_keys(config_file: str | None, overrides: list[str]) -> dict[str, Any]:
+    """The dotted keys the user set, in order: the ``--config`` file, then ``key=value``."""
+    keys: dict[str, Any] = {}
+    if config_file is not None:
+        keys.update(flatten(yaml.safe_load(Path(config_file).read_text()) or {}))
+    keys.update(parse_override(item) for item in overrides)
+    return keys
+
+
+def read_setup(config_file: str | None, overrides: list[str]) -> Setup:
+    """Resolve and validate the user's config, then build its scenario once to learn the victim's
+    batch, whether the model has BatchNorm and its parameterised layers (data files, the user's
+    model file and shapes are checked here, before any run)."""
+    from torch import nn
+
+    from gradleak.scenario import Scenario
+
+    cfg = load_config(config_file, overrides)
+    given = user_keys(config_file, overrides)
+    setup = Setup(cfg=cfg,
+                  user_attack={k: v for k, v in given.items()
+                               if k.startswith("attack.") and k != "attack.name"},
+                  user_fl={k: v for k, v in given.items() if k.startswith("fl.")})
+    probe = load_config(base=unflatten(_base(cfg)), trusted_base=True)  # no attack's needs
+    sc = Scenario.from_config(probe)
+    setup.num_samples = int(len(sc.labels))
+    setup.has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in sc.model.modules())
+    setup.has_linear = any(isinstance(m, nn.Linear) for m in sc.model.modules())
+    setup.layers = [(name, sum(p.numel() for p in m.parameters(recurse=False)))
+                    for name, m in sc.model.named_modules()
+                    if name and any(True for _ in m.parameters(recurse=False))]
+    return setup
+
+
+def _base(cfg: Config) -> dict[str, Any]:
+    """The user's setup without the attack, the threat model and the seed."""
+    return {k: v for k, v in flatten(cfg.to_dict())
+            if not k.startswith(("attack.", "threat.")) and k != "seed"}
+
+
+def skipped(level: Level, setup: Setup) -> str | None:
+    """Why ``level`` does not apply to ``setup`` (None: it runs)."""
+    if level.needs == "generator" and not setup.generator:
+        return NOT_RUN["generator"]
+    if level.needs == "fedavg" and not setup.fedavg:
+        return NOT_RUN["fedavg"]
+    if level.needs == "batchnorm" and not setup.has_bn:
+        return NOT_RUN["batchnorm"]
+    return None
+
+
+def level_config(ladder: Ladder, level: Level, setup: Setup, budget: dict[str, Any], *,
+                 seed: int, extra: dict[str, Any] | None = None) -> Config:
+    """The validated config of one run of ``level`` (``extra``: keys that win over all, e.g. a
+    defense point or ``attack.layers``)."""
+    items = _base(setup.cfg)
+    items.update(flatten({"attack": budget.get("attack") or {}}))
+    items.update(setup.user_attack)
+    items.update(level.set)
+    if setup.fedavg:
+        items.update(level.fedavg_set)
+    if level.labels != "known" and setup.has_linear:
+        items["attack.labels"] = ladder.labels["one" if setup.num_samples == 1 else "many"]
+    elif level.labels != "known":  # nothing to infer labels from: granted (see LABELS_GRANTED)
+        items.update({"attack.labels": "known", "threat.knows_labels": True})
+    items.update(extra or {})
+    items["seed"] = seed
+    try:
+        return load_config(base=unflatten(items), trusted_base=True)  # the user's own input
+    except GradleakError as exc:
+        raise GradleakError(f"audit level {level.name}: {exc}") from None
+
+
+def seeds_of(setup: Setup, count: int) -> list[int]:
+    """``seed, seed + 1, ...``: each a scenario seed with its own independent streams."""
+    return [setup.cfg.seed + i for i in range(count)]

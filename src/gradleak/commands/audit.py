@@ -1,0 +1,103 @@
+"""``gradleak audit``: the default audit plan, or the risk ladder of the user's own setup.
+
+* ``gradleak audit [--plan FILE] --out DIR``: the scenarios of an audit plan (default: the
+  packaged ``configs/audit.yaml``, what ``make demo`` runs) -> ``DIR/report.md``, ``DIR/index.html``.
+* ``gradleak audit --out DIR [--config FILE] [key=value ...]``: the user's setup (their model,
+  data and client) attacked by a ladder of server strengths -> ``DIR/verdict.json``, the report
+  with the verdict on top and, when it leaks, the cheapest defense that stops it
+  (:mod:`gradleak.audit.run`, ``docs/audit.md``).
+
+Both run through the one sweep into ``DIR/results.sqlite``: a rerun skips finished runs, Ctrl-C
+keeps them.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from gradleak.argtypes import finite_float, int_at_least
+from gradleak.errors import GradleakError
+
+# Options of the setup mode; None means "not given", so --plan can refuse them.
+SETUP_ONLY = {"config": "--config", "budget": "--budget", "seeds": "--seeds",
+              "fail_on_leak": "--fail-on-leak", "max_accuracy_drop": "--max-accuracy-drop",
+              "no_train": "--no-train", "no_recommend": "--no-recommend"}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "audit", help="audit a setup (verdict + defense) or run an audit plan; a report",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="reports/demo", help="report folder (also the resume store)")
+    p.add_argument("--plan", help="YAML audit plan (default: the packaged configs/audit.yaml)")
+    p.add_argument("--config", default=None, help="setup mode: YAML file with config sections")
+    p.add_argument("--budget", default=None,
+                   help="setup mode: attack budget from configs/audit_ladder.yaml "
+                        "(quick or standard; default standard)")
+    p.add_argument("--seeds", type=int_at_least(1, 1000), default=None,
+                   help="setup mode: seeds per ladder level (default 3)")
+    p.add_argument("--fail-on-leak", action="store_true", default=None,
+                   help="setup mode: exit 1 when level 0 or 1 leaks (after writing everything)")
+    p.add_argument("--max-accuracy-drop", type=finite_float(0.0), default=None, metavar="POINTS",
+                   help="setup mode: accuracy budget of the recommended defense (default 2)")
+    p.add_argument("--no-train", action="store_true", default=None,
+                   help="setup mode: utility cost = the update's relative distortion, no FL training")
+    p.add_argument("--no-recommend", action="store_true", default=None,
+                   help="setup mode: verdict only (no defense sweep, no per-layer attacks)")
+    p.add_argument("--jobs", type=int_at_least(1, 1024), default=1,
+                   help="parallel runs (threads = cores / jobs)")
+    p.add_argument("--rerun", action="store_true", help="redo runs that already finished")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="with --plan: overrides applied to every scenario; else: your setup")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch: an audit plan (``--plan``, or nothing given) or the user's setup."""
+    if args.plan is not None:
+        given = [flag for key, flag in SETUP_ONLY.items() if getattr(args, key) is not None]
+        if given:
+            raise GradleakError(f"{given[0]} describes your own setup and cannot go with --plan; "
+                                "put settings in the plan's base, or drop --plan")
+    if args.plan is not None or (args.config is None and not args.overrides
+                                 and all(getattr(args, k) is None for k in SETUP_ONLY)):
+        return _plan(args)
+    return _setup(args)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gradleak.audit.scenarios import copy_scenario_folders, scenarios_plan
+    from gradleak.experiments.sweep import run_sweep
+    from gradleak.report.audit import load_audit_plan, render_audit
+
+    plan = load_audit_plan(args.plan)
+    sweep_plan = scenarios_plan(plan, args.overrides)
+    for i, (s, spec) in enumerate(zip(plan["scenarios"], sweep_plan.runs, strict=True), 1):
+        print(f"[{i}/{len(plan['scenarios'])}] {s.get('title', s['name'])}  ({spec.run_id})",
+              flush=True)
+    out = Path(args.out)
+    swept = run_sweep(sweep_plan, out, jobs=args.jobs, progress=not args.quiet, rerun=args.rerun,
+                      log=lambda m: print(m, flush=True))
+    copy_scenario_folders(out, plan, sweep_plan, set(swept.ok))
+    md, page = render_audit(out, plan["scenarios"])
+    print(f"{len(swept.ok)} ran, {len(swept.skipped)} kept, {len(swept.failed)} failed")
+    print(f"report: {page}\n        {md}")
+    return 1 if swept.failed else 0
+
+
+def _setup(args: argparse.Namespace) -> int:
+    from gradleak.audit.run import AuditOptions, audit_setup
+    from gradleak.report.audit_verdict import render_verdict
+
+    options = AuditOptions.from_args(args)  # every option checked before any run
+    verdict = audit_setup(options, log=lambda m: print(m, flush=True))
+    render_verdict(options.out, verdict)
+    print(f"verdict: {verdict['verdict']}  ({verdict['summary']})")
+    print(f"report: {options.out / 'index.html'}\n        {options.out / 'report.md'}\n"
+          f"        {options.out / 'verdict.json'}")
+    if args.fail_on_leak and verdict["fails"]:
+        return 1
+    return 0

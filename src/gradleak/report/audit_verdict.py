@@ -1,0 +1,143 @@
+"""The setup audit's report: ``report.md`` and a self-contained ``index.html`` from the content of
+``verdict.json`` (plain data: this module reads no store). The verdict comes first, then the
+levels, the recommendation, the vulnerable layers, and per level the best reconstruction beside
+its original."""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from pathlib import Path
+from typing import Any
+
+from gradleak.io import write_text
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _share(value: Any) -> str:
+    return "null" if value is None else f"{100 * value:.0f} %"
+
+
+def level_rows(verdict: dict[str, Any]) -> list[list[str]]:
+    """The levels table: one row of cells per level."""
+    rows = []
+    for lv in verdict["levels"]:
+        best = lv.get("best") or {}
+        rows.append([str(lv["level"]), lv["title"], lv["server"], f"**{lv['verdict']}**",
+                     _share(lv.get("at_risk_share")), _share(lv.get("leaked_share")),
+                     f"{lv.get('seeds', 0)} x {lv.get('samples', 0) // max(1, lv.get('seeds') or 1)}",
+                     f"{_num(best.get('lpips'))} / {_num(best.get('psnr'))}",
+                     (lv.get("reason") or "") + (f"; {lv['suggest']}" if lv.get("suggest") else "")])
+    return rows
+
+
+LEVEL_HEAD = ["level", "server knows", "server", "verdict", "at risk", "leaked",
+              "seeds x samples", "best LPIPS / PSNR", "why"]
+
+
+def recommendation_lines(verdict: dict[str, Any]) -> list[str]:
+    """The recommendation and the vulnerable layers, as Markdown lines."""
+    rec = verdict.get("recommendation") or {}
+    lines = ["## Recommendation", ""]
+    if rec.get("status") in ("not needed", "not run"):
+        return [*lines, f"{rec['status']}: {rec.get('reason', '')}", ""]
+    unit = "accuracy drop (points)" if rec.get("cost") == "accuracy_drop" else "distortion"
+    choice = rec.get("choice")
+    lines.append(f"**{rec['status']}**: {rec.get('reason', '')}. Attack: the strongest leaking "
+                 f"level ({rec.get('attack')}), adaptive where a surrogate exists.")
+    if choice is None and rec.get("best_available"):
+        b = rec["best_available"]
+        lines.append(f"Best available: {b['key']} ({b['verdict']}, at risk "
+                     f"{_share(b.get('at_risk_share'))}, cost {_num(b.get('cost'))}).")
+    lines += ["", f"| setting | verdict | at risk | leaked | {unit} |", "|---|---|---|---|---|"]
+    for p in rec.get("settings", []):
+        lines.append(f"| {p['key']} | {p['verdict']} | {_share(p.get('at_risk_share'))} | "
+                     f"{_share(p.get('leaked_share'))} | {_num(p.get('cost'))} |")
+    layers = verdict.get("vulnerable_layers") or {}
+    if layers:
+        lines += ["", "## Most vulnerable layers", "",
+                  f"Each layer's gradient alone, attacked at {layers.get('attack')}: "
+                  f"{', '.join(layers.get('suffices') or []) or 'no single layer'} suffices to leak.",
+                  "", "| layer | parameters | verdict | at risk |", "|---|---|---|---|"]
+        lines += [f"| {r['layer']} | {r['parameters']} | {r['verdict']} | "
+                  f"{_share(r.get('at_risk_share'))} |" for r in layers.get("layers", [])]
+        lines += ["", f"Defending only these layers: {layers.get('defend_only_these')}."]
+    return [*lines, ""]
+
+
+def markdown(verdict: dict[str, Any]) -> str:
+    """``report.md``."""
+    t = verdict["thresholds"]
+    lines = [f"# gradleak audit: {verdict['verdict']}", "",
+             f"**Verdict (honest-but-curious server, levels 0-1): {verdict['verdict']}.** "
+             f"Worst case (levels 0-4): {verdict['worst_case']}. {verdict['summary']}.", "",
+             f"A sample is *at risk* when LPIPS <= {t['lpips']} or PSNR >= {t['psnr']} dB, and "
+             "*leaked* when both hold (paper App. C). Rule: docs/audit.md.", "",
+             "| " + " | ".join(LEVEL_HEAD) + " |", "|" + "---|" * len(LEVEL_HEAD)]
+    lines += ["| " + " | ".join(row) + " |" for row in level_rows(verdict)]
+    lines += ["", *recommendation_lines(verdict)]
+    for lv in verdict["levels"]:
+        best = lv.get("best") or {}
+        if best.get("image"):
+            lines += [f"## {lv['title']}", "", f"![{lv['name']}]({best['image']})", "",
+                      f"Best sample (seed {best['seed']}): original (left), reconstruction "
+                      f"(right); LPIPS {_num(best.get('lpips'))}, PSNR {_num(best.get('psnr'))} "
+                      f"dB. All samples: {best['reconstruction_grid']}.", ""]
+    return "\n".join(lines)
+
+
+def _inline(root: Path, rel: str | None) -> str:
+    path = root / rel if rel else None
+    if path is None or not path.is_file():
+        return ""
+    return f"data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def page(root: Path, verdict: dict[str, Any], md: str) -> str:
+    """``index.html``: the Markdown's content, tables as HTML, images inlined."""
+    parts, table = [], []
+    for line in md.splitlines():
+        if line.startswith("|"):
+            if not set(line) <= set("|-"):
+                cells = [html.escape(c.strip().strip("*")) for c in line.strip("|").split("|")]
+                tag = "th" if not table else "td"
+                table.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if table:
+            parts.append("<table>" + "".join(table) + "</table>")
+            table = []
+        if line.startswith("!["):
+            name, rel = line[2:].split("](", 1)
+            parts.append(f"<img alt='{html.escape(name)}' src='{_inline(root, rel[:-1])}'>")
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            parts.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
+        elif line.strip():
+            text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(line))
+            text = re.sub(r"\*(.+?)\*", r"<i>\1</i>", text)
+            parts.append(f"<p>{text}</p>")
+    if table:
+        parts.append("<table>" + "".join(table) + "</table>")
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>gradleak audit: \
+{html.escape(verdict['verdict'])}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}
+img{{image-rendering:pixelated}}</style></head><body>{''.join(parts)}</body></html>
+"""
+
+
+def render_verdict(root: str | Path, verdict: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``index.html`` into ``root``."""
+    root = Path(root)
+    md = markdown(verdict)
+    write_text(root / "report.md", md)
+    write_text(root / "index.html", page(root, verdict, md))
+    return root / "report.md", root / "index.html"

@@ -1,0 +1,99 @@
+"""Acceptance: `gradleak audit` on a user's own model file, ImageFolder with a held-out split and
+client (issue 13): verdict.json, the report, the recommendation and --fail-on-leak."""
+
+import json
+
+import pytest
+
+from gradleak.cli import main
+from tests.audit.userdata import MODEL, make_photos
+
+
+@pytest.fixture(scope="module")
+def user_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("user")
+    (root / "mynet.py").write_text(MODEL)
+    make_photos(root / "photos")
+    return root, [f"model.name={root / 'mynet.py'}:SmallCNN", "data.dataset=imagefolder",
+                  f"data.root={root / 'photos' / 'train'}",
+                  f"data.test_root={root / 'photos' / 'test'}", "data.resolution=16"]
+
+
+LEVEL_KEYS = {"level", "title", "server", "verdict", "at_risk_share", "leaked_share", "seeds",
+              "samples", "best", "reason"}
+
+
+def _audit(out, setup, *extra):
+    return main(["audit", "--out", str(out), "--budget", "quick", "--seeds", "3", "--quiet",
+                 *setup, *extra])
+
+
+def test_adam_client_with_augmentation(user_setup, tmp_path):
+    _, setup = user_setup
+    out = tmp_path / "adam"
+    code = _audit(out, setup, "client.protocol=fedavg", "client.optimizer=adam",
+                  "client.lr=0.001", "client.augment=flip", "attack.iterations=100",
+                  "--fail-on-leak")
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert code == (1 if verdict["verdict"] == "leaks" else 0)
+    assert verdict["verdict"] in ("leaks", "does not leak", "inconclusive")
+    assert verdict["setup"]["optimizer"] == "adam" and verdict["setup"]["batchnorm"] is True
+    levels = {lv["level"]: lv for lv in verdict["levels"]}
+    assert set(levels) == {0, 1, 2, 3, 4, 5}
+    for lv in levels.values():
+        assert set(lv) >= LEVEL_KEYS
+    assert levels[2]["verdict"] == "not run" and "train-generator" in levels[2]["reason"]
+    for n in (0, 1, 3, 4):  # FedAvg: the WST level runs; BatchNorm: so does level 4
+        assert levels[n]["seeds"] == 3 and levels[n]["samples"] == 3
+        assert (out / levels[n]["best"]["image"]).is_file()
+    assert "detectable" in levels[5]["server"]
+    assert len(verdict["config_digest"]) == 16
+    md = (out / "report.md").read_text()
+    assert md.startswith(f"# gradleak audit: {verdict['verdict']}")
+    assert "data:image/png;base64" in (out / "index.html").read_text()
+
+
+def test_a_leaking_setup_gets_a_recommendation_and_fails(user_setup, tmp_path, capsys):
+    _, setup = user_setup
+    out = tmp_path / "sgd"
+    code = _audit(out, setup, "client.protocol=fedsgd", "attack.iterations=150", "fl.rounds=2",
+                  "--fail-on-leak")
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert verdict["verdict"] == "leaks" and verdict["fails"] is True
+    assert code == 1
+    rec = verdict["recommendation"]
+    assert rec["status"] in ("recommended", "none qualifies")
+    assert rec["cost"] == "accuracy_drop" and rec["max_accuracy_drop"] == 2.0
+    assert rec["accuracy_without_defense"] is not None
+    assert {p["defense"] for p in rec["settings"]} == {"qsgd", "signsgd", "topk", "clip",
+                                                      "gaussian"}
+    for p in rec["settings"]:
+        assert p["accuracy_drop"] is not None and p["verdict"]
+    if rec["status"] == "recommended":
+        assert rec["choice"]["verdict"] == "does not leak"
+        assert rec["choice"]["accuracy_drop"] <= 2.0
+    layers = verdict["vulnerable_layers"]
+    assert 1 <= len(layers["layers"]) <= 4 and "not measured" in layers["defend_only_these"]
+    assert "## Recommendation" in (out / "report.md").read_text()
+    # Resumed: nothing is redone, the verdict is the same.
+    capsys.readouterr()
+    assert _audit(out, setup, "client.protocol=fedsgd", "attack.iterations=150",
+                  "fl.rounds=2") == 0
+    assert "0 ran" in capsys.readouterr().out
+    assert json.loads((out / "verdict.json").read_text())["levels"] == verdict["levels"]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--budget", "huge", "data.resolution=16"], "bad value 'huge' for --budget"),
+    (["--max-accuracy-drop", "-1", "data.resolution=16"], "--max-accuracy-drop"),
+    (["--seeds", "0", "data.resolution=16"], "--seeds"),
+    (["--plan", "x.yaml", "--budget", "quick"], "cannot go with --plan"),
+    (["--plan", "x.yaml", "--config", "c.yaml"], "cannot go with --plan"),
+    (["attack.bogus=1"], "attack.bogus"),
+])
+def test_bad_input_is_one_line_before_any_run(tmp_path, capsys, args, fragment):
+    out = tmp_path / "out"
+    assert main(["audit", "--out", str(out), "--quiet", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1
+    assert not (out / "results.sqlite").exists()

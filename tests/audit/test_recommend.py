@@ -1,0 +1,66 @@
+"""Picking the cheapest defense setting that does not leak (gradleak.audit.recommend)."""
+
+import pytest
+
+from gradleak.audit.recommend import (
+    COST_DISTORTION,
+    Bisection,
+    accuracy_drops,
+    largest_layers,
+    pick_defense,
+)
+
+
+def point(key, verdict, cost, share=0.0):
+    return {"key": key, "defense": key.split("-")[0], "param": None, "value": None,
+            "verdict": verdict, "at_risk_share": share, "cost": cost}
+
+
+def test_cheapest_safe_setting_within_the_budget_wins():
+    points = [point("qsgd-bits=1", "does not leak", 1.5), point("topk-0.9", "leaks", 0.1, 1.0),
+              point("clip-0.01", "does not leak", 0.4), point("gaussian-0.25", "does not leak", 3.0)]
+    out = pick_defense(points, max_drop=2.0)
+    assert out["status"] == "recommended" and out["choice"]["key"] == "clip-0.01"
+
+
+def test_ties_keep_the_grid_order():
+    points = [point("a", "does not leak", 0.0), point("b", "does not leak", 0.0)]
+    assert pick_defense(points, max_drop=2.0)["choice"]["key"] == "a"
+
+
+def test_none_within_budget_says_so_and_shows_the_best_available():
+    points = [point("qsgd-bits=1", "does not leak", 5.0), point("topk-0.9", "leaks", 0.1, 0.7),
+              point("clip-0.01", "inconclusive", 0.2, 0.3)]
+    out = pick_defense(points, max_drop=2.0)
+    assert out["status"] == "none qualifies" and out["choice"] is None
+    assert out["best_available"]["key"] == "qsgd-bits=1"  # lowest at-risk share
+    assert "cost more than 2" in out["reason"]
+
+
+def test_nothing_safe():
+    out = pick_defense([point("topk-0.9", "leaks", 0.1, 0.7)], max_drop=2.0)
+    assert out["status"] == "none qualifies" and "no evaluated setting" in out["reason"]
+
+
+def test_distortion_costs_ignore_the_accuracy_budget():
+    points = [point("qsgd-bits=1", "does not leak", 8.0), point("clip-0.01", "does not leak", 0.9)]
+    out = pick_defense(points, max_drop=2.0, cost=COST_DISTORTION)
+    assert out["choice"]["key"] == "clip-0.01"
+
+
+def test_accuracy_drops_and_layers():
+    drops = accuracy_drops({"none": 0.8, "qsgd": 0.75, "x": None})
+    assert drops["none"] == 0.0 and abs(drops["qsgd"] - 5.0) < 1e-9 and drops["x"] is None
+    assert largest_layers([("a", 10), ("b", 300), ("c", 20), ("d", 5)], 2) == ["b", "c"]
+
+
+@pytest.mark.parametrize("first_safe", [0, 1, 2, 3, 4, 5])
+def test_bisection_finds_the_weakest_safe_setting(first_safe):
+    from gradleak.experiments.privacy_utility import GridPoint
+
+    b = Bisection([GridPoint("topk", "sparsity", v) for v in (0.6, 0.7, 0.8, 0.9, 0.95)])
+    probed = []
+    while (p := b.probe()) is not None:
+        probed.append(p.value)
+        b.record([0.6, 0.7, 0.8, 0.9, 0.95].index(p.value) >= first_safe)
+    assert b.lo == first_safe and len(probed) <= 3
