@@ -86,3 +86,16 @@ def test_audit_runs_a_tiny_plan(tmp_path):
     assert (out / "sgd" / "result.json").stat().st_mtime_ns == before
     assert main(["audit", "--plan", str(plan), "--out", str(out), "--quiet", "--rerun"]) == 0
     assert (out / "sgd" / "result.json").stat().st_mtime_ns != before
+
+
+def test_python_dash_m_and_a_closed_pipe():
+    """``python -m gradleak`` is the same CLI; a reader that leaves early (``| head -1``) is not
+    an error: exit 0, no message."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(f"{sys.executable} -m gradleak experiment list | head -1; "
+                          "exit ${PIPESTATUS[0]}", shell=True, executable="/bin/bash",
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("fig10") and "error" not in done.stderr

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import pkgutil
 import sys
 import tempfile
@@ -193,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         except GradleakError as exc:
             print(f"gradleak: error: {_one_line(str(exc))}", file=sys.stderr)
             return 2
+        except BrokenPipeError:  # `gradleak ... | head`: the reader left; not an error of ours
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         except OSError as exc:  # a file-system problem (disk full, permissions): no traceback
             print(f"gradleak: error: {_one_line(str(exc))}", file=sys.stderr)
             return 2
