@@ -126,6 +126,7 @@ class RunOutput:
     reconstruction: Reconstruction
     matched: torch.Tensor  # reconstruction reordered to the ground truth's order
     update: SharedUpdate  # what the client shared, after the defense
+    client_update: SharedUpdate | None = None  # the client's update before the defense
 
 
 def as_image_dataset(data: Dataset) -> ImageDataset:
@@ -291,7 +292,7 @@ class Scenario:
         result = self._result(recon, score, seconds=time.perf_counter() - started,
                               attack_seconds=attack_seconds)
         return RunOutput(result=result, truth=self.images.cpu(), reconstruction=recon,
-                         matched=score.matched, update=shared)
+                         matched=score.matched, update=shared, client_update=rnd.update)
 
     # --- reporting ---------------------------------------------------------------------------
 

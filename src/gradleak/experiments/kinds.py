@@ -51,9 +51,11 @@ def _flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics.get(k) for k in METRICS}
 
 
-def _scenario_metrics(sc: Any, ctx: RunContext, *, igsa_points: int | None) -> dict[str, Any]:
+def _scenario_metrics(sc: Any, ctx: RunContext, *, igsa_points: int | None,
+                      extra: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run ``sc`` (a :class:`~gradleak.scenario.Scenario`) into the run folder; with
-    ``igsa_points``, first the IGSA of its model at the victim's samples."""
+    ``igsa_points``, first the IGSA of its model at the victim's samples; ``extra`` adds
+    metrics read off the finished :class:`~gradleak.scenario.RunOutput`."""
     from gradleak.analysis.igsa import igsa
     from gradleak.runner import write_run
 
@@ -71,6 +73,8 @@ def _scenario_metrics(sc: Any, ctx: RunContext, *, igsa_points: int | None) -> d
     out["_result"] = {k: res[k] for k in ("per_sample", "labels", "thresholds", "warnings",
                                           "scenario", "versions", "git_commit", "attack_losses",
                                           "loss_history", "iterations_used")}
+    if extra is not None:
+        out.update(extra(run))
     return out
 
 
@@ -82,19 +86,22 @@ def run_attack(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> dict[str, 
     return _scenario_metrics(Scenario.from_config(cfg), ctx, igsa_points=points)
 
 
+def _distortion(before: Any, after: Any) -> float | None:
+    """``||after - before|| / ||before||`` over every tensor of two ``SharedUpdate``s."""
+    diff = sum(float((after.tensors[k].float() - v.float()).pow(2).sum())
+               for k, v in before.tensors.items())
+    norm = sum(float(v.float().pow(2).sum()) for v in before.tensors.values())
+    return math.sqrt(diff / norm) if norm > 0 else None
+
+
 @register_kind("defended_attack")
 def run_defended_attack(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> dict[str, Any]:
     from gradleak.scenario import Scenario
 
-    sc = Scenario.from_config(cfg)
-    update = sc.client_round().update  # the same update sc.run() shares (client seed stream)
-    defended = sc.defend(update)
-    diff = sum(float((defended.tensors[k].float() - v.float()).pow(2).sum())
-               for k, v in update.tensors.items())
-    norm = sum(float(v.float().pow(2).sum()) for v in update.tensors.values())
-    out = _scenario_metrics(sc, ctx, igsa_points=None)
-    out["distortion"] = math.sqrt(diff / norm) if norm > 0 else None
-    return out
+    # The distortion of the very update the attack saw: one client round, one defense.
+    return _scenario_metrics(Scenario.from_config(cfg), ctx, igsa_points=None,
+                             extra=lambda run: {"distortion": _distortion(run.client_update,
+                                                                          run.update)})
 
 
 @register_kind("stage")
