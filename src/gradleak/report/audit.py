@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import re
@@ -14,6 +13,7 @@ import yaml
 
 from gradleak.errors import GradleakError
 from gradleak.io import write_text
+from gradleak.report.plots import png_data_uri
 
 # A scenario name becomes a folder under --out: one path component, no traversal.
 SCENARIO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -144,8 +144,7 @@ def render_audit(root: str | Path, scenarios: list[dict[str, Any]]) -> tuple[Pat
         for name, r in runs
     )
     figures = "".join(
-        f"<figure><img alt='{name}' src='data:image/png;base64,"
-        f"{base64.b64encode((root / name / 'reconstruction.png').read_bytes()).decode()}'>"
+        f"<figure><img alt='{name}' src='{png_data_uri(root / name / 'reconstruction.png')}'>"
         f"<figcaption>{html.escape(titles[name])}: private images (top), reconstruction "
         f"(bottom)</figcaption></figure>"
         for name, _ in runs if (root / name / "reconstruction.png").is_file()

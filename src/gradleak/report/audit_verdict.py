@@ -5,13 +5,13 @@ its original."""
 
 from __future__ import annotations
 
-import base64
 import html
 import re
 from pathlib import Path
 from typing import Any
 
 from gradleak.io import write_text
+from gradleak.report.plots import png_data_uri
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -98,7 +98,7 @@ def _inline(root: Path, rel: str | None) -> str:
     path = root / rel if rel else None
     if path is None or not path.is_file():
         return ""
-    return f"data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}"
+    return png_data_uri(path)
 
 
 def page(root: Path, verdict: dict[str, Any], md: str) -> str:

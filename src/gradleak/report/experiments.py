@@ -23,7 +23,7 @@ import yaml
 from gradleak.errors import GradleakError
 from gradleak.io import write_text
 from gradleak.metrics import METRICS
-from gradleak.report.plots import tradeoff_figure
+from gradleak.report.plots import png_data_uri, tradeoff_figure
 from gradleak.report.verdicts import judge, threshold
 from gradleak.report.verdicts import number as _num
 
@@ -231,11 +231,10 @@ def _images(rows: list[dict[str, Any]], root: Path, table: dict[str, Any],
         if cell in seen or not path.is_file():
             continue
         seen.add(cell)
-        data = base64.b64encode(path.read_bytes()).decode()
         metric = table.get("metric", "lpips")
         v = _num(r.get(metric))
         caption = " · ".join(cell) + (f"<br>{metric} {v:.3g}" if v is not None else "")
-        figs.append(f"<figure><img alt='{_e(' '.join(cell))}' src='data:image/png;base64,{data}'>"
+        figs.append(f"<figure><img alt='{_e(' '.join(cell))}' src='{png_data_uri(path)}'>"
                     f"<figcaption>{caption}</figcaption></figure>")
         if len(figs) >= MAX_IMAGES:
             break

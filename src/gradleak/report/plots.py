@@ -5,11 +5,13 @@
 * :func:`stage_figure`: the paper's Fig. 7 panels (test accuracy, normalised IGSA, attack PSNR
   over FL rounds).
 
-Each returns a matplotlib figure; :func:`save_png` writes one atomically.
+Each returns a matplotlib figure; :func:`save_png` writes one atomically and
+:func:`png_data_uri` inlines a PNG file into a self-contained HTML page.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,11 @@ def save_png(fig: Any, path: str | Path, *, dpi: int = 120) -> None:
         atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=dpi))
     finally:
         plt.close(fig)
+
+
+def png_data_uri(path: str | Path) -> str:
+    """``data:image/png;base64,...`` of a PNG file, so an HTML report needs no side files."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
 
 def tradeoff_figure(points: Sequence[dict[str, Any]], *,
