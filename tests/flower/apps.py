@@ -88,3 +88,68 @@ def train_message(arrays: ArrayRecord, node_id: int, server_round: int = 1, *,
 def context(node_id: int, partition: int) -> Context:
     return Context(run_id=1, node_id=node_id, node_config={"partition-id": partition},
                    state=RecordDict(), run_config={})
+
+
+# --- a tiny BN CNN (BN running statistics in the reply) -----------------------------------------
+
+
+class BNNet(nn.Module):
+    """Conv(3->4) + BatchNorm2d + ReLU + Conv(4->4) + BatchNorm2d + linear head, at 16 px."""
+
+    def __init__(self, momentum: float | None = 0.1, classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4, momentum=momentum), nn.ReLU(),
+            nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4, momentum=momentum), nn.ReLU())
+        self.head = nn.Linear(4 * (RES // 2) ** 2, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+def make_bn_model(momentum: float | None = 0.1) -> nn.Module:
+    torch.manual_seed(0)
+    net = BNNet(momentum)
+    with torch.no_grad():  # running statistics away from their (0, 1) init, as after some rounds
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.num_batches_tracked.fill_(7)
+    return net
+
+
+def bn_train_steps(msg: Message, images: torch.Tensor, labels: torch.Tensor, *, steps: int = 1,
+                   batch: int | None = None, momentum: float | None = 0.1
+                   ) -> tuple[Message, list[list[tuple[torch.Tensor, torch.Tensor]]]]:
+    """``steps`` SGD steps in train mode (BN updates its running statistics) on mini-batches of
+    ``batch`` samples (cycling); returns the reply and, per step, each BN layer's real batch
+    (mean, biased var) as the engine captures them."""
+    from gradleak.fl.client import capture_bn_statistics
+
+    model = make_bn_model(momentum)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.train()
+    batch = batch or len(labels)
+    seen = []
+    for step in range(steps):
+        idx = torch.arange(step * batch, (step + 1) * batch) % len(labels)
+        x, y = images[idx], labels[idx]
+        frozen = make_bn_model(momentum)  # the step's statistics, without moving the buffers twice
+        frozen.load_state_dict(model.state_dict())
+        seen.append(capture_bn_statistics(frozen.train(), x))
+        loss = F.cross_entropy(model(x), y)
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        with torch.no_grad():
+            for p, g in zip(model.parameters(), grads, strict=True):
+                p.sub_(LR * g)
+    metrics = MetricRecord({"num-examples": len(labels), "partition-id": 0})
+    reply = Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}),
+                    reply_to=msg)
+    return reply, seen
+
+
+def bn_train(msg: Message, ctx: Context) -> Message:
+    """FedSGD with BN in train mode: one full-batch step on the client's samples."""
+    images, labels = data_fn(msg, ctx)
+    return bn_train_steps(msg, images, labels)[0]

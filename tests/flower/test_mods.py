@@ -35,27 +35,98 @@ def shifting_app(msg, ctx):
                                     "metrics": MetricRecord({"num-examples": 4})}), reply_to=msg)
 
 
-@pytest.mark.parametrize("name,params", [("qsgd", {"bits": 2}), ("topk", {"sparsity": 0.9}),
-                                         ("gaussian", {"noise_multiplier": 0.05}),
-                                         ("signsgd", {"scale_sign": True}), ("clip", {"bound": 0.01})])
-def test_defense_mod_applies_the_defense_function_to_the_float_update(name, params):
+DEFENSE_CASES = [("qsgd", {"bits": 2}), ("topk", {"sparsity": 0.9}),
+                 ("gaussian", {"noise_multiplier": 0.05}), ("signsgd", {"scale_sign": True}),
+                 ("clip", {"bound": 0.01})]
+BN_BUFFER_KEYS = ("1.running_mean", "1.running_var", "1.num_batches_tracked")
+
+
+@pytest.mark.parametrize("buffers", ["keep", "drop", "defend"])
+@pytest.mark.parametrize("name,params", DEFENSE_CASES)
+def test_defense_mod_applies_the_defense_function_to_the_update(name, params, buffers):
     arrays = ArrayRecord(bn_net().state_dict())
     msg, ctx = apps.train_message(arrays, node_id=42, server_round=3), apps.context(42, 5)
     plain = shifting_app(msg, ctx).content["arrays"]
-    out = defense_mod(name, seed=7, **params)(msg, ctx, shifting_app)
+    out = defense_mod(name, seed=7, buffers=buffers, **params)(msg, ctx, shifting_app)
     assert not out.has_error()
     sent = to_tensors(out.content["arrays"])
 
     update = array_update(arrays, plain, num_samples=4)
+    if buffers != "defend":  # only the trainable parameters form the defended update
+        update = update.replace({k: t for k, t in update.tensors.items() if k not in BN_BUFFER_KEYS})
     gen = torch.Generator().manual_seed(message_seed(7, 5, 3))  # seeded by the partition-id
     expected = DEFENSES.get(name)(update, generator=gen, **params)
-    before = to_tensors(arrays)
+    before, client = to_tensors(arrays), to_tensors(plain)
     for k, t in sent.items():
-        if k.endswith("num_batches_tracked"):  # counters pass untouched, as the client sent them
+        if k.endswith("num_batches_tracked") and buffers != "drop":  # counters: as sent
             assert t.dtype == torch.int64 and int(t) == int(before[k]) + 3
+        elif k in BN_BUFFER_KEYS and buffers == "keep":
+            assert torch.equal(t, client[k]), k
+        elif k in BN_BUFFER_KEYS and buffers == "drop":
+            assert torch.equal(t, before[k]), k
         else:
             assert torch.allclose(t - before[k], expected.tensors[k], atol=1e-6), k
-    assert not torch.allclose(sent["3.weight"], to_tensors(plain)["3.weight"])  # it did act
+    assert not torch.allclose(sent["3.weight"], client["3.weight"])  # it did act
+
+
+def bn_reply_after(mod, arrays):
+    msg, ctx = apps.train_message(arrays, 1), apps.context(1, 0)
+    return to_tensors(mod(msg, ctx, apps.bn_train).content["arrays"]), to_tensors(
+        apps.bn_train(msg, ctx).content["arrays"])
+
+
+def test_gaussian_noise_leaves_bn_buffers_bit_identical_while_the_weights_change():
+    arrays = ArrayRecord(apps.make_bn_model().state_dict())
+    buffers = [k for k in arrays if k.rsplit(".", 1)[-1] in ("running_mean", "running_var",
+                                                               "num_batches_tracked")]
+    assert len(buffers) == 6
+    sent, plain = bn_reply_after(defense_mod("gaussian", noise_multiplier=0.25), arrays)
+    for k in buffers:
+        assert torch.equal(sent[k], plain[k]), k
+    for k in ("features.0.weight", "features.1.weight", "head.weight"):
+        assert not torch.equal(sent[k], plain[k]), k
+    # The former behaviour, still available: the noise lands on the running variance.
+    defended, _ = bn_reply_after(defense_mod("gaussian", noise_multiplier=0.25, buffers="defend"),
+                                 arrays)
+    assert not torch.equal(defended["features.1.running_var"], plain["features.1.running_var"])
+    print("min running_var with buffers=defend:",
+          min(float(defended[k].min()) for k in buffers if k.endswith("running_var")))
+
+
+class BufferNet(nn.Module):
+    """A model with a float buffer that is no BN statistic, and a frozen parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(4, 2)
+        self.frozen = nn.Parameter(torch.ones(2), requires_grad=False)
+        self.register_buffer("ema", torch.zeros(2))
+
+    def forward(self, x):
+        return self.lin(x) * self.frozen + self.ema
+
+
+def test_model_fn_tells_trainable_parameters_from_every_other_array():
+    arrays = ArrayRecord(BufferNet().state_dict())
+    msg, ctx = apps.train_message(arrays, 1), apps.context(1, 0)
+    plain = to_tensors(shifting_app(msg, ctx).content["arrays"])
+    sent = to_tensors(defense_mod("gaussian", noise_multiplier=0.5, model_fn=BufferNet)(
+        msg, ctx, shifting_app).content["arrays"])
+    assert torch.equal(sent["ema"], plain["ema"]) and torch.equal(sent["frozen"], plain["frozen"])
+    assert not torch.equal(sent["lin.weight"], plain["lin.weight"])
+    # Without model_fn only BN statistics are known to be buffers.
+    guessed = to_tensors(defense_mod("gaussian", noise_multiplier=0.5)(
+        msg, ctx, shifting_app).content["arrays"])
+    assert not torch.equal(guessed["ema"], plain["ema"])
+
+
+def test_a_bad_buffer_policy_fails_in_one_line_naming_it_and_the_allowed_ones():
+    with pytest.raises(GradleakError) as err:
+        defense_mod("topk", buffers="noise")
+    message = str(err.value)
+    assert "\n" not in message and "'noise'" in message
+    assert all(p in message for p in ("keep", "drop", "defend"))
 
 
 def test_defense_mod_seeds_differ_per_node_and_round_and_repeat_per_seed():

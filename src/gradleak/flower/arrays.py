@@ -3,13 +3,15 @@
 A Flower ClientApp replies with its full local weights; the *update* it shares is the outgoing
 ArrayRecord minus the incoming one (the global weights it received). Only floating-point arrays
 form the update: integer or boolean arrays (``num_batches_tracked``) are counters, not weights,
-and travel unchanged.
+and travel unchanged. Of the float arrays, the model's *buffers* (anything not a trainable
+parameter: BN ``running_mean``/``running_var``, other registered buffers) are not trained weights
+either; the defense mods leave them as the ``buffers=`` policy says (:data:`BUFFER_POLICIES`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 import torch
@@ -17,9 +19,31 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message
 from flwr.common.constant import ErrorCode
 
 from gradleak.defenses import is_float
+from gradleak.errors import GradleakError
 from gradleak.fl.client import SharedUpdate
 
 STATE_KEY = "gradleak"  # ConfigRecord in Context.state holding the mods' per-node counters
+BUFFER_POLICIES = ("keep", "drop", "defend")
+"""What a defense does with the arrays that are not trainable parameters: ``keep`` sends them as
+the client computed them (not defended), ``drop`` replaces them by the global model's value (the
+key stays, as Flower's strategies and ``load_state_dict`` need every key in every reply; the
+server learns nothing from them), ``defend`` treats float buffers as part of the update (the
+former behaviour: Gaussian noise then lands on BN's ``running_var``, which can turn negative)."""
+BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def check_buffer_policy(policy: str) -> str:
+    if policy not in BUFFER_POLICIES:
+        raise GradleakError(f"bad value {policy!r} for buffers; allowed: {', '.join(BUFFER_POLICIES)}")
+    return policy
+
+
+def is_buffer(key: str, tensor: torch.Tensor, trainable: Collection[str] | None) -> bool:
+    """Whether array ``key`` is not a trainable parameter: not in ``trainable`` (the model's
+    trainable parameter names) when known, else a non-float array or a BN statistic by name."""
+    if trainable is not None:
+        return key not in trainable
+    return not is_float(tensor) or key.rsplit(".", 1)[-1] in BN_BUFFERS
 
 
 def to_tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
@@ -55,6 +79,26 @@ def apply_update(incoming: ArrayRecord, outgoing: ArrayRecord, update: SharedUpd
         else:
             out[k] = Array((before[k] + new.to(before[k].dtype)).contiguous().numpy().copy())
     return out
+
+
+def weighted_mean(incoming: ArrayRecord, outgoings: Sequence[ArrayRecord],
+                  weights: Sequence[float]) -> ArrayRecord:
+    """``incoming + sum_k w_k (outgoing_k - incoming) / sum_k w_k`` per array: the weighted mean of
+    the clients' updates applied to the global arrays (what plain FedAvg would produce), float
+    arrays in their dtype, counters averaged in float64 as Flower's FedAvg does."""
+    if not outgoings or len(outgoings) != len(weights) or sum(weights) <= 0:
+        raise GradleakError("the weighted mean needs at least one reply with a positive weight")
+    before, total = to_tensors(incoming), float(sum(weights))
+    mean: dict[str, torch.Tensor] = {}
+    for record, w in zip(outgoings, weights, strict=True):
+        after = to_tensors(record)
+        if list(after) != list(before):
+            raise GradleakError("a reply's ArrayRecord has other keys than the global arrays")
+        for k, t in after.items():
+            delta = (t - before[k]).double() * (w / total)
+            mean[k] = mean[k] + delta if k in mean else delta
+    return to_record({k: (before[k] + d.to(before[k].dtype) if is_float(before[k])
+                          else before[k].double() + d) for k, d in mean.items()})
 
 
 def node_key(ctxt: Context) -> int:
@@ -136,4 +180,5 @@ def replace_arrays(reply: Message, arrays: ArrayRecord) -> None:
     reply.content[key] = arrays
 
 
-__all__ = ["apply_update", "array_update", "message_seed", "to_record", "to_tensors"]
+__all__ = ["BUFFER_POLICIES", "apply_update", "array_update", "message_seed", "to_record",
+           "to_tensors", "weighted_mean"]

@@ -4,13 +4,19 @@
 exactly like the wrapped strategy (it only reads the replies, then delegates aggregation
 unchanged) and, in audited rounds, reconstructs the chosen clients' data from their updates
 (reply arrays minus the global arrays it sent) with the knowledge the configured threat model
-grants. Reconstructions, final gradient losses and, with a simulation's ``ground_truth`` hook,
-the scores are written to ``<out>/results.sqlite`` and ``<out>/<run>/round_RRRR/*.png``.
+grants, plus the BN batch statistics the reply's buffers reveal (the server holds them: level 4,
+:mod:`gradleak.flower.bn`). Leak rates are the share of samples the Score flags as leaked (the
+project's one criterion, ``gradleak.metrics``). Reconstructions, final gradient losses and, with a
+simulation's ``ground_truth`` hook, the scores are written to ``<out>/results.sqlite`` and
+``<out>/<run>/round_RRRR/*.png``.
 
 Under secure aggregation (``secure_aggregation=True``) the server sees only the aggregate: the
-audit then attacks the aggregated update (``sum_k n_k u_k / sum_k n_k`` with N = ``sum_k n_k``
-samples), never an individual reply. Flower 1.41 runs SecAgg+ only through its legacy
-``SecAggPlusWorkflow``; declare it here when your deployment secures aggregation.
+audit then attacks the weighted mean of the clients' updates (``sum_k n_k u_k / sum_k n_k`` with
+N = ``sum_k n_k`` samples, ``n_k`` the reply's ``weighted_by_key``), computed here from the replies
+and the global arrays: the wrapped strategy's output is not that mean for FedAdam, FedAvgM, the DP
+wrappers or Krum, while secure aggregation reveals exactly the sum. Never an individual reply.
+Flower 1.41 runs SecAgg+ only through its legacy ``SecAggPlusWorkflow``; declare it here when your
+deployment secures aggregation.
 """
 
 from __future__ import annotations
@@ -27,14 +33,35 @@ from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from gradleak.errors import GradleakError
-from gradleak.flower.arrays import array_update, num_examples, to_record, to_tensors
-from gradleak.flower.leakage import ConfigSpec, GlobalModel, Measurement, attack_update, probe_config
+from gradleak.flower.arrays import array_update, num_examples, to_record, to_tensors, weighted_mean
+from gradleak.flower.leakage import (
+    ConfigSpec,
+    GlobalModel,
+    Measurement,
+    attack_update,
+    configured_keys,
+    probe_config,
+    with_bn_statistics,
+)
 from gradleak.flower.outputs import AuditWriter
 
 GroundTruth = Callable[[int, Message], tuple[torch.Tensor, torch.Tensor] | None]
 ClientFilter = int | Collection[int] | Callable[[Message], bool] | None
 AUDIT_DEFAULTS = {"threat": {"knows_labels": False}, "attack": {"labels": "llg"}}
 GUARD_PREFIX = "gradleak-"
+
+
+def strategy_weight_key(strategy: Strategy) -> str:
+    """The metric a strategy weights replies by (``weighted_by_key``; wrappers such as the DP
+    strategies hold it on the strategy they wrap), ``num-examples`` when it has none."""
+    seen: set[int] = set()
+    while strategy is not None and id(strategy) not in seen:
+        seen.add(id(strategy))
+        key = getattr(strategy, "weighted_by_key", None)
+        if isinstance(key, str):
+            return key
+        strategy = getattr(strategy, "strategy", None)
+    return "num-examples"
 
 
 class LeakageAuditStrategy(Strategy):
@@ -48,7 +75,9 @@ class LeakageAuditStrategy(Strategy):
     ``ground_truth(server_round, reply)`` (simulation only) returns a client's ``(images,
     labels)`` to score against; without it the audit reports what a real server has: the
     reconstruction and its final gradient loss. ``weighted_by_key``: the metric holding a
-    client's sample count N.
+    client's sample count N (default: the wrapped strategy's ``weighted_by_key``).
+    ``bn_statistics``: grant the attack the BN batch statistics a reply's buffers reveal (the
+    server holds them); ``False`` ignores them.
     """
 
     def __init__(self, strategy: Strategy, *, model_fn: Callable[[], nn.Module],
@@ -56,7 +85,8 @@ class LeakageAuditStrategy(Strategy):
                  every: int = 1, clients: ClientFilter = None, out: str = "gradleak-flower-audit",
                  config: ConfigSpec = None, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, ground_truth: GroundTruth | None = None,
-                 secure_aggregation: bool = False, weighted_by_key: str = "num-examples") -> None:
+                 secure_aggregation: bool = False, weighted_by_key: str | None = None,
+                 bn_statistics: bool = True) -> None:
         super().__init__()
         if not isinstance(every, int) or every < 1:
             raise GradleakError(f"bad value {every!r} for every: an integer >= 1 (audit every k-th round)")
@@ -68,8 +98,10 @@ class LeakageAuditStrategy(Strategy):
         self.strategy, self.model_fn, self.input_shape = strategy, model_fn, tuple(input_shape)
         self.every, self.clients, self.ground_truth = every, clients, ground_truth
         self.mean, self.std, self.secure_aggregation = mean, std, secure_aggregation
-        self.weighted_by_key = weighted_by_key
+        self.weighted_by_key = weighted_by_key or strategy_weight_key(strategy)
         self.cfg = probe_config(attack, budget, config, base=AUDIT_DEFAULTS)
+        self.bn_cfg = (with_bn_statistics(self.cfg, explicit_weight="attack.bn" in
+                                          configured_keys(config)) if bn_statistics else None)
         if self.cfg.threat.knows_labels and ground_truth is None:
             raise GradleakError("threat.knows_labels=true needs ground_truth= (a real server does not "
                                 "see client labels); keep it false and infer them (attack.labels=llg)")
@@ -102,14 +134,13 @@ class LeakageAuditStrategy(Strategy):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         self._log_guard_reports(server_round, replies)
-        audit = self.due(server_round) and server_round in self._global
-        if audit and not self.secure_aggregation:
-            for reply in self._selected(replies):
-                self._audit_reply(server_round, reply)
-        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
-        if audit and self.secure_aggregation and arrays is not None:
-            self._audit_aggregate(server_round, replies, arrays)
-        return arrays, metrics
+        if self.due(server_round) and server_round in self._global:
+            if self.secure_aggregation:
+                self._audit_aggregate(server_round, replies)
+            else:
+                for reply in self._selected(replies):
+                    self._audit_reply(server_round, reply)
+        return self.strategy.aggregate_train(server_round, replies)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -148,11 +179,20 @@ class LeakageAuditStrategy(Strategy):
 
         self._guarded(server_round, who, run, sees="one client's update")
 
-    def _audit_aggregate(self, server_round: int, replies: list[Message], arrays: ArrayRecord) -> None:
-        ok = [r for r in replies if r.has_content()]
+    def aggregate_update(self, server_round: int, replies: list[Message]) -> tuple[ArrayRecord, int]:
+        """What secure aggregation reveals of the round's replies: the global arrays plus the
+        ``weighted_by_key``-weighted mean of the clients' updates, and N = the summed weights;
+        independent of what the wrapped strategy makes of them."""
+        ok = [r for r in replies if r.has_content() and len(r.content.array_records) == 1]
+        weights = [self._num_samples(r) for r in ok]
+        outgoing = [next(iter(r.content.array_records.values())) for r in ok]
+        return weighted_mean(self._global[server_round], outgoing, weights), sum(weights)
+
+    def _audit_aggregate(self, server_round: int, replies: list[Message]) -> None:
+        ok = [r for r in replies if r.has_content() and len(r.content.array_records) == 1]
 
         def run() -> tuple[Measurement, Any]:
-            n = sum(self._num_samples(r) for r in ok)
+            arrays, n = self.aggregate_update(server_round, ok)
             truth = None
             if self.ground_truth is not None:
                 parts = [self.ground_truth(server_round, r) for r in ok]
@@ -167,7 +207,10 @@ class LeakageAuditStrategy(Strategy):
         incoming = self._global[server_round]
         model = GlobalModel.load(self.model_fn, incoming, mean=self.mean, std=self.std)
         update = array_update(incoming, outgoing, num_samples=n)
-        return attack_update(self.cfg, model, update, input_shape=self.input_shape, truth=truth)
+        bn = (model.bn_statistics(self.cfg, incoming, outgoing, num_samples=n,
+                                  input_shape=self.input_shape) if self.bn_cfg else None)
+        return attack_update(self.cfg, model, update, input_shape=self.input_shape, truth=truth,
+                             bn=bn, bn_cfg=self.bn_cfg)
 
     def _guarded(self, server_round: int, who: str, run: Callable[[], tuple[Measurement, Any]], *,
                  sees: str) -> None:
@@ -198,6 +241,8 @@ class LeakageAuditStrategy(Strategy):
             "iterations": recon.iterations, "attack_loss": m.loss, "attack_losses": recon.losses,
             "labels_inferred": recon.labels, "label_source": recon.label_source,
             "secure_aggregation": self.secure_aggregation, "config": self.cfg.to_dict(),
+            "bn_statistics": None if m.bn is None else m.bn.note,
+            "bn_statistics_granted": m.bn is not None and m.bn.granted, "bn_prior": m.bn_prior,
         }
         if m.score is not None:
             s = m.score

@@ -3,9 +3,11 @@
 The client is the one party that holds the ground truth, so it can measure how much of its data
 the configured server could reconstruct from the update it is about to send (the NVFlare
 "relative data leakage" filter, generalised to gradleak's attacks, metrics and defenses). The
-guard runs the attack with the knowledge the configured threat model grants, scores the
-reconstruction (PSNR/SSIM/LPIPS after matching; BRR with the PSNR/LPIPS thresholds of
-``metrics.*``), and when the leak rate exceeds ``threshold``:
+guard runs the attack with the knowledge the configured threat model grants plus the BN batch
+statistics the reply's buffers reveal (level 4, :mod:`gradleak.flower.bn`), scores the
+reconstruction (PSNR/SSIM/LPIPS after matching) and takes the leak rate = the share of samples the
+Score flags as leaked (``per_sample["leaked"]``, the project's one criterion). When the leak rate
+exceeds ``threshold``, or cannot be measured (no LPIPS weights: the guard cannot clear the update):
 
 * ``on_leak="defend"``: applies the ``fallback`` defense and checks again; if the defended update
   still leaks, the update is withheld;
@@ -32,6 +34,7 @@ from gradleak.errors import GradleakError
 from gradleak.flower.arrays import (
     around_train,
     array_update,
+    check_buffer_policy,
     error_reply,
     message_seed,
     node_key,
@@ -39,7 +42,15 @@ from gradleak.flower.arrays import (
     replace_arrays,
     server_round,
 )
-from gradleak.flower.leakage import ConfigSpec, GlobalModel, Measurement, attack_update, probe_config
+from gradleak.flower.leakage import (
+    ConfigSpec,
+    GlobalModel,
+    Measurement,
+    attack_update,
+    configured_keys,
+    probe_config,
+    with_bn_statistics,
+)
 from gradleak.flower.mods import DefenseSpec, defend_update, resolve_defense
 
 ON_LEAK = ("defend", "drop", "report")
@@ -51,15 +62,20 @@ def guard_metrics(first: Measurement, final: Measurement, *, fallback: bool,
     """The numbers the guard adds to the reply's MetricRecord (the same keys on every client, so
     Flower's strategies can aggregate them; LPIPS only when it can be computed)."""
     out: dict[str, float | int] = {
-        "gradleak-leak-rate": float(final.leak_rate),
         "gradleak-psnr": float(final.score.psnr),
         "gradleak-ssim": float(final.score.ssim),
         "gradleak-attack-loss": final.loss,
-        "gradleak-leak-rate-initial": float(first.leak_rate),
         "gradleak-psnr-initial": float(first.score.psnr),
         "gradleak-fallback": int(fallback),
         "gradleak-leaked": int(leaked),
+        "gradleak-bn-statistics": int(final.bn is not None and final.bn.granted),
+        "gradleak-bn-prior": float(final.bn_prior),
     }
+    # Left out when unknown (a MetricRecord holds numbers only), as LPIPS is.
+    if final.leak_rate is not None:
+        out["gradleak-leak-rate"] = float(final.leak_rate)
+    if first.leak_rate is not None:
+        out["gradleak-leak-rate-initial"] = float(first.leak_rate)
     if final.score.lpips is not None:
         out["gradleak-lpips"] = float(final.score.lpips)
     return out
@@ -67,15 +83,17 @@ def guard_metrics(first: Measurement, final: Measurement, *, fallback: bool,
 
 def describe(m: Measurement) -> str:
     lpips = "n/a" if m.score.lpips is None else f"{m.score.lpips:.3f}"
-    return (f"leak rate {m.leak_rate:.2f} ({m.criterion}), psnr {m.score.psnr:.2f} dB, "
-            f"lpips {lpips}")
+    rate = ("n/a (no leaked flags: LPIPS weights missing)" if m.leak_rate is None
+            else f"{m.leak_rate:.2f} ({m.criterion})")
+    bn = ", with the reply's BN statistics" if m.bn is not None and m.bn.granted else ""
+    return f"leak rate {rate}, psnr {m.score.psnr:.2f} dB, lpips {lpips}{bn}"
 
 
 def leakage_guard_mod(model_fn: Callable[[], nn.Module], data_fn: DataFn, *, attack: str = "ig",
                       budget: int | None = 200, threshold: float = 0.0, on_leak: str = "defend",
                       fallback: DefenseSpec | None = None, config: ConfigSpec = None,
                       mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                      seed: int = 0) -> Mod:
+                      seed: int = 0, buffers: str = "keep", bn_statistics: bool = True) -> Mod:
     """A client mod that attacks the client's own train update and acts when it leaks.
 
     ``model_fn()`` builds the app's model (state_dict keys = the ArrayRecord keys); ``mean``/
@@ -84,8 +102,11 @@ def leakage_guard_mod(model_fn: Callable[[], nn.Module], data_fn: DataFn, *, att
     on, ``(images [N, C, H, W] in [0, 1], labels [N])``. ``attack`` (a gradleak attack name) runs
     ``budget`` iterations (``attack.iterations``); ``config`` adds gradleak config overrides
     (``threat.*``, ``client.*`` = how the app trains, ``metrics.psnr_threshold`` ...). The update
-    leaks when its leak rate (BRR) exceeds ``threshold``. ``fallback``: the defense for
-    ``on_leak="defend"`` (as for :func:`defense_mod`), seeded like it with ``seed``.
+    leaks when its leak rate (share of samples the Score flags ``leaked``) exceeds ``threshold``,
+    or when it cannot be measured. ``fallback``: the defense for ``on_leak="defend"`` (as for
+    :func:`defense_mod`, with the ``buffers`` policy), seeded like it with ``seed``.
+    ``bn_statistics``: grant the attack the BN batch statistics the reply's buffers reveal (the
+    server holds them; :func:`~gradleak.flower.leakage.with_bn_statistics`); ``False`` ignores them.
     """
     if on_leak not in ON_LEAK:
         raise GradleakError(f"bad value {on_leak!r} for on_leak; allowed: {', '.join(ON_LEAK)}")
@@ -94,13 +115,24 @@ def leakage_guard_mod(model_fn: Callable[[], nn.Module], data_fn: DataFn, *, att
     if on_leak == "defend" and fallback is None:
         raise GradleakError("on_leak='defend' needs fallback=, e.g. fallback={'name': 'gaussian', "
                             "'noise_multiplier': 0.01, 'clip_norm': 1.0}")
+    check_buffer_policy(buffers)
     cfg = probe_config(attack, budget, config)
+    bn_cfg = (with_bn_statistics(cfg, explicit_weight="attack.bn" in configured_keys(config))
+              if bn_statistics else None)
     defense = resolve_defense(fallback)[1] if fallback is not None else None
 
     def measure(model: GlobalModel, incoming: ArrayRecord, outgoing: ArrayRecord,
                 truth: tuple[torch.Tensor, torch.Tensor]) -> Measurement:
-        update = array_update(incoming, outgoing, num_samples=int(truth[1].shape[0]))
-        return attack_update(cfg, model, update, input_shape=tuple(truth[0].shape[1:]), truth=truth)
+        n, shape = int(truth[1].shape[0]), tuple(truth[0].shape[1:])
+        update = array_update(incoming, outgoing, num_samples=n)
+        bn = (model.bn_statistics(cfg, incoming, outgoing, num_samples=n, input_shape=shape)
+              if bn_statistics else None)
+        return attack_update(cfg, model, update, input_shape=shape, truth=truth, bn=bn,
+                             bn_cfg=bn_cfg)
+
+    def leaks(m: Measurement) -> bool:
+        # Unmeasurable (no leaked flags) counts as leaking: the guard cannot clear the update.
+        return m.leak_rate is None or m.leak_rate > threshold
 
     def transform(msg: Message, ctxt: Context, reply: Message, incoming: ArrayRecord,
                   outgoing: ArrayRecord) -> Message:
@@ -114,22 +146,22 @@ def leakage_guard_mod(model_fn: Callable[[], nn.Module], data_fn: DataFn, *, att
         model = GlobalModel.load(model_fn, incoming, mean=mean, std=std)
         first = measure(model, incoming, outgoing, truth)
         final, sent, used_fallback = first, outgoing, False
-        if first.leak_rate > threshold and on_leak == "drop":
+        if leaks(first) and on_leak == "drop":
             log(WARNING, "gradleak guard: update withheld, %s", describe(first))
             return error_reply(msg, f"gradleak leakage guard withheld the update: {describe(first)}")
-        if first.leak_rate > threshold and on_leak == "defend":
+        if leaks(first) and on_leak == "defend":
             s = message_seed(seed, node_key(ctxt), server_round(msg, ctxt, "guard"))
             sent = defend_update(defense, incoming, outgoing, num_samples=first.recon.images.shape[0],
-                                 seed=s)
+                                 seed=s, buffers=buffers, trainable=model.trainable_keys())
             final, used_fallback = measure(model, incoming, sent, truth), True
-            if final.leak_rate > threshold:
+            if leaks(final):
                 log(WARNING, "gradleak guard: update withheld, still leaking after the fallback: %s",
                     describe(final))
                 return error_reply(msg, "gradleak leakage guard withheld the update: it still "
                                         f"leaks after the fallback defense: {describe(final)} "
                                         f"(undefended: {describe(first)})")
             replace_arrays(reply, sent)
-        leaked = final.leak_rate > threshold
+        leaked = leaks(final)
         if leaked:
             log(WARNING, "gradleak guard: update leaks (reported only): %s", describe(final))
         numbers = guard_metrics(first, final, fallback=used_fallback, leaked=leaked)

@@ -7,23 +7,28 @@ round (:func:`~gradleak.flower.arrays.message_seed`), and puts incoming + defend
 
 Order relative to Flower's own mods (see ``docs/flower.md``)::
 
-    ClientApp(mods=[secaggplus_mod,            # outermost: masks what the others produced
-                    fixedclipping_mod,         # Flower: "the last to operate on params"
+    ClientApp(mods=[fixedclipping_mod,         # outermost; Flower: "the last to operate on params"
                     leakage_guard_mod(...),    # checks the defended update
                     defense_mod("qsgd", bits=4)])  # innermost: first to see the reply
 
 so the defense runs before clipping (QSGD can raise an update's norm; clipping afterwards keeps
-the DP sensitivity bound) and SecAgg+ masks the final arrays.
+the DP sensitivity bound). ``fixedclipping_mod`` is the Message-API one of ``flwr.clientapp.mod``
+(``flwr.client.mod``'s is the legacy one and fails on Message-API messages).
+
+Only the trainable parameters are defended by default: BN running statistics, counters and other
+buffers are sent as the client computed them (``buffers="keep"``), replaced by the global value
+(``"drop"``) or defended with the rest (``"defend"``): :data:`gradleak.flower.arrays.BUFFER_POLICIES`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
+from torch import nn
 
 from gradleak.config import load_config
 from gradleak.defenses import Defense, build_defense
@@ -33,6 +38,9 @@ from gradleak.flower.arrays import (
     apply_update,
     around_train,
     array_update,
+    check_buffer_policy,
+    error_reply,
+    is_buffer,
     message_seed,
     node_key,
     num_examples,
@@ -64,14 +72,39 @@ def resolve_defense(spec: DefenseSpec, **params: Any) -> tuple[str, Defense]:
 
 
 def defend_update(defense: Defense, incoming: ArrayRecord, outgoing: ArrayRecord, *,
-                  num_samples: int, seed: int) -> ArrayRecord:
-    """``outgoing`` with its update (float arrays only) replaced by ``defense(update)``."""
+                  num_samples: int, seed: int, buffers: str = "keep",
+                  trainable: Collection[str] | None = None) -> ArrayRecord:
+    """``outgoing`` with its update replaced by ``defense(update)``: the update of the trainable
+    parameters (``trainable``: their keys; ``None``: every float array but BN statistics), the
+    other arrays as ``buffers`` says (``keep``: the client's, ``drop``: the global ones,
+    ``defend``: every float array is defended, as one update)."""
     update = array_update(incoming, outgoing, num_samples=num_samples)
-    defended = defense(update, generator=torch.Generator().manual_seed(seed))
-    return apply_update(incoming, outgoing, defended)
+    generator = torch.Generator().manual_seed(seed)
+    if check_buffer_policy(buffers) == "defend":
+        return apply_update(incoming, outgoing, defense(update, generator=generator))
+    kept = {k: t for k, t in update.tensors.items() if is_buffer(k, t, trainable)}
+    weights = update.replace({k: t for k, t in update.tensors.items() if k not in kept})
+    defended = defense(weights, generator=generator)
+    # A buffer's "update" unchanged: apply_update then sends the client's array bit for bit.
+    out = apply_update(incoming, outgoing, defended.replace({**defended.tensors, **kept}))
+    if buffers == "drop":
+        for k in kept:
+            out[k] = incoming[k]
+    return out
 
 
-def defense_mod(defense: DefenseSpec, *, seed: int = 0, **params: Any) -> Mod:
+def trainable_keys(model_fn: Callable[[], nn.Module]) -> frozenset[str]:
+    """The ``state_dict`` keys of ``model_fn()``'s trainable parameters (built under a private RNG,
+    so the app's random state does not move)."""
+    from gradleak.flower.leakage import private_rng
+
+    with private_rng():
+        net = model_fn()
+    return frozenset(n for n, p in net.named_parameters() if p.requires_grad)
+
+
+def defense_mod(defense: DefenseSpec, *, seed: int = 0, buffers: str = "keep",
+                model_fn: Callable[[], nn.Module] | None = None, **params: Any) -> Mod:
     """A client mod applying gradleak's ``defense`` to every train reply's update.
 
     ``defense_mod("qsgd", bits=4)``, ``defense_mod("topk", sparsity=0.9)``,
@@ -79,17 +112,27 @@ def defense_mod(defense: DefenseSpec, *, seed: int = 0, **params: Any) -> Mod:
     ``defense.*`` config keys (``gradleak defenses`` lists them). Randomised defenses draw from
     ``torch.Generator().manual_seed(message_seed(seed, node_key, server_round))`` (``node_key``: the
     node's ``partition-id`` config if set, else its node id). Evaluate and query messages pass
-    through.
+    through. Only trainable parameters are defended; ``buffers`` (``keep``, ``drop``, ``defend``,
+    see :data:`~gradleak.flower.arrays.BUFFER_POLICIES`) says what happens to the other arrays.
+    Which arrays are trainable: ``model_fn()``'s trainable parameters when given (needed for
+    buffers other than BN statistics), else every float array but BN running statistics.
     """
+    check_buffer_policy(buffers)
     name, fn = resolve_defense(defense, **params)
     label = f"defense_mod({name})"
+    trainable = trainable_keys(model_fn) if model_fn is not None else None
 
     def mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
         def transform(msg: Message, ctxt: Context, reply: Message, incoming: ArrayRecord,
                       outgoing: ArrayRecord) -> Message:
+            missing = sorted(set(trainable or ()) - set(incoming.keys()))
+            if missing:
+                return error_reply(msg, f"{label}: model_fn's parameter {missing[0]!r} is not in "
+                                        "the arrays; model_fn must build the app's model")
             s = message_seed(seed, node_key(ctxt), server_round(msg, ctxt, label))
-            replace_arrays(reply, defend_update(fn, incoming, outgoing,
-                                                num_samples=num_examples(reply) or 1, seed=s))
+            replace_arrays(reply, defend_update(fn, incoming, outgoing, buffers=buffers,
+                                                num_samples=num_examples(reply) or 1, seed=s,
+                                                trainable=trainable))
             return reply
 
         return around_train(label, msg, ctxt, call_next, transform)
