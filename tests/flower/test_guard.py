@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 pytest.importorskip("flwr")
@@ -25,9 +27,9 @@ def arrays() -> ArrayRecord:
     return ArrayRecord(apps.make_model().state_dict())
 
 
-def run(mod, arrays, node=5, rnd=1):
+def run(mod, arrays, node=5, rnd=1, app=apps.train):
     msg, ctx = apps.train_message(arrays, node, rnd), apps.context(node, 0)
-    return msg, ctx, mod(msg, ctx, apps.train)
+    return msg, ctx, mod(msg, ctx, app)
 
 
 def test_drop_withholds_a_leaking_update_and_says_how_much_leaked(arrays):
@@ -124,3 +126,73 @@ def test_data_fn_must_return_the_samples_the_reply_declares(arrays):
     mod = leakage_guard_mod(apps.make_model, two_samples, budget=1, on_leak="report")
     _, _, out = run(mod, arrays)
     assert out.has_error() and "num-examples=1" in out.error.reason
+
+
+def test_the_guard_grants_the_bn_statistics_the_reply_reveals(observed):
+    from gradleak.fl.client import capture_bn_statistics
+    from gradleak.threat import Knowledge
+
+    arrays = ArrayRecord(apps.make_bn_model().state_dict())
+    mod = leakage_guard_mod(apps.make_bn_model, apps.data_fn, budget=5, on_leak="report",
+                            config=apps.OVERRIDES)
+    msg, ctx, out = run(mod, arrays, app=apps.bn_train)
+    m = out.content["metrics"]
+    assert m["gradleak-bn-statistics"] == 1 and m["gradleak-bn-prior"] == 0.1
+    (obs,) = observed
+    assert obs.threat.grants(Knowledge.BN_STATISTICS) and obs.bn_mode == "train"
+    real = capture_bn_statistics(apps.make_bn_model().train(), apps.data_fn(msg, ctx)[0])
+    for (mu, var), (mu_t, var_t) in zip(obs.bn_statistics, real, strict=True):
+        assert torch.allclose(mu, mu_t, atol=1e-5) and torch.allclose(var, var_t, atol=1e-5)
+
+    observed.clear()
+    off = leakage_guard_mod(apps.make_bn_model, apps.data_fn, budget=5, on_leak="report",
+                            config=apps.OVERRIDES, bn_statistics=False)
+    _, _, out = run(off, arrays, app=apps.bn_train)
+    assert out.content["metrics"]["gradleak-bn-statistics"] == 0
+    assert observed[0].bn_statistics is None
+
+
+def test_the_guard_fallback_keeps_or_drops_buffers_as_told(leaked_flags):
+    leaked_flags(lambda s: [True] * len(s.per_sample["psnr"]))  # always leaking
+    bn_arrays = ArrayRecord(apps.make_bn_model().state_dict())
+    for buffers, expect_granted in (("keep", 1), ("drop", 0)):
+        mod = leakage_guard_mod(apps.make_bn_model, apps.data_fn, budget=5, on_leak="defend",
+                                fallback=NOISE, buffers=buffers, config=apps.OVERRIDES)
+        msg, ctx, out = run(mod, bn_arrays, app=apps.bn_train)
+        # Every sample leaks: the fallback ran and the update was withheld, the reason saying
+        # whether the defended reply still revealed the BN statistics.
+        assert out.has_error() and "after the fallback" in out.error.reason
+        final = out.error.reason.split("after the fallback defense: ")[1].split(" (undefended")[0]
+        assert ("BN statistics" in final) == bool(expect_granted), (buffers, final)
+
+
+def test_the_guard_decides_with_the_scores_leaked_flags_only(arrays, leaked_flags):
+    # A reconstruction above both paper thresholds that the project's criterion does not count
+    # as leaked (e.g. it does not beat an update-free baseline) is not a leak for the guard.
+    leaked_flags(lambda s: [False] * len(s.per_sample["psnr"]))
+    mod = leakage_guard_mod(apps.make_model, apps.data_fn, budget=BUDGET, on_leak="drop")
+    _, _, out = run(mod, arrays)
+    assert not out.has_error()
+    m = out.content["metrics"]
+    assert m["gradleak-psnr"] >= 18.0 and m["gradleak-lpips"] <= 0.1  # passes both thresholds
+    assert m["gradleak-leak-rate"] == 0.0 and m["gradleak-leaked"] == 0
+    # And the other way round: a poor reconstruction that the flags call leaked is withheld.
+    leaked_flags(lambda s: [True] * len(s.per_sample["psnr"]))
+    weak = leakage_guard_mod(apps.make_model, apps.data_fn, budget=1, on_leak="drop")
+    _, _, out = run(weak, arrays)
+    assert out.has_error() and "leak rate 1.00 (leaked)" in out.error.reason
+
+
+def test_without_leaked_flags_the_leak_rate_is_unknown_and_the_update_not_cleared(
+        arrays, leaked_flags, caplog):
+    leaked_flags(lambda s: None)  # what metrics.score gives without LPIPS weights
+    mod = leakage_guard_mod(apps.make_model, apps.data_fn, budget=1, on_leak="report")
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        _, _, out = run(mod, arrays)
+    m = out.content["metrics"]
+    assert "gradleak-leak-rate" not in m and "gradleak-leak-rate-initial" not in m
+    assert m["gradleak-leaked"] == 1  # the guard cannot clear what it cannot measure
+    assert any("no leak rate" in r.getMessage() for r in caplog.records)
+    drop = leakage_guard_mod(apps.make_model, apps.data_fn, budget=1, on_leak="drop")
+    _, _, out = run(drop, arrays)
+    assert out.has_error() and "leak rate n/a" in out.error.reason
