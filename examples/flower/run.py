@@ -49,8 +49,13 @@ def main() -> None:
               f" dB -> sent {m['gradleak-psnr']:.1f} dB, fallback used by {m['gradleak-fallback']:.0%}"
               f"; {withheld.get(rnd, 0)} of {task.NUM_CLIENTS} updates withheld")
     for r in res["records"]:
+        if "error" in r:
+            print(f"audit round {r['round']} {r['client']}: failed: {r['error']}")
+            continue
+        # The leak rate is unknown (None) without LPIPS weights: the leak criterion needs them.
+        leak = "n/a" if r.get("leak_rate") is None else f"{r['leak_rate']:.2f}"
         print(f"audit round {r['round']} {r['client']}: psnr {r['psnr']:.1f} dB, "
-              f"leak rate {r['leak_rate']:.2f}, attack loss {r['attack_loss']:.3f}")
+              f"leak rate {leak}, attack loss {r['attack_loss']:.3f}")
     acc = res["accuracy"]
     print(f"test accuracy: {acc[0]['accuracy']:.3f} -> {acc[max(acc)]['accuracy']:.3f}")
     print(f"results: {args.out}/results.sqlite and {args.out}/*/round_*/*.png")
