@@ -30,6 +30,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import log
 from torch import nn
 
+from gradleak.config import Config
 from gradleak.errors import GradleakError
 from gradleak.flower.arrays import (
     around_train,
@@ -81,6 +82,39 @@ def guard_metrics(first: Measurement, final: Measurement, *, fallback: bool,
     return out
 
 
+def check_settings(on_leak: str, threshold: float, fallback: DefenseSpec | None, buffers: str) -> None:
+    """One-line GradleakErrors for guard settings that cannot work, before any round."""
+    if on_leak not in ON_LEAK:
+        raise GradleakError(f"bad value {on_leak!r} for on_leak; allowed: {', '.join(ON_LEAK)}")
+    if not 0.0 <= threshold < 1.0:
+        raise GradleakError(f"bad value {threshold!r} for threshold: a leak rate in [0, 1)")
+    if on_leak == "defend" and fallback is None:
+        raise GradleakError("on_leak='defend' needs fallback=, e.g. fallback={'name': 'gaussian', "
+                            "'noise_multiplier': 0.01, 'clip_norm': 1.0}")
+    check_buffer_policy(buffers)
+
+
+def measure_reply(cfg: Config, bn_cfg: tuple[Config, float] | None, model: GlobalModel,
+                  incoming: ArrayRecord, outgoing: ArrayRecord,
+                  truth: tuple[torch.Tensor, torch.Tensor]) -> Measurement:
+    """The guard's attack on the update ``outgoing - incoming``, scored against ``truth``; with
+    ``bn_cfg`` (BN statistics granted) it uses the BN statistics the reply reveals."""
+    n, shape = int(truth[1].shape[0]), tuple(truth[0].shape[1:])
+    update = array_update(incoming, outgoing, num_samples=n)
+    bn = (model.bn_statistics(cfg, incoming, outgoing, num_samples=n, input_shape=shape)
+          if bn_cfg is not None else None)
+    return attack_update(cfg, model, update, input_shape=shape, truth=truth, bn=bn, bn_cfg=bn_cfg)
+
+
+def add_metrics(reply: Message, numbers: dict[str, float | int]) -> None:
+    """Add ``numbers`` to the reply's MetricRecord (a new one named ``metrics`` if it has none)."""
+    records = reply.content.metric_records
+    if records:
+        next(iter(records.values())).update(numbers)
+    else:
+        reply.content["metrics"] = MetricRecord(numbers)
+
+
 def describe(m: Measurement) -> str:
     lpips = "n/a" if m.score.lpips is None else f"{m.score.lpips:.3f}"
     rate = ("n/a (no leaked flags: LPIPS weights missing)" if m.leak_rate is None
@@ -108,14 +142,7 @@ def leakage_guard_mod(model_fn: Callable[[], nn.Module], data_fn: DataFn, *, att
     ``bn_statistics``: grant the attack the BN batch statistics the reply's buffers reveal (the
     server holds them; :func:`~gradleak.flower.leakage.with_bn_statistics`); ``False`` ignores them.
     """
-    if on_leak not in ON_LEAK:
-        raise GradleakError(f"bad value {on_leak!r} for on_leak; allowed: {', '.join(ON_LEAK)}")
-    if not 0.0 <= threshold < 1.0:
-        raise GradleakError(f"bad value {threshold!r} for threshold: a leak rate in [0, 1)")
-    if on_leak == "defend" and fallback is None:
-        raise GradleakError("on_leak='defend' needs fallback=, e.g. fallback={'name': 'gaussian', "
-                            "'noise_multiplier': 0.01, 'clip_norm': 1.0}")
-    check_buffer_policy(buffers)
+    check_settings(on_leak, threshold, fallback, buffers)
     cfg = probe_config(attack, budget, config)
     bn_cfg = (with_bn_statistics(cfg, explicit_weight="attack.bn" in configured_keys(config))
               if bn_statistics else None)
@@ -123,12 +150,7 @@ def leakage_guard_mod(model_fn: Callable[[], nn.Module], data_fn: DataFn, *, att
 
     def measure(model: GlobalModel, incoming: ArrayRecord, outgoing: ArrayRecord,
                 truth: tuple[torch.Tensor, torch.Tensor]) -> Measurement:
-        n, shape = int(truth[1].shape[0]), tuple(truth[0].shape[1:])
-        update = array_update(incoming, outgoing, num_samples=n)
-        bn = (model.bn_statistics(cfg, incoming, outgoing, num_samples=n, input_shape=shape)
-              if bn_statistics else None)
-        return attack_update(cfg, model, update, input_shape=shape, truth=truth, bn=bn,
-                             bn_cfg=bn_cfg)
+        return measure_reply(cfg, bn_cfg, model, incoming, outgoing, truth)
 
     def leaks(m: Measurement) -> bool:
         # Unmeasurable (no leaked flags) counts as leaking: the guard cannot clear the update.
@@ -164,12 +186,7 @@ def leakage_guard_mod(model_fn: Callable[[], nn.Module], data_fn: DataFn, *, att
         leaked = leaks(final)
         if leaked:
             log(WARNING, "gradleak guard: update leaks (reported only): %s", describe(final))
-        numbers = guard_metrics(first, final, fallback=used_fallback, leaked=leaked)
-        records = reply.content.metric_records
-        if records:
-            next(iter(records.values())).update(numbers)
-        else:
-            reply.content["metrics"] = MetricRecord(numbers)
+        add_metrics(reply, guard_metrics(first, final, fallback=used_fallback, leaked=leaked))
         return reply
 
     def mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
