@@ -128,6 +128,10 @@ class MetricsConfig:
     psnr_threshold: float = _opt(DEFAULT_PSNR_THRESHOLD, help="a sample leaks if PSNR >= this ...")
     lpips_threshold: float = _opt(DEFAULT_LPIPS_THRESHOLD,
                                   help="... and LPIPS <= this (paper App. C)")
+    baseline_pool: int = _opt(32, minimum=0,
+                              help="... and beats update-free baselines: other samples drawn as "
+                                   "the data mean, nearest-other and identification pool (0: flat "
+                                   "mean colour only)")
 
 
 @dataclass

@@ -43,6 +43,7 @@ from gradleak.data.sampling import select_victim_samples
 from gradleak.defenses import build_defense
 from gradleak.errors import GradleakError
 from gradleak.fl.client import ClientRound, ClientSetup, SharedUpdate, client_round
+from gradleak.metrics.baselines import reference_pool
 from gradleak.models import (
     MODELS,
     Classifier,
@@ -67,7 +68,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-STREAMS = ("victim", "client", "defense", "attack")
+STREAMS = ("victim", "client", "defense", "attack", "baseline")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class SeedStreams:
     client: int
     defense: int
     attack: int
+    baseline: int  # the metrics' reference pool (never seen by the attack)
 
     @classmethod
     def from_seed(cls, seed: int) -> SeedStreams:
@@ -110,6 +112,7 @@ class Score:
     matching: list[int]
     matched: torch.Tensor
     warnings: list[str] = field(default_factory=list)
+    baselines: dict[str, Any] = field(default_factory=dict)  # update-free baselines' scores
 
     def metrics(self) -> dict[str, Any]:
         """The ``metrics`` block of ``result.json``."""
@@ -269,13 +272,32 @@ class Scenario:
         true_labels = self.labels if labels is None else labels
         m = self.cfg.metrics
         s = metrics.score(recon.candidates, truth, lpips_net=m.lpips_net,
-                          psnr_threshold=m.psnr_threshold, lpips_threshold=m.lpips_threshold)
+                          psnr_threshold=m.psnr_threshold, lpips_threshold=m.lpips_threshold,
+                          reference=self.reference_pool(truth, true_labels))
         return Score(mse=s["mse"], psnr=s["psnr"], ssim=s["ssim"], lpips=s["lpips"], brr=s["brr"],
                      wsrr=s["wsrr"],
                      label_accuracy=metrics.label_accuracy(recon.labels, true_labels.tolist()),
                      per_sample=s["per_sample"], thresholds=s["thresholds"],
                      wsrr_initializations=s["wsrr_initializations"], matching=s["matching"],
-                     matched=recon.images[torch.tensor(s["matching"])], warnings=list(s["warnings"]))
+                     matched=recon.images[torch.tensor(s["matching"])], warnings=list(s["warnings"]),
+                     baselines=s["baselines"])
+
+    def reference_pool(self, truth: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+        """``metrics.baseline_pool`` other samples of the dataset for the leak criterion's
+        baselines (baseline seed stream): never the victim's indices, nor a sample equal to a
+        victim image, nor, where the dataset's class is the private source itself
+        (``class_is_source``, e.g. one photo and its crops), a sample of a victim's class."""
+        size = self.cfg.metrics.baseline_pool
+        own = sorted({int(c) for c in labels.tolist()}) if getattr(
+            self.dataset, "class_is_source", False) else []
+        pool = reference_pool(self.dataset, list(self.indices), own, size=size + len(truth),
+                              seed=self.seeds.baseline)
+        if pool is None:
+            return None
+        flat_pool, flat_truth = pool.flatten(1), truth.flatten(1).to(pool.dtype)
+        same = torch.cdist(flat_pool, flat_truth).min(dim=1).values == 0
+        pool = pool[~same][:size]
+        return pool if len(pool) else None
 
     def run(self, *, progress: bool = False) -> RunOutput:
         """Every step: client round, defense, observation, attack, scoring -> :class:`RunOutput`."""
@@ -333,6 +355,7 @@ class Scenario:
             "labels": {"true": self.labels.tolist(), "inferred": recon.labels,
                        "source": recon.label_source},
             "per_sample": score.per_sample,
+            "baselines": score.baselines,
             "thresholds": score.thresholds,
             "wsrr_initializations": score.wsrr_initializations,
             "iterations": recon.iterations,

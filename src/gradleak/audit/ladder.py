@@ -4,13 +4,18 @@ Levels, budgets and the verdict rule are data (``configs/audit_ladder.yaml``). A
 built in this order, later winning: the user's setup (every section but ``attack``/``threat``),
 the budget's attack keys, the ``attack.*`` keys the user gave (``attack.iterations=...``), the
 level's own keys, and the label rule (inferred from the update unless the level says ``known``).
-Each level runs ``seeds`` times with seeds ``seed, seed + 1, ...``; every run derives its own
-independent streams from its seed (:class:`gradleak.scenario.SeedStreams`).
+A level's runs are *trials* (:func:`draw_trials`): trial ``i`` has seed ``seed + i`` (its own
+independent client, defense and attack streams, :class:`gradleak.scenario.SeedStreams`) and its
+own victim samples, drawn for all trials at once without replacement, so no two trials attack the
+same sample. With ``data.indices`` fixed every trial attacks those samples: the runs then measure
+the attack's success on those samples over the client's and the attack's randomness, not over
+victims, and the audit says so.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,7 +23,9 @@ from typing import Any
 import yaml
 
 from gradleak.config import Config, flatten, load_config, parse_override, unflatten
+from gradleak.data.sampling import select_victim_samples
 from gradleak.errors import GradleakError
+from gradleak.scenario import SeedStreams
 
 LADDER = "configs/audit_ladder.yaml"
 LABELS_GRANTED = ("labels granted: the model has no linear layer to infer them from, so this "
@@ -90,6 +97,16 @@ class Setup:
     has_bn: bool = False
     has_linear: bool = True  # label inference reads the last linear layer's gradient
     layers: list[tuple[str, int]] = field(default_factory=list)  # (module name, parameters)
+    dataset: Any = None  # the victims' dataset, for drawing trials
+    victims_fixed: bool = False  # data.indices given: every trial attacks the same samples
+
+    def trials_note(self) -> str:
+        """One line on what the runs are independent draws of."""
+        if self.victims_fixed:
+            return ("data.indices is fixed, so the runs are not independent victim draws: they "
+                    "measure the attack on those samples over independent client, defense and "
+                    "attack randomness")
+        return "each run attacks its own victim samples, drawn without replacement"
 
     @property
     def fedavg(self) -> bool:
@@ -126,6 +143,8 @@ def read_setup(config_file: str | None, overrides: list[str]) -> Setup:
     probe = load_config(base=unflatten(_base(cfg)), trusted_base=True)  # no attack's needs
     sc = Scenario.from_config(probe)
     setup.num_samples = int(len(sc.labels))
+    setup.dataset = sc.dataset
+    setup.victims_fixed = cfg.data.indices is not None
     setup.has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in sc.model.modules())
     setup.has_linear = any(isinstance(m, nn.Linear) for m in sc.model.modules())
     setup.layers = [(name, sum(p.numel() for p in m.parameters(recurse=False)))
@@ -173,6 +192,29 @@ def level_config(ladder: Ladder, level: Level, setup: Setup, budget: dict[str, A
         raise GradleakError(f"audit level {level.name}: {exc}") from None
 
 
-def seeds_of(setup: Setup, count: int) -> list[int]:
-    """``seed, seed + 1, ...``: each a scenario seed with its own independent streams."""
-    return [setup.cfg.seed + i for i in range(count)]
+@dataclass(frozen=True)
+class Trial:
+    """One independent trial: a scenario seed and its victim samples (None: ``data.indices``)."""
+
+    seed: int
+    victims: list[int] | None
+
+    def keys(self) -> dict[str, Any]:
+        return {} if self.victims is None else {"data.indices": list(self.victims)}
+
+
+def draw_trials(setup: Setup, count: int) -> list[Trial]:
+    """``count`` trials (fewer when the data runs out of distinct victims): seeds ``seed + i``,
+    victims drawn in one draw of ``count x N`` samples without replacement from the victim seed
+    stream of the audit's seed, with the victim selection's own rule (``data.distinct_labels``,
+    whole photos first), then cut into consecutive groups of N."""
+    base, n = setup.cfg.seed, setup.num_samples
+    if setup.victims_fixed or setup.dataset is None:
+        return [Trial(base + i, None) for i in range(count)]
+    count = max(1, min(count, len(setup.dataset) // n))
+    pool_cfg = replace(setup.cfg.data, num_samples=count * n, indices=None)
+    with warnings.catch_warnings():  # labels may repeat across trials; within one they stay apart
+        warnings.simplefilter("ignore")
+        _, _, pool = select_victim_samples(setup.dataset, pool_cfg,
+                                           seed=SeedStreams.from_seed(base).victim)
+    return [Trial(base + i, pool[i * n:(i + 1) * n]) for i in range(count)]

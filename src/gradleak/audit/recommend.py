@@ -1,57 +1,57 @@
 """The recommendation when a setup leaks: the cheapest post-processing that stops the strongest
-attack of the ladder, and the most vulnerable layers (paper Sec. 7: defend the vulnerable parts
+attacker of the ladder, and the most vulnerable layers (paper Sec. 7: defend the vulnerable parts
 lightly).
 
-* Privacy of a defense setting: the strongest leaking level's config with the defense, over the
-  same seeds (kind ``defended_attack``), adaptive (``attack.adaptive=true``) where the defense
-  has a differentiable surrogate and the attack an adaptive mode; the level's verdict rule.
-  Each defense's grid (weakest to strongest) is bisected for its weakest setting that does not
-  leak (:class:`Bisection`), a sweep per round: at most ``ceil(log2(len + 1))`` settings per
-  defense instead of all of them, since a stronger setting only costs more.
-* Utility cost: the drop of test accuracy (percentage points) after a short FL training of the
-  user's model on the user's data with the defense, against the same training without it (kind
-  ``privacy_utility`` with ``attack: false``; the held-out test split of ``data.test_root`` /
-  ``test/``, or the held-out part of the data); with ``--no-train`` the update's relative
-  distortion ``||D(u) - u|| / ||u||`` (mean over seeds) instead.
+* **Privacy of a defense setting**: judged against the strongest attacker, i.e. the worst over
+  every honest-but-curious level that leaks without the defense and, for each, the non-adaptive
+  attack and (where the defense has a differentiable surrogate and the attack an adaptive mode)
+  the adaptive one (``attack.adaptive=true``; neither is always stronger: the non-adaptive
+  attack wins against clipping and top-k 0.9 in this project's measurements). A trial (one seed
+  and its victims) leaks when any of these attacks reconstructs one of its samples; the
+  setting's verdict is the ladder's sequential rule over trials, run in rounds until decided.
+* **Search** (:mod:`gradleak.audit.search`): each defense's grid (weakest to strongest) is
+  bisected on one round of trials for its weakest setting in which no trial leaked (the screen:
+  a leaking setting costs about three runs). The settings that passed get their utility measured
+  and are then confirmed cheapest first with the full sequential rule (up to
+  ``recommend.confirmations``), so the chosen setting's "does not leak" is measured, never
+  inferred; a grid where a weaker setting does not leak but a stronger one leaks is reported as
+  non-monotonic.
+* **Utility cost**: the accuracy drop over paired FL trainings (:mod:`gradleak.audit.utility`),
+  with its interval and the test split's resolution; with ``--no-train`` the update's relative
+  distortion ``||D(u) - u|| / ||u||`` (mean over runs) instead. Under FedAvg signSGD is sent as
+  ``mean|v| * sign(v)`` per tensor (``defense.scale_sign``): the server applies an update with
+  step 1, so bare signs would wreck the model by construction, not by measurement.
 * :func:`pick_defense`: the least costly setting whose verdict is ``does not leak`` within the
-  accuracy budget; when none qualifies, the best available (lowest at-risk share) is shown.
+  accuracy budget; when none qualifies, the best available (lowest run leak rate) is shown.
 * Layers: the ``recommend.layers`` largest parameterised layers attacked one at a time
-  (``attack.layers=[name]``); a layer whose gradient alone leaks suffices for the attack.
+  (``attack.layers=[name]``) by the strongest leaking level, over one round of trials; a layer
+  whose gradient alone leaks suffices for the attack.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from gradleak.audit.ladder import Ladder, Level, Setup, level_config
+from gradleak.audit.ladder import Ladder, Level, Setup, Trial, level_config
 from gradleak.audit.scenarios import run_spec
+from gradleak.audit.search import (  # noqa: F401 (adaptive_for, Bisection: public here too)
+    EXPERIMENT,
+    Bisection,
+    Found,
+    Search,
+    Sweep,
+    adaptive_for,
+    bisections,
+)
+from gradleak.audit.utility import paired_cost
 from gradleak.audit.verdict import LEAKS, SAFE, RunEvidence, VerdictRule, level_verdict
-from gradleak.config import flatten
-from gradleak.experiments.privacy_utility import GridPoint, build_grid
-from gradleak.experiments.spec import RunSpec
-
-EXPERIMENT = "audit-recommend"
+from gradleak.experiments.privacy_utility import build_grid
 
 COST_ACCURACY, COST_DISTORTION = "accuracy_drop", "distortion"
 PER_LAYER_NOTE = ("not measured: gradleak's defenses post-process the whole update (there is no "
                   "key to defend only some layers), so defending just these layers cannot be "
                   "run; defend the whole update with the recommended setting")
-
-
-def adaptive_for(attack_name: str, defense: str) -> bool:
-    """Whether the attack can adapt to ``defense``: the defense registered a differentiable
-    surrogate and the attack overrides :meth:`~gradleak.attacks.base.Attack.adapt`."""
-    from gradleak.attacks import ATTACKS
-    from gradleak.attacks.base import Attack
-    from gradleak.defenses.surrogate import SURROGATES
-
-    if defense == "none" or defense not in SURROGATES.names():
-        return False
-    return ATTACKS.get(attack_name).adapt is not Attack.adapt
-
 
 def pick_defense(points: list[dict[str, Any]], *, max_drop: float | None,
                  cost: str = COST_ACCURACY) -> dict[str, Any]:
@@ -60,9 +60,10 @@ def pick_defense(points: list[dict[str, Any]], *, max_drop: float | None,
     ``points``: ``{key, defense, param, value, verdict, at_risk_share, cost}`` (``cost``: accuracy
     drop in points, or the relative distortion; None when unknown). Returns ``{status, choice,
     best_available, reason}``: ``status`` is ``recommended`` (the cheapest ``does not leak``
-    setting within ``max_drop``, which applies to accuracy costs only; ties: the order given)
-    or ``none qualifies`` (then ``best_available`` is the setting with the lowest at-risk share,
-    then the lowest cost)."""
+    setting within ``max_drop``, which applies to accuracy costs only; ties: the order given),
+    ``unresolved`` (that setting, but its ``resolved`` is false: the test split is too small to
+    resolve the budget) or ``none qualifies`` (then ``best_available`` is the setting with the
+    lowest run leak rate, then the lowest cost)."""
 
     def cost_of(p: dict[str, Any]) -> float:
         return p["cost"] if isinstance(p.get("cost"), (int, float)) else math.inf
@@ -73,11 +74,23 @@ def pick_defense(points: list[dict[str, Any]], *, max_drop: float | None,
     if within:
         choice = min(within, key=cost_of)  # min keeps the first of equal costs
         unit = "points of accuracy" if cost == COST_ACCURACY else "relative distortion"
+        reason = (f"{choice['key']}: does not leak at a cost of {cost_of(choice):.3g} {unit}, "
+                  "the cheapest such setting")
+        if cost == COST_ACCURACY and choice.get("resolved") is False:
+            step = choice.get("resolution_points")
+            return {"status": "unresolved", "choice": choice, "best_available": choice,
+                    "reason": f"{reason}; but the test split resolves accuracy only in steps of "
+                              f"{step if step is not None else math.inf:.3g} points against a "
+                              f"{max_drop:g}-point budget: give a larger test split "
+                              "(data.test_root or fl.test_samples)"}
         return {"status": "recommended", "choice": choice, "best_available": choice,
-                "reason": f"{choice['key']}: does not leak at a cost of {cost_of(choice):.3g} "
-                          f"{unit}, the cheapest such setting"}
-    ranked = sorted(points, key=lambda p: (p["at_risk_share"] if p.get("at_risk_share")
-                                           is not None else math.inf, cost_of(p)))
+                "reason": reason}
+
+    def leak_rate(p: dict[str, Any]) -> float:
+        rate = p.get("run_leak_rate", p.get("at_risk_share"))
+        return rate if rate is not None else math.inf
+
+    ranked = sorted(points, key=lambda p: (leak_rate(p), cost_of(p)))
     best = ranked[0] if ranked else None
     if safe:
         why = (f"the settings that do not leak cost more than {max_drop:g} points of accuracy "
@@ -101,162 +114,101 @@ def accuracy_drops(accuracy: dict[str, float | None]) -> dict[str, float | None]
 
 
 def strongest(levels: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The honest-but-curious level (0-4) that leaks most: highest at-risk share, then level."""
+    """The honest-but-curious level (0-4) that leaks most: highest run leak rate, then level."""
     leaking = [lv for lv in levels if lv["verdict"] == LEAKS and lv["level"] < 5]
-    return max(leaking, key=lambda lv: (lv["at_risk_share"] or 0.0, lv["level"]), default=None)
+    return max(leaking, key=lambda lv: (lv.get("run_leak_rate") or 0.0, lv["level"]),
+               default=None)
 
 
-def _defense_keys(point: GridPoint) -> dict[str, Any]:
-    keys: dict[str, Any] = {"defense.name": point.defense}
-    if point.param is not None:
-        keys[f"defense.{point.param}"] = point.value
-    return keys
+def monotonic_breaks(points: list[dict[str, Any]]) -> list[str]:
+    """Pairs where a weaker setting of a defense does not leak but a stronger one leaks
+    (``points`` in grid order, weakest first within each defense)."""
+    breaks = []
+    for i, weak in enumerate(points):
+        for strong in points[i + 1:]:
+            if (weak["defense"] == strong["defense"] and weak["verdict"] == SAFE
+                    and strong["verdict"] == LEAKS):
+                breaks.append(f"{weak['key']} does not leak but the stronger {strong['key']} leaks")
+    return breaks
 
 
-def plan_runs(ladder: Ladder, setup: Setup, budget: dict[str, Any], seeds: list[int],
-              level: Level, grid: list[GridPoint], layers: list[str], *,
-              train: bool) -> dict[str, list[RunSpec]]:
-    """The recommendation's runs by group (``privacy:<key>``, ``utility:<key>``, ``layer:<name>``);
-    every config validated here, before the sweep starts."""
-    runs: dict[str, list[RunSpec]] = {}
-    attack_name = level_config(ladder, level, setup, budget, seed=seeds[0]).attack.name
-    for point in grid:
-        keys = _defense_keys(point)
-        if point.defense != "none":
-            keys_adapt = keys | {"attack.adaptive": adaptive_for(attack_name, point.defense)}
-            runs[f"privacy:{point.key}"] = [
-                run_spec(EXPERIMENT, point.key, level_config(ladder, level, setup, budget, seed=s,
-                                                             extra=keys_adapt),
-                         kind="defended_attack", labels={"defense": point.key}) for s in seeds]
-        if train:
-            fl = dict(flatten({"fl": ladder.recommend.get("fl") or {}}))
-            base = next(lv for lv in ladder.levels if lv.level == 0)
-            cfg = level_config(ladder, base, setup, budget, seed=setup.cfg.seed,
-                               extra={**fl, **setup.user_fl, **keys})
-            runs[f"utility:{point.key}"] = [run_spec(EXPERIMENT, point.key, cfg,
-                                                     kind="privacy_utility",
-                                                     labels={"utility": point.key},
-                                                     options={"attack": False})]
-    for name in layers:
-        runs[f"layer:{name}"] = [
-            run_spec(EXPERIMENT, f"layer {name}", level_config(
-                ladder, level, setup, budget, seed=s, extra={"attack.layers": [name]}),
-                labels={"layer": name}) for s in seeds]
-    return runs
+def layer_verdicts(ladder: Ladder, setup: Setup, budget: dict[str, Any], trials: list[Trial],
+                   level: Level, rule: VerdictRule, sweep: Sweep) -> list[dict[str, Any]]:
+    """The largest layers, each attacked alone by ``level`` over one round of trials."""
+    layers = largest_layers(setup.layers, int(ladder.recommend.get("layers", 4)))
+    groups = {name: [run_spec(EXPERIMENT, f"layer {name}", level_config(
+        ladder, level, setup, budget, seed=t.seed, extra={**t.keys(), "attack.layers": [name]}),
+        labels={"layer": name}) for t in trials[:rule.round_size]] for name in layers}
+    rows = sweep([r for specs in groups.values() for r in specs], "audit layers", EXPERIMENT)
+    return [{"layer": n, "parameters": dict(setup.layers)[n]} | level_verdict(
+        [RunEvidence.from_row(rows[r.run_id]) for r in groups[n] if r.run_id in rows], rule)
+        for n in layers]
 
 
-@dataclass
-class Bisection:
-    """Binary search for the weakest setting of one defense that does not leak, over its grid
-    ordered from the weakest to the strongest setting (privacy is assumed to grow with strength,
-    and so does the cost): ``lo``..``hi`` bracket the first safe index (``hi = len``: none yet).
-    An ``inconclusive`` setting counts as not safe."""
-
-    points: list[GridPoint]
-    lo: int = 0
-    hi: int = -1
-
-    def __post_init__(self) -> None:
-        if self.hi < 0:
-            self.hi = len(self.points)
-
-    def probe(self) -> GridPoint | None:
-        return self.points[(self.lo + self.hi) // 2] if self.lo < self.hi else None
-
-    def record(self, safe: bool) -> None:
-        mid = (self.lo + self.hi) // 2
-        if safe:
-            self.hi = mid
-        else:
-            self.lo = mid + 1
+def costs(found: Found, *, train: bool, max_drop: float) -> None:
+    """Fill each setting's utility cost in place (paired drops, or the distortion)."""
+    base = found.accuracy.get("none", [])
+    for e in found.points:
+        mine = found.accuracy.get(e["key"], [])
+        cost = paired_cost(base, mine, test_samples=found.test_samples.get(e["key"]),
+                           max_drop=max_drop)
+        acc = [a for a in mine if a is not None]
+        e |= cost.to_dict() | {"accuracy": sum(acc) / len(acc) if acc else None}
+        e["cost"] = e["accuracy_drop"] if train else e["distortion"]
 
 
-def bisections(grid: list[GridPoint]) -> list[Bisection]:
-    """One search per defense of ``grid`` (``none`` left out), in the grid's order."""
-    by: dict[str, list[GridPoint]] = {}
-    for p in grid:
-        if p.defense != "none":
-            by.setdefault(p.defense, []).append(p)
-    return [Bisection(points) for points in by.values()]
+def confirm_cheapest(srch: Search, grid: list, *, max_drop: float, limit: int) -> None:
+    """The settings that passed the screen, cheapest first: measure their utility, then confirm
+    them one by one with the full sequential rule until one does not leak within the budget."""
+    passed = [p for p in srch.probes.values() if p.result and p.result["runs_leaked"] == 0]
+    srch.measure_utility([p.point for p in passed])
+    found = srch.found(grid)
+    costs(found, train=srch.train, max_drop=max_drop)
+    cost = {e["key"]: e["cost"] for e in found.points}
+    order = sorted(passed, key=lambda p: (cost.get(p.point.key) is None,
+                                          cost.get(p.point.key) or 0.0))
+    for probe in order[:max(0, limit)]:
+        c = cost.get(probe.point.key)
+        if srch.train and c is not None and c > max_drop:
+            break  # sorted by cost: no later setting fits the budget either
+        if srch.confirm(probe).get("verdict") == SAFE:
+            return
 
 
-def _evidence(groups: dict[str, list[RunSpec]], rows: dict[str, dict],
-              group: str) -> list[RunEvidence]:
-    return [RunEvidence.from_row(rows[r.run_id]) for r in groups.get(group, [])
-            if r.run_id in rows]
-
-
-def _point(p: GridPoint, groups: dict[str, list[RunSpec]], rows: dict[str, dict],
-           rule: VerdictRule) -> dict[str, Any]:
-    """One evaluated setting (its cost is filled in once the baseline accuracy is known)."""
-    decided = level_verdict(_evidence(groups, rows, f"privacy:{p.key}"), rule)
-    mine = [rows[r.run_id] for r in groups[f"privacy:{p.key}"] if r.run_id in rows]
-    dist = [r["distortion"] for r in mine if isinstance(r.get("distortion"), (int, float))]
-    return {"key": p.key, "defense": p.defense, "param": p.param, "value": p.value,
-            "verdict": decided["verdict"], "at_risk_share": decided["at_risk_share"],
-            "leaked_share": decided["leaked_share"], "reason": decided["reason"],
-            "distortion": sum(dist) / len(dist) if dist else None}
-
-
-def search(ladder: Ladder, setup: Setup, budget: dict[str, Any], seeds: list[int], level: Level,
-           grid: list[GridPoint], layers: list[str], rule: VerdictRule, *, train: bool,
-           sweep: Callable[[list[RunSpec], str, str], dict[str, dict]]
-           ) -> tuple[list[dict[str, Any]], dict[str, float | None], list[dict[str, Any]]]:
-    """Bisect every defense's grid, a sweep per round (the undefended training and the layers
-    in the first): the evaluated settings, the accuracies by key and the layers' verdicts."""
-    searches, points, accuracy, layer_rows = bisections(grid), [], {}, []
-    first = True
-    while True:
-        active = [(b, p) for b in searches if (p := b.probe()) is not None]
-        if not active and not first:
-            break
-        batch = ([GridPoint("none")] if first else []) + [p for _, p in active]
-        groups = plan_runs(ladder, setup, budget, seeds, level, batch, layers if first else [],
-                           train=train)
-        rows = sweep([r for runs in groups.values() for r in runs], "audit recommendation",
-                     EXPERIMENT)
-        accuracy.update({p.key: next((rows[r.run_id].get("final_accuracy") for r in
-                                      groups.get(f"utility:{p.key}", []) if r.run_id in rows),
-                                     None) for p in batch})
-        if first:
-            layer_rows = [{"layer": n, "parameters": dict(setup.layers)[n]}
-                          | level_verdict(_evidence(groups, rows, f"layer:{n}"), rule)
-                          for n in layers]
-        for b, p in active:
-            points.append(_point(p, groups, rows, rule))
-            b.record(points[-1]["verdict"] == SAFE)
-        first = False
-    rank = {p.key: i for i, p in enumerate(grid)}
-    return sorted(points, key=lambda e: rank[e["key"]]), accuracy, layer_rows
-
-
-def recommend(ladder: Ladder, setup: Setup, budget: dict[str, Any], seeds: list[int],
+def recommend(ladder: Ladder, setup: Setup, budget: dict[str, Any], trials: list[Trial],
               levels: list[dict[str, Any]], rule: VerdictRule, options: Any,
-              sweep: Callable[[list[RunSpec], str, str], dict[str, dict]]) -> dict[str, Any]:
+              sweep: Sweep) -> dict[str, Any]:
     """The ``recommendation`` and ``vulnerable_layers`` blocks of ``verdict.json``."""
     top = strongest(levels)
     if top is None:
         return {}
-    level = next(lv for lv in ladder.levels if lv.name == top["name"])
+    by_name = {lv.name: lv for lv in ladder.levels}
+    leaking = [by_name[lv["name"]] for lv in levels if lv["verdict"] == LEAKS and lv["level"] < 5]
     rec = ladder.recommend
     grids = (rec.get("grids") or {}).get(options.budget or ladder.default_budget) or {}
     grid = build_grid(rec.get("defenses") or (), grids)
-    layers = largest_layers(setup.layers, int(rec.get("layers", 4)))
-    points, accuracy, layer_rows = search(ladder, setup, budget, seeds, level, grid, layers, rule,
-                                          train=options.train, sweep=sweep)
-    drops = accuracy_drops(accuracy)
-    for e in points:
-        e["accuracy"], e["accuracy_drop"] = accuracy.get(e["key"]), drops.get(e["key"])
-        e["cost"] = e["accuracy_drop"] if options.train else e["distortion"]
     max_drop = (options.max_accuracy_drop if options.max_accuracy_drop is not None
                 else float(rec.get("max_accuracy_drop", 2.0)))
+    srch = Search(ladder, setup, budget, trials, leaking, rule, sweep, train=options.train)
+    srch.screen(grid)
+    confirm_cheapest(srch, grid, max_drop=max_drop, limit=int(rec.get("confirmations", 3)))
+    found = srch.found(grid)
+    costs(found, train=options.train, max_drop=max_drop)
     cost = COST_ACCURACY if options.train else COST_DISTORTION
-    picked = pick_defense(points, max_drop=max_drop, cost=cost)
+    picked = pick_defense(found.points, max_drop=max_drop, cost=cost)
+    known = [a for a in found.accuracy.get("none", []) if a is not None]
+    layer_rows = layer_verdicts(ladder, setup, budget, trials, by_name[top["name"]], rule, sweep)
     return {"recommendation": picked | {
-                "attack": level.name, "cost": cost, "max_accuracy_drop": max_drop,
-                "accuracy_without_defense": accuracy.get("none"), "searched": "bisection from "
-                "the weakest to the strongest setting of each defense", "settings": points},
+                "attack": top["name"],
+                "attackers": sorted({a for e in found.points for a in e["attackers"]}),
+                "cost": cost, "max_accuracy_drop": max_drop,
+                "accuracy_without_defense": sum(known) / len(known) if known else None,
+                "searched": "bisection from the weakest to the strongest setting of each "
+                            "defense on one round of trials (a setting passes when no trial "
+                            "leaked), then the passing settings confirmed cheapest first with the "
+                            "full sequential rule",
+                "monotonic_breaks": monotonic_breaks(found.points), "settings": found.points},
             "vulnerable_layers": {
-                "attack": level.name, "layers": layer_rows,
+                "attack": top["name"], "layers": layer_rows,
                 "suffices": [r["layer"] for r in layer_rows if r["verdict"] == LEAKS],
                 "defend_only_these": PER_LAYER_NOTE}}

@@ -4,13 +4,18 @@
 Everything runs through the one sweep into ``OUT/results.sqlite`` (experiment ``audit`` for the
 ladder, ``audit-recommend`` for the defense sweep, the utility trainings and the per-layer
 attacks), so a rerun skips finished runs and Ctrl-C keeps them.
+
+The ladder runs in rounds (:mod:`gradleak.audit.sequential`): every undecided level gets the next
+``--seeds`` trials, until each level is decided or has ``--max-seeds`` runs. A trial is one seed
+with its own victim samples (:func:`gradleak.audit.ladder.draw_trials`: no two trials share a
+victim), the same trial at every level so that levels compare like with like.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +25,25 @@ from gradleak.audit.ladder import (
     Ladder,
     Level,
     Setup,
+    Trial,
+    draw_trials,
     level_config,
     load_ladder,
     read_setup,
-    seeds_of,
     skipped,
 )
 from gradleak.audit.recommend import recommend
 from gradleak.audit.scenarios import plan_of, run_spec
 from gradleak.audit.verdict import (
     LEAKS,
+    SAFE,
     RunEvidence,
     VerdictRule,
     best_sample,
     combine,
     level_verdict,
 )
+from gradleak.errors import GradleakError
 from gradleak.experiments.spec import RunSpec
 from gradleak.io import write_json
 
@@ -52,6 +60,7 @@ class AuditOptions:
     overrides: list[str]
     budget: str | None = None
     seeds: int | None = None
+    max_seeds: int | None = None
     max_accuracy_drop: float | None = None
     train: bool = True
     recommend: bool = True
@@ -63,11 +72,22 @@ class AuditOptions:
     def from_args(cls, args: argparse.Namespace) -> AuditOptions:
         options = cls(out=Path(args.out), config=args.config, overrides=list(args.overrides),
                       budget=args.budget, seeds=args.seeds,
+                      max_seeds=getattr(args, "max_seeds", None),
                       max_accuracy_drop=args.max_accuracy_drop, train=not args.no_train,
                       recommend=not args.no_recommend, jobs=args.jobs, rerun=args.rerun,
                       progress=not args.quiet)
         load_ladder().budget(options.budget)  # an unknown budget fails before any work
+        if options.seeds and options.max_seeds and options.max_seeds < options.seeds:
+            raise GradleakError(f"bad value {options.max_seeds} for --max-seeds: at least "
+                                f"--seeds ({options.seeds})")
         return options
+
+    def rule(self, ladder: Ladder, budget: dict[str, Any]) -> VerdictRule:
+        """The verdict rule with this audit's round size and cap."""
+        size = self.seeds or int(budget.get("seeds", 3))
+        cap = self.max_seeds or max(size, int(budget.get("max_seeds", 15)))
+        return VerdictRule.from_dict({**ladder.verdict, "round_size": size,
+                                      "max_runs": max(cap, size)})
 
 
 @dataclass
@@ -77,6 +97,8 @@ class Sweeper:
     out: Path
     options: AuditOptions
     log: Log
+
+    failed: set[str] = field(default_factory=set)
 
     def __call__(self, runs: list[RunSpec], title: str, experiment: str) -> dict[str, dict]:
         """Run (or resume) ``runs``; their stored rows by run id (failed runs have none)."""
@@ -91,25 +113,28 @@ class Sweeper:
                  f"{len(swept.failed)} failed")
         wanted = {r.run_id for r in runs}
         with ResultStore(self.out) as store:
-            return {r["run_id"]: r for r in store.rows(experiment=experiment, status="ok")
+            rows = {r["run_id"]: r for r in store.rows(experiment=experiment, status="ok")
                     if r["run_id"] in wanted}
+        self.failed |= wanted - set(rows)
+        return rows
 
 
-def ladder_runs(ladder: Ladder, setup: Setup, budget: dict[str, Any],
-                seeds: list[int]) -> dict[str, list[RunSpec]]:
-    """Per applicable level, its runs (one per seed); every config validated here."""
+def ladder_runs(ladder: Ladder, setup: Setup, budget: dict[str, Any], trials: list[Trial],
+                levels: list[Level] | None = None) -> dict[str, list[RunSpec]]:
+    """Per applicable level (of ``levels``, default all), its runs on ``trials``; every config
+    validated here."""
     out: dict[str, list[RunSpec]] = {}
-    for level in ladder.levels:
+    for level in levels if levels is not None else ladder.levels:
         if skipped(level, setup) is None:
             out[level.name] = [run_spec(LADDER_EXPERIMENT, level.name,
-                                        level_config(ladder, level, setup, budget, seed=s))
-                               for s in seeds]
+                                        level_config(ladder, level, setup, budget, seed=t.seed,
+                                                     extra=t.keys())) for t in trials]
     return out
 
 
 def level_entry(level: Level, setup: Setup, runs: list[RunSpec], rows: dict[str, dict],
-                rule: VerdictRule, out: Path) -> dict[str, Any]:
-    """One level of ``verdict.json``."""
+                rule: VerdictRule, out: Path, *, more: bool = False) -> dict[str, Any]:
+    """One level of ``verdict.json`` (``more``: another round may still run)."""
     entry: dict[str, Any] = {"level": level.level, "name": level.name, "title": level.title,
                              "server": level.server}
     why = skipped(level, setup)
@@ -117,7 +142,8 @@ def level_entry(level: Level, setup: Setup, runs: list[RunSpec], rows: dict[str,
         return entry | {"verdict": "not run", "reason": why, "at_risk_share": None,
                         "leaked_share": None, "seeds": 0, "samples": 0, "best": None}
     evidence = [RunEvidence.from_row(rows[r.run_id]) for r in runs if r.run_id in rows]
-    decided = level_verdict(evidence, rule)
+    decided = level_verdict(evidence, rule, more=more)
+    decided["rounds"] = -(-len(runs) // rule.round_size)
     if len(evidence) < len(runs):
         decided["reason"] += f" ({len(runs) - len(evidence)} runs failed: see results.sqlite)"
     if level.labels != "known" and not setup.has_linear:
@@ -149,50 +175,111 @@ def audit_setup(options: AuditOptions, log: Log = lambda _m: None) -> dict[str, 
     report is :func:`gradleak.report.audit_verdict.render_verdict` of it)."""
     ladder = load_ladder()
     budget = ladder.budget(options.budget)
-    rule = VerdictRule.from_dict(ladder.verdict)
     setup = read_setup(options.config, options.overrides)
-    seeds = seeds_of(setup, options.seeds or int(budget.get("seeds", 3)))
-    per_level = ladder_runs(ladder, setup, budget, seeds)
+    rule = options.rule(ladder, budget)
+    trials = draw_trials(setup, rule.max_runs)
+    if len(trials) < rule.max_runs:
+        rule = VerdictRule.from_dict({**vars(rule), "max_runs": max(len(trials), 1)})
     out = options.out
     sweep = Sweeper(out, options, log)
-    rows = sweep([r for runs in per_level.values() for r in runs], "audit ladder",
-                 LADDER_EXPERIMENT)
-    levels = [level_entry(lv, setup, per_level.get(lv.name, []), rows, rule, out)
-              for lv in ladder.levels]
-    verdict = summarise(levels, setup, options, budget, seeds, rule)
+    levels = ladder_rounds(ladder, setup, budget, trials, rule, sweep)
+    verdict = summarise(levels, setup, options, budget, [t.seed for t in trials[:max(
+        (lv["seeds"] for lv in levels), default=0)]], rule)
+    verdict["trials"] = {"victims_fixed": setup.victims_fixed, "note": setup.trials_note(),
+                         "victims": {t.seed: t.victims for t in trials}}
     if options.recommend and verdict["worst_case"] == LEAKS:
-        verdict.update(recommend(ladder, setup, budget, seeds, levels, rule, options, sweep))
+        verdict.update(recommend(ladder, setup, budget, trials, levels, rule, options, sweep))
+    verdict["failed_runs"] = len(sweep.failed)
     write_json(out / "verdict.json", verdict)
     return verdict
+
+
+def ladder_rounds(ladder: Ladder, setup: Setup, budget: dict[str, Any], trials: list[Trial],
+                  rule: VerdictRule, sweep: Sweeper) -> list[dict[str, Any]]:
+    """The ladder in rounds of ``rule.round_size`` trials: each round runs the next trials of
+    the levels still undecided; a level stops as soon as it is decided (or at ``max_runs``)."""
+    per_level: dict[str, list[RunSpec]] = {}
+    active = [lv for lv in ladder.levels if skipped(lv, setup) is None]
+    rows: dict[str, dict] = {}
+    done = 0
+    while active:
+        batch = trials[done:done + rule.round_size]
+        new = ladder_runs(ladder, setup, budget, batch, active)
+        for name, specs in new.items():
+            per_level.setdefault(name, []).extend(specs)
+        rows |= sweep([r for specs in new.values() for r in specs],
+                      f"audit ladder, round {done // rule.round_size + 1}", LADDER_EXPERIMENT)
+        done += len(batch)
+        more = done < len(trials)
+        entries = {lv.name: level_entry(lv, setup, per_level[lv.name], rows, rule, sweep.out,
+                                        more=more) for lv in active}
+        active = [lv for lv in active if entries[lv.name].get("continue")]
+    levels = [level_entry(lv, setup, per_level.get(lv.name, []), rows, rule, sweep.out)
+              for lv in ladder.levels]
+    return levels
 
 
 def summarise(levels: list[dict[str, Any]], setup: Setup, options: AuditOptions,
               budget: dict[str, Any], seeds: list[int], rule: VerdictRule) -> dict[str, Any]:
     """The top of ``verdict.json``: the overall verdict over levels 0-1, the worst case over the
-    honest-but-curious levels 0-4, and what was audited."""
+    honest-but-curious levels 0-4 (the malicious reference is never part of either), the claim
+    each rests on, and what was audited."""
     honest = [lv["verdict"] for lv in levels if lv["level"] in HONEST]
-    worst = [lv["verdict"] for lv in levels if lv["level"] < 5 and lv["verdict"] != "not run"]
-    overall, worst_case = combine(honest), combine(worst)
-    leaking = [lv["name"] for lv in levels if lv["verdict"] == LEAKS]
+    ran = [lv for lv in levels if lv["level"] < 5 and lv["verdict"] != "not run"]
+    overall, worst_case = combine(honest), combine([lv["verdict"] for lv in ran])
+    leaking = [lv["name"] for lv in ran if lv["verdict"] == LEAKS]
+    undecided = [lv["name"] for lv in ran if lv["verdict"] not in (LEAKS, SAFE)]
     summary = (f"leaks at {', '.join(leaking)}" if leaking else
-               "no level leaks" if overall == worst_case == "does not leak" else
-               "undecided levels: see each level's reason")
+               f"undecided at {', '.join(undecided)}: see each level's reason" if undecided else
+               "no level leaks")
+    malicious = next((lv for lv in levels if lv["level"] == 5), None)
     cfg = setup.cfg
     return {
         "verdict": overall, "worst_case": worst_case, "fails": overall == LEAKS,
-        "summary": summary,
+        "summary": summary, "claim": claim(ran, worst_case, budget, rule),
+        "malicious_reference": None if malicious is None else malicious["verdict"],
         "levels": levels,
-        "recommendation": {"status": "not needed" if worst_case != LEAKS else "not run",
-                           "reason": "no honest-but-curious level leaks" if worst_case != LEAKS
-                           else "--no-recommend"},
+        "recommendation": _no_recommendation(worst_case),
         "vulnerable_layers": None,
         "config_digest": cfg.digest(),
         "setup": {"model": cfg.model.name, "dataset": cfg.data.dataset, "data_root": cfg.data.root,
                   "resolution": cfg.data.resolution, "num_samples": setup.num_samples,
                   "protocol": cfg.client.protocol, "optimizer": cfg.client.optimizer,
-                  "augment": cfg.client.augment, "batchnorm": setup.has_bn},
+                  "augment": cfg.client.augment, "batchnorm": setup.has_bn,
+                  "lr": cfg.client.lr, "momentum": cfg.client.momentum,
+                  "batch_size": cfg.client.batch_size,
+                  "local_epochs": cfg.client.local_epochs},
         "budget": {"name": options.budget or "default", "attack": budget.get("attack"),
-                   "seeds": seeds},
+                   "seeds": seeds, "round_size": rule.round_size, "max_seeds": rule.max_runs},
         "rule": vars(rule),
         "thresholds": {"psnr": cfg.metrics.psnr_threshold, "lpips": cfg.metrics.lpips_threshold},
     }
+
+
+def _no_recommendation(worst_case: str) -> dict[str, str]:
+    if worst_case == SAFE:
+        return {"status": "not needed", "reason": "no honest-but-curious level leaks, each with "
+                "an upper bound below the floor"}
+    if worst_case == LEAKS:
+        return {"status": "not run", "reason": "--no-recommend"}
+    return {"status": "not run", "reason": "the worst case is inconclusive: decide it first "
+            "(see each level's suggestion); a defense cannot be judged against an undecided leak"}
+
+
+def claim(ran: list[dict[str, Any]], worst_case: str, budget: dict[str, Any],
+          rule: VerdictRule) -> str:
+    """What the worst-case verdict shows, in one sentence (never an unqualified "safe")."""
+    attack = budget.get("attack") or {}
+    at = f"{attack.get('iterations', '?')} iterations x {attack.get('restarts', 1)} restarts"
+    if worst_case == SAFE:
+        top = max(lv["level"] for lv in ran)
+        worst = max(ran, key=lambda lv: lv["bound"]["upper"])
+        return (f"no reconstruction by the ladder's attacks up to level {top}, at {at}, in "
+                f"{min(lv['runs'] for lv in ran)} or more runs per level: the run leak rate is at "
+                f"most {worst['bound']['upper']:.0%} at {rule.confidence:.0%} confidence")
+    if worst_case == LEAKS:
+        lv = next(lv for lv in ran if lv["verdict"] == LEAKS)
+        return (f"{lv['runs_leaked']} of {lv['runs']} runs leaked at {lv['name']} ({at}): the "
+                f"run leak rate is at least {lv['bound']['lower']:.0%} at "
+                f"{rule.confidence:.0%} confidence")
+    return f"undecided at {at}: see each level's reason and suggestion"

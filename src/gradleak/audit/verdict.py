@@ -3,55 +3,71 @@
 Pure functions over plain data (a store row's per-sample metrics and loss history), so the rule
 can be tested on exact cases and documented once (``docs/audit.md``).
 
-**Samples.** A reconstructed sample is *at risk* when it passes EITHER leakage threshold (LPIPS
-<= 0.1 or PSNR >= 18 dB) and *leaked* when it passes BOTH (the paper's App. C reading). The
-thresholds are those stored with each run (``metrics.psnr_threshold``, ``metrics.lpips_threshold``)
-and the direction comes from :data:`gradleak.metrics.METRICS`.
+**Samples.** A reconstructed sample is *leaked* by gradleak's one leak criterion
+(:func:`gradleak.metrics.leakage.leaked`, stored per sample as ``per_sample.leaked``): it passes
+BOTH paper thresholds (PSNR >= 18 dB and LPIPS <= 0.1), beats every update-free baseline (the
+flat mean-colour image, the data's mean image, the nearest other sample) and is identified among
+distractors. *At risk* (either threshold) is kept as description only.
 
-**Level.** Over all trials of a level (``n`` = seeds x samples, each seed attacking its own
-victim samples), with ``k`` samples at risk and the Wilson score interval ``[lo, hi]`` of the
-at-risk share at ``confidence`` (default 95 %):
+**Runs are the trials.** A run is one victim draw, one client round and one attack; a level's
+runs never share a victim (the audit draws victims without replacement). A run *leaks* when any
+of its samples leaked; the level's statistic is the share of leaking runs, ``k`` of ``n``.
 
-1. ``leaks`` when ``lo >= min_share`` (default 0.2): even the pessimistic end of the interval
-   has a fifth of the samples at risk, so one lucky seed cannot produce this verdict (with three
-   seeds of one sample, one at-risk seed gives ``lo`` = 0.06).
-2. ``does not leak`` when no trial is at risk (``k = 0``), there are at least ``min_trials``
-   trials and every run converged.
-3. ``inconclusive`` otherwise, with the reason and the budget that would decide it: a run whose
-   attack had not converged (its gradient loss still fell by more than ``converged_gain``
-   relative over its last fifth of iterations) -> ``attack.iterations`` doubled; too few trials
-   or seeds that disagree -> the number of seeds for which the observed share's interval would
-   clear ``min_share``.
+**Level.** With the sequential design of :mod:`gradleak.audit.sequential` (exact one-sided
+Clopper-Pearson bounds at a per-look level calibrated so that both overall error rates are at
+most ``1 - confidence`` at the floor ``min_share``):
 
-A run whose LPIPS could not be computed counts a sample as at risk only when its PSNR passes;
-the leaked share is then null (with a warning) and ``does not leak`` is not claimed.
+1. ``leaks`` when the lower bound of the run leak rate is at least ``min_share`` (3 of 3 runs);
+2. ``does not leak`` when its upper bound is below ``min_share`` (0 of 15 runs at the defaults),
+   every run converged and every run could be scored with LPIPS;
+3. ``inconclusive`` otherwise, with the reason, the bound ("no leak in n runs, at most X %") and
+   the runs that would decide it. The audit runs further rounds while a level is undecided, up to
+   ``--max-seeds`` runs.
+
+**Convergence.** A run converged when its best restart's loss fell by at most ``converged_gain``
+(relative) over the last fifth of its recorded iterations; with the step schedule
+(``attack.lr_decay``) the window ends before the last decay at 7/8 of the run, which otherwise
+flattens any loss and would fake convergence. A plateau stop (``attack.stop`` without
+``attack.max_seconds``) counts as converged.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
+from gradleak.audit.sequential import Design, lower_bound, upper_bound
 from gradleak.metrics import METRICS
 
 LEAKS, SAFE, INCONCLUSIVE = "leaks", "does not leak", "inconclusive"
 MAX_SEEDS = 50  # beyond this a suggestion stops being a budget anyone runs
+LAST_DECAY = 7 / 8  # the step schedule's final x0.1 (attack_settings: 3/8, 5/8, 7/8)
 
 
 @dataclass(frozen=True)
 class VerdictRule:
-    """The rule's parameters (``verdict:`` in ``configs/audit_ladder.yaml``)."""
+    """The rule's parameters (``verdict:`` in ``configs/audit_ladder.yaml``): the floor of the
+    run leak rate, the overall confidence, the fewest runs before any decision, the convergence
+    gain, and the sequential design's round size and cap (``--seeds``, ``--max-seeds``)."""
 
     min_share: float = 0.2
     confidence: float = 0.95
     min_trials: int = 3
     converged_gain: float = 0.05
+    round_size: int = 3
+    max_runs: int = 15
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> VerdictRule:
         return cls(**(data or {}))
+
+    @property
+    def design(self) -> Design:
+        return Design(floor=self.min_share, confidence=self.confidence,
+                      round_size=self.round_size, max_runs=max(self.max_runs, self.round_size))
 
 
 @dataclass
@@ -67,32 +83,79 @@ class RunEvidence:
     history: list[float] = field(default_factory=list)
     run_id: str = ""
     plateau_stop: bool = False  # attack.stop without attack.max_seconds: an early end is a plateau
+    leaked: list[bool] | None = None  # per sample, the leak criterion (None: not decidable)
+    lr_decay: bool = False  # the step schedule: judge convergence before its last decay
+    victims: list[int] = field(default_factory=list)
+    parts: list[RunEvidence] = field(default_factory=list)  # merged runs (:func:`merge`)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> RunEvidence:
         """From a store row of kind ``attack`` (its ``result`` JSON parsed)."""
         res = row.get("result") or {}
         per = res.get("per_sample") or {}
+        victims = ((res.get("scenario") or {}).get("victim_indices")
+                   or _as_list(row.get("data.indices")))
         return cls(seed=int(row["seed"]), psnr=list(per.get("psnr") or []),
                    lpips=per.get("lpips"), thresholds=res.get("thresholds") or {},
                    iterations=int(row.get("iterations") or 0),
                    iterations_used=list(res.get("iterations_used") or []),
                    history=list(res.get("loss_history") or []), run_id=str(row.get("run_id", "")),
-                   plateau_stop=bool(row.get("attack.stop")) and row.get("attack.max_seconds") is None)
+                   plateau_stop=bool(row.get("attack.stop")) and row.get("attack.max_seconds") is None,
+                   leaked=per.get("leaked"), lr_decay=bool(row.get("attack.lr_decay")),
+                   victims=[int(v) for v in victims or []])
 
     def flags(self) -> list[tuple[bool, bool | None]]:
-        """Per sample ``(at_risk, leaked)``; ``leaked`` is None without LPIPS."""
+        """Per sample ``(at_risk, leaked)``: at risk passes either threshold (description);
+        leaked is the stored criterion, None when it could not be decided (no LPIPS)."""
         psnr_t = self.thresholds.get("psnr", METRICS["psnr"].threshold)
         lpips_t = self.thresholds.get("lpips", METRICS["lpips"].threshold)
         out = []
         for i, p in enumerate(self.psnr):
             by_psnr = METRICS["psnr"].passes(p, psnr_t)
-            if self.lpips is None:
-                out.append((by_psnr, None))
-                continue
-            by_lpips = METRICS["lpips"].passes(self.lpips[i], lpips_t)
-            out.append((by_psnr or by_lpips, by_psnr and by_lpips))
+            by_lpips = self.lpips is not None and METRICS["lpips"].passes(self.lpips[i], lpips_t)
+            lk = None if self.leaked is None or self.lpips is None else bool(self.leaked[i])
+            out.append((by_psnr or by_lpips, lk))
         return out
+
+    @property
+    def run_leaked(self) -> bool | None:
+        """Whether any sample of the run leaked (None: undecidable, e.g. LPIPS missing)."""
+        flags = [lk for _, lk in self.flags()]
+        if any(flags):
+            return True
+        return None if not flags or None in flags else False
+
+
+def merge(runs: list[RunEvidence | None]) -> RunEvidence:
+    """Several attacks on ONE trial as one piece of evidence: per sample the best PSNR and
+    LPIPS, leaked when any attack leaked it (undecidable when an attack is missing or could not
+    decide and none leaked); converged when every attack converged."""
+    done = [r for r in runs if r is not None]
+    if not done:
+        return RunEvidence(seed=-1, psnr=[], lpips=None, thresholds={})
+    first = done[0]
+    lpips = (None if any(r.lpips is None for r in done)
+             else [min(v) for v in zip(*(r.lpips for r in done), strict=True)])
+    flags = [r.leaked for r in done]
+    if any(f is None for f in flags) or len(done) < len(runs):
+        leaked = None
+        if any(f and any(f) for f in flags):  # a leak by one attack decides the trial
+            leaked = [any(f[i] for f in flags if f) for i in range(len(first.psnr))]
+    else:
+        leaked = [any(v) for v in zip(*flags, strict=True)]
+    return RunEvidence(seed=first.seed, psnr=[max(v) for v in zip(*(r.psnr for r in done),
+                                                                  strict=True)],
+                       lpips=lpips, thresholds=first.thresholds, iterations=first.iterations,
+                       run_id=first.run_id, leaked=leaked, victims=first.victims, parts=done)
+
+
+def _as_list(value: Any) -> list[Any] | None:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return list(value) if isinstance(value, list | tuple) else None
 
 
 def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -110,8 +173,11 @@ def converged(run: RunEvidence, gain: float) -> bool:
     """Whether the attack had stopped improving: no loss history (a closed-form attack), a
     restart ended early by its plateau rule (``attack.stop`` alone; an end by ``attack.max_seconds``
     is a spent budget, judged by the loss like a full run), or the best restart's loss fell by at
-    most ``gain`` (relative) over its last fifth of recorded iterations. The history holds every
-    10th iteration of each restart, restarts one after another."""
+    most ``gain`` (relative) over the last fifth of its judged window: every recorded iteration,
+    or with the step schedule those before its last decay (7/8 of the run). The history holds
+    every 10th iteration of each restart, restarts one after another."""
+    if run.parts:
+        return all(converged(p, gain) for p in run.parts)
     if not run.history:
         return True
     ended_early = bool(run.iterations_used) and min(run.iterations_used) < run.iterations
@@ -119,76 +185,115 @@ def converged(run: RunEvidence, gain: float) -> bool:
         return True
     chunks = _per_restart(run.history, run.iterations_used)
     best = min(chunks, key=lambda c: min(c))
+    if run.lr_decay and run.iterations_used and len(chunks) == len(run.iterations_used):
+        used = run.iterations_used[chunks.index(best)]
+        before_decay = sum(1 for i in _recorded(used) if i < LAST_DECAY * used)
+        best = best[:max(5, before_decay)]
     tail = max(1, len(best) // 5)
     before, after = min(best[:-tail] or best), min(best[-tail:])
     return before - after <= gain * max(abs(before), 1e-12)
 
 
+def _recorded(used: int) -> list[int]:
+    """The iterations a restart of ``used`` iterations records: ``0, 10, 20, ...`` and its last."""
+    return [i for i in range(used) if i % 10 == 0 or i == used - 1]
+
+
 def _per_restart(history: list[float], used: list[int]) -> list[list[float]]:
-    """Split the history by restart: a restart of ``u`` iterations recorded iterations
-    ``0, 10, 20, ...`` and its last one; the whole history when the lengths do not add up."""
-    sizes = [len([i for i in range(u) if i % 10 == 0 or i == u - 1]) for u in used]
+    """Split the history by restart; the whole history when the lengths do not add up."""
+    sizes = [len(_recorded(u)) for u in used]
     if not used or sum(sizes) != len(history) or min(sizes) < 5:
         return [history]
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
     return [history[a:a + n] for a, n in zip(starts, sizes, strict=True)]
 
 
-def seeds_for(share: float, samples: int, rule: VerdictRule) -> int | None:
-    """Seeds at which a level with this at-risk ``share`` (``samples`` per seed) would be
-    decided: the interval's lower bound clears ``min_share``, or for share 0 enough trials; None
-    when no number up to :data:`MAX_SEEDS` would (a share at or below the floor)."""
-    for seeds in range(1, MAX_SEEDS + 1):
-        n = seeds * max(1, samples)
-        lo, _ = wilson(round(share * n), n, rule.confidence)
-        if (share > rule.min_share and lo >= rule.min_share) or (share == 0 and n >= rule.min_trials):
-            return seeds
+def runs_for(rate: float, rule: VerdictRule) -> int | None:
+    """Runs at which a level whose observed run leak ``rate`` persisted would be decided (None
+    when no number up to :data:`MAX_SEEDS` would, e.g. a rate at the floor)."""
+    design = rule.design
+    for n in range(rule.min_trials, MAX_SEEDS + 1):
+        k = round(rate * n)
+        if design.leaks(k, n) or design.safe(k, n):
+            return n
     return None
 
 
-def level_verdict(runs: list[RunEvidence], rule: VerdictRule) -> dict[str, Any]:
-    """The verdict of one ladder level over its runs (see the module docstring)."""
+def level_verdict(runs: list[RunEvidence], rule: VerdictRule, *,
+                  more: bool = False) -> dict[str, Any]:
+    """The verdict of one ladder level over its runs (see the module docstring). ``more``: the
+    audit may still run another round, so an undecided level is told to continue
+    (``"continue": true``) rather than concluded."""
+    design = rule.design
     flags = [f for r in runs for f in r.flags()]
-    n, k = len(flags), sum(1 for at_risk, _ in flags if at_risk)
-    lo, hi = wilson(k, n, rule.confidence)
-    no_lpips = any(r.lpips is None for r in runs)
-    leaked = None if no_lpips or not n else sum(1 for _, lk in flags if lk) / n
-    out: dict[str, Any] = {"seeds": len(runs), "samples": n, "at_risk": k,
-                           "at_risk_share": k / n if n else None, "leaked_share": leaked,
-                           "interval": [lo, hi], "converged": None, "suggest": None}
-    if not runs or not n:
+    n_samples, at_risk = len(flags), sum(1 for a, _ in flags if a)
+    lo, hi = wilson(at_risk, n_samples, rule.confidence)
+    run_flags = [r.run_leaked for r in runs]
+    n, k = len(runs), sum(1 for f in run_flags if f)
+    unknown = sum(1 for f in run_flags if f is None)
+    alpha = design.alpha_look
+    bound = {"lower": design_bound(k, n, alpha, lower=True),
+             "upper": design_bound(k, n, alpha, lower=False), "confidence": rule.confidence,
+             "per_look_level": 1.0 - alpha, "method": "one-sided Clopper-Pearson, sequential "
+             f"looks at {design.looks} runs, overall error <= {1 - rule.confidence:.0%}"}
+    sample_leaks = [lk for _, lk in flags]
+    leaked_share = (None if not n_samples or None in sample_leaks
+                    else sum(sample_leaks) / n_samples)
+    victims = [v for r in runs for v in r.victims]
+    out: dict[str, Any] = {
+        "seeds": n, "samples": n_samples, "at_risk": at_risk,
+        "at_risk_share": at_risk / n_samples if n_samples else None, "leaked_share": leaked_share,
+        "interval": [lo, hi], "converged": None, "suggest": None,
+        "runs": n, "runs_leaked": k, "runs_undecidable": unknown,
+        "run_leak_rate": k / n if n else None, "bound": bound,
+        "victims_distinct": len(victims) == len(set(victims)), "continue": False}
+    if not runs or not n_samples:
         return out | {"verdict": INCONCLUSIVE, "reason": "no finished run"}
     stuck = [r for r in runs if not converged(r, rule.converged_gain)]
     out["converged"] = not stuck
-    seeds_per = {r.seed: sum(1 for a, _ in r.flags() if a) for r in runs}
-    agree = len({v > 0 for v in seeds_per.values()}) == 1
-    per_seed = max(1, n // len(runs))
-    if lo >= rule.min_share:
-        reason = (f"{k} of {n} samples at risk; the {rule.confidence:.0%} interval "
-                  f"[{lo:.2f}, {hi:.2f}] lies above the {rule.min_share:.0%} floor")
-        return out | {"verdict": LEAKS, "reason": reason}
-    if k == 0 and not stuck and n >= rule.min_trials and not no_lpips:
-        return out | {"verdict": SAFE, "reason": f"no sample at risk in {n} (at most {hi:.0%} at "
-                                                 f"{rule.confidence:.0%} confidence)"}
+    if n >= rule.min_trials and design.leaks(k, n):
+        return out | {"verdict": LEAKS, "reason": (
+            f"{k} of {n} runs leaked; the run leak rate is at least {bound['lower']:.0%} "
+            f"(lower bound), at or above the {rule.min_share:.0%} floor")}
+    if n >= rule.min_trials and design.safe(k, n) and not stuck and not unknown:
+        return out | {"verdict": SAFE, "reason": (
+            f"{'no' if k == 0 else k} leak{'s' if k > 1 else ''} in {n} runs: the run leak rate "
+            f"is at most {bound['upper']:.0%} ({rule.confidence:.0%} upper bound), below the "
+            f"{rule.min_share:.0%} floor")}
+    return out | _undecided(runs, k, n, unknown, stuck, rule, more=more, upper=bound["upper"])
+
+
+def design_bound(k: int, n: int, alpha: float, *, lower: bool) -> float:
+    """The design's bound of the run leak rate (see :mod:`gradleak.audit.sequential`)."""
+    return lower_bound(k, n, alpha) if lower else upper_bound(k, n, alpha)
+
+
+def _undecided(runs: list[RunEvidence], k: int, n: int, unknown: int, stuck: list[RunEvidence],
+               rule: VerdictRule, *, more: bool, upper: float) -> dict[str, Any]:
+    """An inconclusive level: why, and what would decide it."""
     reasons, suggest = [], []
+    if k == 0:
+        reasons.append(f"no leak in {n} run{'s' if n != 1 else ''} (upper bound {upper:.0%}, "
+                       f"not below the {rule.min_share:.0%} floor)")
+    else:
+        reasons.append(f"{k} of {n} runs leaked: neither bound clears the "
+                       f"{rule.min_share:.0%} floor")
     if stuck:
         iters = max(r.iterations for r in runs) or 0
         reasons.append(f"the attack was still improving in {len(stuck)} of {len(runs)} runs")
         suggest.append(f"attack.iterations={2 * iters}" if iters else "more attack iterations")
-    if no_lpips and k == 0:
-        reasons.append("LPIPS could not be computed, so a PSNR-only miss is not a safe result")
-    if k and not agree:
-        reasons.append(f"seeds disagree ({sum(v > 0 for v in seeds_per.values())} of "
-                       f"{len(runs)} seeds have samples at risk)")
-    if k or n < rule.min_trials:
-        reasons.append(f"{k} of {n} samples at risk, interval [{lo:.2f}, {hi:.2f}] straddles the "
-                       f"{rule.min_share:.0%} floor" if k else f"only {n} trial{'s' if n != 1 else ''}")
-        seeds = seeds_for(k / n, per_seed, rule)
-        restarts = 2 * max(1, max(len(r.iterations_used) for r in runs))
-        suggest.append(f"--seeds {seeds}" if seeds else f"attack.restarts={restarts} (isolated "
-                       "samples at risk: inspect them)")
-    out["suggest"] = f"rerun with {' '.join(suggest)}" if suggest else None
-    return out | {"verdict": INCONCLUSIVE, "reason": "; ".join(reasons) or "undecided"}
+    if unknown:
+        reasons.append(f"{unknown} run{'s' if unknown != 1 else ''} could not be judged (LPIPS "
+                       "unavailable), so no safe verdict is possible")
+    needed = rule.design.runs_to_safe(k, n) if k == 0 else runs_for(k / n, rule)
+    if needed is not None and needed > n:
+        suggest.append(f"--max-seeds {needed}")
+    elif needed is None and k:
+        suggest.append(f"attack.restarts={2 * max(1, max(len(r.iterations_used) for r in runs))}"
+                       " (isolated leaks at the floor: inspect them)")
+    go_on = more and not (stuck and k == 0)  # more runs cannot make a stuck attack converge
+    return {"verdict": INCONCLUSIVE, "reason": "; ".join(reasons), "continue": go_on,
+            "suggest": f"rerun with {' '.join(suggest)}" if suggest else None}
 
 
 def combine(verdicts: list[str]) -> str:

@@ -9,6 +9,10 @@
 
 Both run through the one sweep into ``DIR/results.sqlite``: a rerun skips finished runs, Ctrl-C
 keeps them.
+
+Exit codes of the setup mode (the gate fails closed): 0 done; 1 ``--fail-on-leak`` and level 0
+or 1 leaks; 2 bad input, or runs failed (the verdict then rests on fewer runs than planned);
+3 ``--fail-on-leak`` and the verdict is inconclusive (pass ``--allow-inconclusive`` to accept).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from gradleak.errors import GradleakError
 
 # Options of the setup mode; None means "not given", so --plan can refuse them.
 SETUP_ONLY = {"config": "--config", "budget": "--budget", "seeds": "--seeds",
+              "max_seeds": "--max-seeds", "allow_inconclusive": "--allow-inconclusive",
               "fail_on_leak": "--fail-on-leak", "max_accuracy_drop": "--max-accuracy-drop",
               "no_train": "--no-train", "no_recommend": "--no-recommend"}
 
@@ -35,9 +40,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="setup mode: attack budget from configs/audit_ladder.yaml "
                         "(quick or standard; default standard)")
     p.add_argument("--seeds", type=int_at_least(1, 1000), default=None,
-                   help="setup mode: seeds per ladder level (default 3)")
+                   help="setup mode: runs per round of every undecided level, each a seed with "
+                        "its own victims (default 3)")
+    p.add_argument("--max-seeds", type=int_at_least(1, 1000), default=None,
+                   help="setup mode: the most runs a level gets before it stays inconclusive "
+                        "(default 15; 'does not leak' needs about 15 runs without a leak)")
     p.add_argument("--fail-on-leak", action="store_true", default=None,
-                   help="setup mode: exit 1 when level 0 or 1 leaks (after writing everything)")
+                   help="setup mode: exit 1 when level 0 or 1 leaks, 3 when the verdict is "
+                        "inconclusive (after writing everything)")
+    p.add_argument("--allow-inconclusive", action="store_true", default=None,
+                   help="setup mode: with --fail-on-leak, exit 0 on an inconclusive verdict")
     p.add_argument("--max-accuracy-drop", type=finite_float(0.0), default=None, metavar="POINTS",
                    help="setup mode: accuracy budget of the recommended defense (default 2)")
     p.add_argument("--no-train", action="store_true", default=None,
@@ -98,6 +110,22 @@ def _setup(args: argparse.Namespace) -> int:
     print(f"verdict: {verdict['verdict']}  ({verdict['summary']})")
     print(f"report: {options.out / 'index.html'}\n        {options.out / 'report.md'}\n"
           f"        {options.out / 'verdict.json'}")
-    if args.fail_on_leak and verdict["fails"]:
-        return 1
+    return exit_code(verdict, fail_on_leak=bool(args.fail_on_leak),
+                     allow_inconclusive=bool(args.allow_inconclusive))
+
+
+EXIT_LEAKS, EXIT_FAILED_RUNS, EXIT_INCONCLUSIVE = 1, 2, 3
+
+
+def exit_code(verdict: dict, *, fail_on_leak: bool, allow_inconclusive: bool) -> int:
+    """The gate: failed runs exit 2 whatever the verdict; with ``fail_on_leak`` a leak exits 1
+    and an inconclusive verdict 3 (unless ``allow_inconclusive``)."""
+    if verdict.get("failed_runs"):
+        print(f"error: {verdict['failed_runs']} runs failed (see results.sqlite); the verdict "
+              "rests on fewer runs than planned", flush=True)
+        return EXIT_FAILED_RUNS
+    if fail_on_leak and verdict["fails"]:
+        return EXIT_LEAKS
+    if fail_on_leak and verdict["verdict"] != "does not leak" and not allow_inconclusive:
+        return EXIT_INCONCLUSIVE
     return 0

@@ -21,6 +21,9 @@ class ImageDataset(Dataset):
     resolution: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    # True where a class is one private source (one photo and its crops): its other samples are
+    # then the victim's own content, never update-free knowledge of an attacker.
+    class_is_source: bool = False
 
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -73,8 +73,12 @@ class PhotoCropDataset(TensorImageDataset):
 
     ``preferred_indices`` lists, per class, the sample a small victim batch should show first
     (the whole photo), or is ``None`` when the split has no whole photos. The sampler in
-    :mod:`gradleak.data.sampling` honours it.
+    :mod:`gradleak.data.sampling` honours it. ``class_is_source``: a class is one photo, so its
+    other samples (crops) are the victim's own content, not data an attacker knows; the leak
+    criterion's reference pool leaves them out.
     """
+
+    class_is_source = True
 
     def __init__(self, name: str, images: torch.Tensor, labels: torch.Tensor,
                  classes: tuple[str, ...], *, per_class: int, whole_photos: bool) -> None:

@@ -72,7 +72,7 @@ def _scenario_metrics(sc: Any, ctx: RunContext, *, igsa_points: int | None,
                local_updates=res["scenario"]["local_updates"])
     out["_result"] = {k: res[k] for k in ("per_sample", "labels", "thresholds", "warnings",
                                           "scenario", "versions", "git_commit", "attack_losses",
-                                          "loss_history", "iterations_used")}
+                                          "loss_history", "iterations_used", "baselines")}
     if extra is not None:
         out.update(extra(run))
     return out
@@ -152,8 +152,10 @@ def run_privacy_utility(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> d
 
     if options.get("attack", True) is False:  # utility only: the final accuracy of the training
         fed = run_federated(cfg)
+        limit = cfg.fl.test_samples
         return {"final_accuracy": fed.result.final_accuracy,
                 "test_data": describe_dataset(fed.test)["split"],
+                "test_samples": len(fed.test) if limit is None else min(limit, len(fed.test)),
                 "_result": {"accuracy": list(fed.result.accuracy)}}
     started = time.perf_counter()
     fed = run_federated(cfg, checkpoint_dir=ctx.run_dir if options.get("save_checkpoints") else None)

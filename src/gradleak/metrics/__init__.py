@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from gradleak.errors import GradleakError
+from gradleak.metrics.baselines import identified, update_free_baselines
 from gradleak.metrics.image import MetricInfo, check_image_pair, mse, psnr, ssim
 from gradleak.metrics.labels import label_accuracy
 from gradleak.metrics.leakage import (
@@ -71,7 +72,8 @@ def _floats(t: torch.Tensor) -> list[float]:
 
 def score(recon: torch.Tensor, truth: torch.Tensor, *, lpips_net: str = "alex",
           psnr_threshold: float = DEFAULT_PSNR_THRESHOLD,
-          lpips_threshold: float = DEFAULT_LPIPS_THRESHOLD) -> dict[str, Any]:
+          lpips_threshold: float = DEFAULT_LPIPS_THRESHOLD,
+          reference: torch.Tensor | None = None) -> dict[str, Any]:
     """Score an attack's reconstructions of one batch, ready for ``result.json``.
 
     ``recon``: ``[I, B, C, H, W]`` (I attack initialisations, the chosen best one FIRST) or
@@ -82,6 +84,12 @@ def score(recon: torch.Tensor, truth: torch.Tensor, *, lpips_net: str = "alex",
     (SoK paper App. C, I = 10 there). PSNR is clamped at :data:`PSNR_REPORT_CAP` for reporting.
     ``lpips``/``brr``/``wsrr`` are ``None`` when LPIPS weights are not installed; ``warnings``
     says why anything is ``None`` (or less meaningful).
+
+    ``reference`` ``[M, C, H, W]``: samples the attacker may know (never the victim's), for the
+    update-free baselines and the identification test of the leak criterion
+    (:func:`gradleak.metrics.leakage.leaked`); without it only the flat mean-colour baseline
+    applies. ``per_sample.leaked`` and BRR/WSRR use that criterion; ``per_sample.passes_thresholds``
+    is the paper's threshold test alone; ``baselines`` holds every baseline's scores.
     """
     if not isinstance(recon, torch.Tensor) or recon.ndim not in (4, 5):
         shape = tuple(recon.shape) if isinstance(recon, torch.Tensor) else type(recon).__name__
@@ -114,9 +122,18 @@ def score(recon: torch.Tensor, truth: torch.Tensor, *, lpips_net: str = "alex",
     lpips0 = None if lpips_all is None else lpips_all[0]
 
     thresholds = {"psnr_threshold": psnr_threshold, "lpips_threshold": lpips_threshold}
-    leaked0 = leaked(psnr_all[0], lpips0, **thresholds)
-    brr = batch_reconstruction_rate(psnr_all[0], lpips0, **thresholds)
-    wsrr = worst_sample_reconstruction_rate(psnr_all, lpips_all, **thresholds)
+    with_lpips = lpips_all is not None
+    base = update_free_baselines(truth, reference, lpips_net=lpips_net, with_lpips=with_lpips)
+    ids = [identified(m, truth, reference, lpips_net=lpips_net, with_lpips=with_lpips)
+           for m in matched]
+    ids_all = None if ids[0] is None else torch.stack(ids)
+    criterion = {"baseline_psnr": base.psnr, "baseline_lpips": base.lpips,
+                 "identified": None if ids_all is None else ids_all[0]}
+    paper0 = leaked(psnr_all[0], lpips0, **thresholds)
+    leaked0 = leaked(psnr_all[0], lpips0, **thresholds, **criterion)
+    brr = batch_reconstruction_rate(psnr_all[0], lpips0, **thresholds, **criterion)
+    wsrr = worst_sample_reconstruction_rate(psnr_all, lpips_all, **thresholds,
+                                            **(criterion | {"identified": ids_all}))
 
     notes = []
     if lpips_all is None:
@@ -124,6 +141,9 @@ def score(recon: torch.Tensor, truth: torch.Tensor, *, lpips_net: str = "alex",
             f"lpips, brr and wsrr are null: LPIPS-{lpips_net} backbone weights are not installed "
             f"(BRR/WSRR need LPIPS); {INSTALL_HINT}"
         )
+    if reference is None or not len(reference):
+        notes.append("no reference data: the leak criterion's baselines are the flat mean-colour "
+                     "image only (no data-mean, nearest-other or identification test)")
     if inits == 1 and wsrr is not None:
         notes.append(
             "wsrr is computed over 1 attack initialisation (the paper uses 10), so it is 0 or 1"
@@ -142,7 +162,10 @@ def score(recon: torch.Tensor, truth: torch.Tensor, *, lpips_net: str = "alex",
             "ssim": _floats(ssim0),
             "lpips": None if lpips0 is None else _floats(lpips0),
             "leaked": None if leaked0 is None else [bool(v) for v in leaked0.tolist()],
+            "passes_thresholds": None if paper0 is None else [bool(v) for v in paper0.tolist()],
+            "identified": None if ids[0] is None else [bool(v) for v in ids[0].tolist()],
         },
+        "baselines": base.to_dict(),
         "thresholds": {"psnr": float(psnr_threshold), "lpips": float(lpips_threshold)},
         "wsrr_initializations": inits,
         "lpips_net": lpips_net,

@@ -2,7 +2,11 @@
 
 The paper calls a reconstructed sample *leaked* when it passes two similarity thresholds at once,
 ``tau_PSNR = 18`` and ``tau_LPIPS = 0.1``; we read that as ``PSNR >= 18 dB and LPIPS <= 0.1``
-(higher PSNR and lower LPIPS mean a closer reconstruction). On that indicator it defines
+(higher PSNR and lower LPIPS mean a closer reconstruction). gradleak's one leak criterion
+(:func:`leaked`, used by the scores, BRR/WSRR, the audit, the Flower guard and audit strategy)
+also asks that the reconstruction needed the update: it must beat every update-free baseline of
+:mod:`gradleak.metrics.baselines` in both metrics and, when a reference pool exists, pass the
+identification test. On that indicator the paper defines
 
 * BRR, Batch Reconstruction Rate: the proportion of a batch's samples that leak;
 * WSRR, Worst-Sample Reconstruction Rate: "the likelihood of reconstructing the most vulnerable
@@ -41,8 +45,13 @@ def _check_threshold(value: float, name: str) -> None:
 
 def leaked(psnr: torch.Tensor, lpips: torch.Tensor | None, *,
            psnr_threshold: float = DEFAULT_PSNR_THRESHOLD,
-           lpips_threshold: float = DEFAULT_LPIPS_THRESHOLD) -> torch.Tensor | None:
-    """Per-sample leakage indicator ``PSNR >= psnr_threshold and LPIPS <= lpips_threshold``.
+           lpips_threshold: float = DEFAULT_LPIPS_THRESHOLD,
+           baseline_psnr: torch.Tensor | None = None, baseline_lpips: torch.Tensor | None = None,
+           identified: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Per-sample leak indicator: ``PSNR >= psnr_threshold and LPIPS <= lpips_threshold`` (the
+    paper's), and, when given, ``PSNR > baseline_psnr and LPIPS < baseline_lpips`` (strictly
+    better than the best update-free baseline, ``[B]``) and ``identified`` (``[B]`` or like
+    ``psnr``).
 
     ``psnr`` and ``lpips`` have the same shape (``[B]`` or ``[I, B]``); returns a BoolTensor of that
     shape, or ``None`` when ``lpips`` is ``None``. NaN metrics never count as leaked.
@@ -60,18 +69,28 @@ def leaked(psnr: torch.Tensor, lpips: torch.Tensor | None, *,
             f"psnr and lpips must have the same shape, got {tuple(psnr.shape)} and "
             f"{tuple(lpips.shape)}"
         )
-    return (psnr >= psnr_threshold) & (lpips <= lpips_threshold)
+    flags = (psnr >= psnr_threshold) & (lpips <= lpips_threshold)
+    if baseline_psnr is not None:
+        flags &= psnr > torch.as_tensor(baseline_psnr, dtype=psnr.dtype)
+    if baseline_lpips is not None:
+        flags &= lpips < torch.as_tensor(baseline_lpips, dtype=lpips.dtype)
+    if identified is not None:
+        flags &= torch.as_tensor(identified, dtype=torch.bool)
+    return flags
 
 
 def batch_reconstruction_rate(psnr: torch.Tensor, lpips: torch.Tensor | None, *,
                               psnr_threshold: float = DEFAULT_PSNR_THRESHOLD,
-                              lpips_threshold: float = DEFAULT_LPIPS_THRESHOLD) -> float | None:
+                              lpips_threshold: float = DEFAULT_LPIPS_THRESHOLD,
+                              **baselines: torch.Tensor | None) -> float | None:
     """BRR: fraction of the batch's samples that leak (see :func:`leaked`), in ``[0, 1]``.
 
     ``[B]`` metrics give the rate of one attack run; ``[I, B]`` metrics (I attack initialisations)
-    give the rate averaged over initialisations. ``None`` if ``lpips`` is ``None``.
+    give the rate averaged over initialisations. ``None`` if ``lpips`` is ``None``. ``baselines``:
+    the keyword arguments ``baseline_psnr``/``baseline_lpips``/``identified`` of :func:`leaked`.
     """
-    flags = leaked(psnr, lpips, psnr_threshold=psnr_threshold, lpips_threshold=lpips_threshold)
+    flags = leaked(psnr, lpips, psnr_threshold=psnr_threshold, lpips_threshold=lpips_threshold,
+                   **baselines)
     if flags is None:
         return None
     # Every initialisation has the same B, so the mean over all entries is the mean over
@@ -81,15 +100,16 @@ def batch_reconstruction_rate(psnr: torch.Tensor, lpips: torch.Tensor | None, *,
 
 def worst_sample_reconstruction_rate(psnr: torch.Tensor, lpips: torch.Tensor | None, *,
                                      psnr_threshold: float = DEFAULT_PSNR_THRESHOLD,
-                                     lpips_threshold: float = DEFAULT_LPIPS_THRESHOLD
-                                     ) -> float | None:
+                                     lpips_threshold: float = DEFAULT_LPIPS_THRESHOLD,
+                                     **baselines: torch.Tensor | None) -> float | None:
     """WSRR: the highest per-sample leak frequency over attack initialisations.
 
     ``psnr``, ``lpips``: ``[I, B]`` (I independent initialisations of the attack on the same batch;
     the paper uses I = 10). A ``[B]`` input is one initialisation, so the result is 0 or 1.
-    ``None`` if ``lpips`` is ``None``.
+    ``None`` if ``lpips`` is ``None``. ``baselines``: as for :func:`batch_reconstruction_rate`.
     """
-    flags = leaked(psnr, lpips, psnr_threshold=psnr_threshold, lpips_threshold=lpips_threshold)
+    flags = leaked(psnr, lpips, psnr_threshold=psnr_threshold, lpips_threshold=lpips_threshold,
+                   **baselines)
     if flags is None:
         return None
     if flags.ndim == 1:

@@ -26,21 +26,31 @@ def _share(value: Any) -> str:
     return "null" if value is None else f"{100 * value:.0f} %"
 
 
+def _bound(lv: dict[str, Any]) -> str:
+    b = lv.get("bound") or {}
+    if "lower" not in b:
+        return "-"
+    return f"[{_share(b['lower'])}, {_share(b['upper'])}]"
+
+
 def level_rows(verdict: dict[str, Any]) -> list[list[str]]:
     """The levels table: one row of cells per level."""
     rows = []
     for lv in verdict["levels"]:
         best = lv.get("best") or {}
+        runs = lv.get("runs", lv.get("seeds", 0))
+        per = lv.get("samples", 0) // max(1, runs or 1)
         rows.append([str(lv["level"]), lv["title"], lv["server"], f"**{lv['verdict']}**",
-                     _share(lv.get("at_risk_share")), _share(lv.get("leaked_share")),
-                     f"{lv.get('seeds', 0)} x {lv.get('samples', 0) // max(1, lv.get('seeds') or 1)}",
+                     f"{lv.get('runs_leaked', 0)} of {runs}" if runs else "-", _bound(lv),
+                     _share(lv.get("leaked_share")), _share(lv.get("at_risk_share")),
+                     f"{runs} x {per}",
                      f"{_num(best.get('lpips'))} / {_num(best.get('psnr'))}",
                      (lv.get("reason") or "") + (f"; {lv['suggest']}" if lv.get("suggest") else "")])
     return rows
 
 
-LEVEL_HEAD = ["level", "server knows", "server", "verdict", "at risk", "leaked",
-              "seeds x samples", "best LPIPS / PSNR", "why"]
+LEVEL_HEAD = ["level", "server knows", "server", "verdict", "runs leaked", "run leak rate (95 %)",
+              "samples leaked", "samples at risk", "runs x samples", "best LPIPS / PSNR", "why"]
 
 
 def recommendation_lines(verdict: dict[str, Any]) -> list[str]:
@@ -51,24 +61,34 @@ def recommendation_lines(verdict: dict[str, Any]) -> list[str]:
         return [*lines, f"{rec['status']}: {rec.get('reason', '')}", ""]
     unit = "accuracy drop (points)" if rec.get("cost") == "accuracy_drop" else "distortion"
     choice = rec.get("choice")
-    lines.append(f"**{rec['status']}**: {rec.get('reason', '')}. Attack: the strongest leaking "
-                 f"level ({rec.get('attack')}), adaptive where a surrogate exists.")
+    foes = ", ".join(rec.get("attackers") or [rec.get("attack") or "?"])
+    lines.append(f"**{rec['status']}**: {rec.get('reason', '')}. Each setting faced every "
+                 f"leaking level, non-adaptive and adaptive where possible ({foes}); a run leaks "
+                 "when any of them leaks. Undefended accuracy: "
+                 f"{_share(rec.get('accuracy_without_defense'))}.")
+    for brk in rec.get("monotonic_breaks") or []:
+        lines.append(f"Not monotonic: {brk}.")
     if choice is None and rec.get("best_available"):
         b = rec["best_available"]
-        lines.append(f"Best available: {b['key']} ({b['verdict']}, at risk "
-                     f"{_share(b.get('at_risk_share'))}, cost {_num(b.get('cost'))}).")
-    lines += ["", f"| setting | verdict | at risk | leaked | {unit} |", "|---|---|---|---|---|"]
+        lines.append(f"Best available: {b['key']} ({b['verdict']}, runs leaked "
+                     f"{_share(b.get('run_leak_rate'))}, cost {_num(b.get('cost'))}).")
+    lines += ["", f"| setting | verdict | runs leaked | run leak rate (95 %) | {unit} | interval "
+              "| pairs | resolution (points) |", "|---|---|---|---|---|---|---|---|"]
     for p in rec.get("settings", []):
-        lines.append(f"| {p['key']} | {p['verdict']} | {_share(p.get('at_risk_share'))} | "
-                     f"{_share(p.get('leaked_share'))} | {_num(p.get('cost'))} |")
+        ci = p.get("accuracy_drop_interval")
+        ci_text = f"[{_num(ci[0])}, {_num(ci[1])}]" if ci else "-"
+        lines.append(f"| {p['key']} | {p['verdict']} | {p.get('runs_leaked', '?')} of "
+                     f"{p.get('runs', '?')} | {_bound(p)} | {_num(p.get('cost'))} | {ci_text} | "
+                     f"{p.get('pairs', '-')} | {_num(p.get('resolution_points'))} |")
     layers = verdict.get("vulnerable_layers") or {}
     if layers:
         lines += ["", "## Most vulnerable layers", "",
                   f"Each layer's gradient alone, attacked at {layers.get('attack')}: "
                   f"{', '.join(layers.get('suffices') or []) or 'no single layer'} suffices to leak.",
-                  "", "| layer | parameters | verdict | at risk |", "|---|---|---|---|"]
+                  "", "| layer | parameters | verdict | runs leaked |", "|---|---|---|---|"]
         lines += [f"| {r['layer']} | {r['parameters']} | {r['verdict']} | "
-                  f"{_share(r.get('at_risk_share'))} |" for r in layers.get("layers", [])]
+                  f"{r.get('runs_leaked', '?')} of {r.get('runs', '?')} |"
+                  for r in layers.get("layers", [])]
         lines += ["", f"Defending only these layers: {layers.get('defend_only_these')}."]
     return [*lines, ""]
 
@@ -76,11 +96,22 @@ def recommendation_lines(verdict: dict[str, Any]) -> list[str]:
 def markdown(verdict: dict[str, Any]) -> str:
     """``report.md``."""
     t = verdict["thresholds"]
+    trials = verdict.get("trials") or {}
+    mal = verdict.get("malicious_reference")
     lines = [f"# gradleak audit: {verdict['verdict']}", "",
              f"**Verdict (honest-but-curious server, levels 0-1): {verdict['verdict']}.** "
-             f"Worst case (levels 0-4): {verdict['worst_case']}. {verdict['summary']}.", "",
-             f"A sample is *at risk* when LPIPS <= {t['lpips']} or PSNR >= {t['psnr']} dB, and "
-             "*leaked* when both hold (paper App. C). Rule: docs/audit.md.", "",
+             f"Worst case (honest-but-curious levels 0-4): {verdict['worst_case']}, "
+             f"{verdict['summary']}."
+             + (f" Malicious reference (not part of the verdict): {mal}." if mal else ""), "",
+             f"What this shows: {verdict.get('claim', verdict['summary'])}.", "",
+             *setup_lines(verdict),
+             f"A sample is *leaked* when PSNR >= {t['psnr']} dB and LPIPS <= {t['lpips']} (paper "
+             "App. C) AND it beats every update-free baseline (its flat mean colour, the data's "
+             "mean image, the nearest other sample) and is identified among distractors; *at "
+             "risk* (either threshold) is description only. A run leaks when one of its samples "
+             "leaks; the verdict is over runs"
+             + (f" ({trials['note']})" if trials.get("note") else "") + ". Rule: docs/audit.md.",
+             "",
              "| " + " | ".join(LEVEL_HEAD) + " |", "|" + "---|" * len(LEVEL_HEAD)]
     lines += ["| " + " | ".join(row) + " |" for row in level_rows(verdict)]
     lines += ["", *recommendation_lines(verdict)]
@@ -92,6 +123,18 @@ def markdown(verdict: dict[str, Any]) -> str:
                       f"(right); LPIPS {_num(best.get('lpips'))}, PSNR {_num(best.get('psnr'))} "
                       f"dB. All samples: {best['reconstruction_grid']}.", ""]
     return "\n".join(lines)
+
+
+def setup_lines(verdict: dict[str, Any]) -> list[str]:
+    """What was audited, in one paragraph."""
+    st, bd = verdict.get("setup") or {}, verdict.get("budget") or {}
+    attack = bd.get("attack") or {}
+    keys = ("model", "dataset", "resolution", "num_samples", "protocol", "optimizer", "lr",
+            "momentum", "batch_size", "local_epochs", "augment", "batchnorm")
+    audited = ", ".join(f"{k} {st[k]}" for k in keys if st.get(k) is not None)
+    return [f"Audited: {audited}. Budget {bd.get('name')}: {attack.get('iterations')} iterations x "
+            f"{attack.get('restarts', 1)} restarts, rounds of {bd.get('round_size', '?')} runs up "
+            f"to {bd.get('max_seeds', '?')} per level.", ""]
 
 
 def _inline(root: Path, rel: str | None) -> str:

@@ -1,0 +1,275 @@
+"""The recommendation's search: every probed defense setting against the strongest attacker.
+
+A setting must withstand every honest-but-curious level that leaks without a defense, each with
+the non-adaptive attack and, where possible, the adaptive one (:class:`Attacker`). A trial (one
+seed and its victims) leaks under the setting when any attacker reconstructs one of its samples
+(:func:`gradleak.audit.verdict.merge`); the setting's verdict is the ladder's sequential rule over
+trials, run in rounds until decided (:class:`Probe`). Each defense's grid, weakest to strongest,
+is bisected for its weakest setting that does not leak (:class:`Bisection`), all probes of a
+round in one sweep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gradleak.audit.ladder import Ladder, Level, Setup, Trial, level_config
+from gradleak.audit.scenarios import run_spec
+from gradleak.audit.utility import UTILITY_TRIALS
+from gradleak.audit.verdict import RunEvidence, VerdictRule, level_verdict, merge
+from gradleak.config import flatten
+from gradleak.experiments.privacy_utility import GridPoint
+from gradleak.experiments.spec import RunSpec
+
+EXPERIMENT = "audit-recommend"
+Sweep = Callable[[list[RunSpec], str, str], dict[str, dict]]
+
+
+def adaptive_for(attack_name: str, defense: str) -> bool:
+    """Whether the attack can adapt to ``defense``: the defense registered a differentiable
+    surrogate and the attack overrides :meth:`~gradleak.attacks.base.Attack.adapt`."""
+    from gradleak.attacks import ATTACKS
+    from gradleak.attacks.base import Attack
+    from gradleak.defenses.surrogate import SURROGATES
+
+    if defense == "none" or defense not in SURROGATES.names():
+        return False
+    return ATTACKS.get(attack_name).adapt is not Attack.adapt
+
+
+def defense_keys(point: GridPoint, setup: Setup) -> dict[str, Any]:
+    """The config keys of one setting. Under FedAvg signSGD sends ``mean|v| * sign(v)``: the
+    server applies updates with step 1, so bare signs would wreck training by construction."""
+    keys: dict[str, Any] = {"defense.name": point.defense}
+    if point.param is not None:
+        keys[f"defense.{point.param}"] = point.value
+    if point.defense == "signsgd" and setup.fedavg:
+        keys["defense.scale_sign"] = True
+    return keys
+
+
+@dataclass(frozen=True)
+class Attacker:
+    """One attack a defense setting must withstand: a leaking level, adaptive or not."""
+
+    level: Level
+    adaptive: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.level.name}{'+adaptive' if self.adaptive else ''}"
+
+
+def attackers(ladder: Ladder, setup: Setup, budget: dict[str, Any], leaking: list[Level],
+              defense: str) -> list[Attacker]:
+    """Every leaking level, non-adaptive, and adaptive too where that is possible."""
+    out = []
+    for level in leaking:
+        out.append(Attacker(level, False))
+        name = level_config(ladder, level, setup, budget, seed=setup.cfg.seed).attack.name
+        if adaptive_for(name, defense):
+            out.append(Attacker(level, True))
+    return out
+
+
+def privacy_runs(ladder: Ladder, setup: Setup, budget: dict[str, Any], trials: list[Trial],
+                 point: GridPoint, foes: list[Attacker]) -> dict[str, list[RunSpec]]:
+    """Per attacker, its runs of ``point`` on ``trials`` (kind ``defended_attack``)."""
+    keys = defense_keys(point, setup)
+    return {a.label: [run_spec(EXPERIMENT, f"{point.key} vs {a.label}", level_config(
+        ladder, a.level, setup, budget, seed=t.seed,
+        extra={**t.keys(), **keys, "attack.adaptive": a.adaptive}), kind="defended_attack",
+        labels={"defense": point.key, "attacker": a.label}) for t in trials] for a in foes}
+
+
+def utility_runs(ladder: Ladder, setup: Setup, budget: dict[str, Any],
+                 point: GridPoint) -> list[RunSpec]:
+    """The paired FL trainings of ``point`` (seeds ``seed .. seed + UTILITY_TRIALS - 1``)."""
+    fl = dict(flatten({"fl": ladder.recommend.get("fl") or {}}))
+    base = next(lv for lv in ladder.levels if lv.level == 0)
+    return [run_spec(EXPERIMENT, point.key, level_config(
+        ladder, base, setup, budget, seed=setup.cfg.seed + i,
+        extra={**fl, **setup.user_fl, **defense_keys(point, setup)}), kind="privacy_utility",
+        labels={"utility": point.key}, options={"attack": False}) for i in range(UTILITY_TRIALS)]
+
+
+@dataclass
+class Bisection:
+    """Binary search for the weakest setting of one defense that does not leak, over its grid
+    ordered from the weakest to the strongest setting: ``lo``..``hi`` bracket the first safe
+    index (``hi = len``: none yet). An ``inconclusive`` setting counts as not safe. Every probe
+    is measured; a grid that is not monotonic shows in :func:`monotonic_breaks`."""
+
+    points: list[GridPoint]
+    lo: int = 0
+    hi: int = -1
+
+    def __post_init__(self) -> None:
+        if self.hi < 0:
+            self.hi = len(self.points)
+
+    def probe(self) -> GridPoint | None:
+        return self.points[(self.lo + self.hi) // 2] if self.lo < self.hi else None
+
+    def record(self, safe: bool) -> None:
+        mid = (self.lo + self.hi) // 2
+        if safe:
+            self.hi = mid
+        else:
+            self.lo = mid + 1
+
+
+def bisections(grid: list[GridPoint]) -> list[Bisection]:
+    """One search per defense of ``grid`` (``none`` left out), in the grid's order."""
+    by: dict[str, list[GridPoint]] = {}
+    for p in grid:
+        if p.defense != "none":
+            by.setdefault(p.defense, []).append(p)
+    return [Bisection(points) for points in by.values()]
+
+
+@dataclass
+class Probe:
+    """One defense setting under evaluation: its attackers' runs so far, round by round. Within a
+    round the attackers run one after another and a trial one of them leaked is not attacked
+    again (it is decided), so a setting that leaks costs about one attacker's runs."""
+
+    point: GridPoint
+    foes: list[Attacker]
+    runs: dict[tuple[int, str], RunSpec] = field(default_factory=dict)  # (trial, attacker)
+    done: int = 0  # trials given to the attackers so far
+    result: dict[str, Any] | None = None  # the latest evaluation
+    decided: bool = False
+    current: list[int] = field(default_factory=list)  # the trials of the open round
+
+    def stage(self, ladder: Ladder, setup: Setup, budget: dict[str, Any], trials: list[Trial],
+              foe: int, rows: dict[str, dict]) -> list[RunSpec]:
+        """The runs of attacker ``foe`` on this round's trials not yet leaked."""
+        a = self.foes[foe]
+        todo = [i for i in self.current if not self._leaked(i, rows)]
+        specs = privacy_runs(ladder, setup, budget, [trials[i] for i in todo], self.point, [a])
+        for i, spec in zip(todo, specs[a.label], strict=True):
+            self.runs[(i, a.label)] = spec
+        return specs[a.label]
+
+    def next_round(self, size: int, total: int) -> bool:
+        """Open the next round of trials; False when none is left."""
+        self.current = list(range(self.done, min(self.done + size, total)))
+        self.done += len(self.current)
+        return bool(self.current)
+
+    def _evidence_of(self, i: int, rows: dict[str, dict]) -> list[RunEvidence | None]:
+        out = []
+        for a in self.foes:
+            spec = self.runs.get((i, a.label))
+            out.append(RunEvidence.from_row(rows[spec.run_id])
+                       if spec is not None and spec.run_id in rows else None)
+        return out
+
+    def _leaked(self, i: int, rows: dict[str, dict]) -> bool:
+        return any(e is not None and e.run_leaked for e in self._evidence_of(i, rows))
+
+    def evidence(self, rows: dict[str, dict]) -> list[RunEvidence]:
+        """Per trial, the union of its attackers' runs (a trial leaks if any attacker leaked)."""
+        return [merge(self._evidence_of(i, rows)) for i in range(self.done)]
+
+    def evaluate(self, rows: dict[str, dict], rule: VerdictRule, *, more: bool) -> dict[str, Any]:
+        decided = level_verdict(self.evidence(rows), rule, more=more)
+        mine = [rows[r.run_id] for r in self.runs.values() if r.run_id in rows]
+        dist = [r["distortion"] for r in mine if isinstance(r.get("distortion"), (int, float))]
+        p = self.point
+        self.result = {"key": p.key, "defense": p.defense, "param": p.param, "value": p.value,
+                       "attackers": [a.label for a in self.foes]} | {k: decided[k] for k in (
+                           "verdict", "reason", "at_risk_share", "leaked_share", "runs",
+                           "runs_leaked", "run_leak_rate", "bound")} | {
+                       "distortion": sum(dist) / len(dist) if dist else None,
+                       "confirmed": False}
+        self.decided = not decided["continue"]
+        return self.result
+
+
+@dataclass
+class Found:
+    """What :func:`search` measured: settings (grid order), paired accuracies and test sizes."""
+
+    points: list[dict[str, Any]]
+    accuracy: dict[str, list[float | None]]
+    test_samples: dict[str, int | None]
+
+
+@dataclass
+class Search:
+    """The recommendation's search state over one sweep function (see the module docstring)."""
+
+    ladder: Ladder
+    setup: Setup
+    budget: dict[str, Any]
+    trials: list[Trial]
+    leaking: list[Level]
+    rule: VerdictRule
+    sweep: Sweep
+    train: bool
+    probes: dict[str, Probe] = field(default_factory=dict)
+    utility: dict[str, list[RunSpec]] = field(default_factory=dict)
+    rows: dict[str, dict] = field(default_factory=dict)
+
+    def probe(self, point: GridPoint) -> Probe:
+        if point.key not in self.probes:
+            self.probes[point.key] = Probe(point, attackers(self.ladder, self.setup, self.budget,
+                                                            self.leaking, point.defense))
+        return self.probes[point.key]
+
+    def run_round(self, probes: list[Probe], title: str) -> None:
+        """One round of trials for ``probes``: attacker by attacker, one sweep per stage."""
+        probes = [p for p in probes if p.next_round(self.rule.round_size, len(self.trials))]
+        for foe in range(max((len(p.foes) for p in probes), default=0)):
+            batch = [s for p in probes if foe < len(p.foes)
+                     for s in p.stage(self.ladder, self.setup, self.budget, self.trials, foe,
+                                      self.rows)]
+            if batch:
+                self.rows |= self.sweep(batch, title, EXPERIMENT)
+        for p in probes:
+            p.evaluate(self.rows, self.rule, more=p.done < len(self.trials))
+
+    def screen(self, grid: list[GridPoint]) -> None:
+        """Bisect every defense on one round each: a setting passes when no trial leaked."""
+        searches = bisections(grid)
+        while True:
+            active = [(b, self.probe(pt)) for b in searches if (pt := b.probe()) is not None]
+            if not active:
+                return
+            self.run_round([p for _, p in active if p.done == 0], "audit recommendation: screen")
+            for b, p in active:
+                b.record(p.result is not None and p.result["runs_leaked"] == 0)
+
+    def measure_utility(self, points: list[GridPoint]) -> None:
+        """The paired trainings of ``points`` (and of no defense), one sweep."""
+        if not self.train:
+            return
+        batch = []
+        for pt in [GridPoint("none"), *points]:
+            if pt.key not in self.utility:
+                self.utility[pt.key] = utility_runs(self.ladder, self.setup, self.budget, pt)
+                batch += self.utility[pt.key]
+        if batch:
+            self.rows |= self.sweep(batch, "audit recommendation: utility", EXPERIMENT)
+
+    def confirm(self, probe: Probe) -> dict[str, Any]:
+        """Run more rounds of ``probe`` until its verdict is decided (or trials run out)."""
+        while not probe.decided and probe.done < len(self.trials):
+            self.run_round([probe], f"audit recommendation: confirm {probe.point.key}")
+        if probe.result is not None:
+            probe.result["confirmed"] = True
+        return probe.result or {}
+
+    def found(self, grid: list[GridPoint]) -> Found:
+        accuracy = {k: [self.rows[r.run_id].get("final_accuracy") if r.run_id in self.rows
+                        else None for r in specs] for k, specs in self.utility.items()}
+        tests = {k: next((self.rows[r.run_id].get("test_samples") for r in specs
+                          if r.run_id in self.rows), None) for k, specs in self.utility.items()}
+        rank = {p.key: i for i, p in enumerate(grid)}
+        points = sorted((p.result for p in self.probes.values() if p.result),
+                        key=lambda e: rank[e["key"]])
+        return Found(points, accuracy, tests)
