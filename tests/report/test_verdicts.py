@@ -1,13 +1,17 @@
-"""Verdict rules with their evidence: per-seed effects, Student-t 95 % intervals over seeds, and
-supported / contradicted / inconclusive from where the interval lies (issue 15)."""
+"""Verdict rules with their evidence: per-seed effects with Student-t 95 % intervals over seeds,
+and supported / contradicted / inconclusive from an exact one-sided test of their mean (a
+permutation of each seed's grid for ``trend``, sign flips over seeds for the paired rules)."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from gradleak.errors import GradleakError
+from gradleak.report import stats
+from gradleak.report.stats import ALPHA, flip_unit, run_test, spearman_block
 from gradleak.report.verdicts import (
     CONTRADICTED,
     INCONCLUSIVE,
@@ -38,12 +42,13 @@ def test_mean_interval_is_the_student_t_interval():
     assert mean_interval([0.5]) == (0.5, None) and mean_interval([]) == (None, None)
 
 
-def test_decide_needs_an_interval_clear_of_zero_and_enough_seeds():
-    assert decide((0.1, 0.9), MIN_SEEDS) == SUPPORTED
-    assert decide((-0.9, -0.1), MIN_SEEDS) == CONTRADICTED
-    assert decide((-0.1, 0.9), 10) == INCONCLUSIVE  # no effect is inside the interval
-    assert decide((0.1, 0.9), MIN_SEEDS - 1) == INCONCLUSIVE
-    assert decide(None, 10) == INCONCLUSIVE
+def test_decide_needs_a_one_sided_p_at_most_alpha_and_enough_seeds():
+    assert ALPHA == 0.025
+    assert decide(0.025, 1.0, MIN_SEEDS) == SUPPORTED
+    assert decide(1.0, 0.01, MIN_SEEDS) == CONTRADICTED
+    assert decide(0.03, 0.97, 10) == INCONCLUSIVE
+    assert decide(0.001, 1.0, MIN_SEEDS - 1) == INCONCLUSIVE
+    assert decide(None, None, 10) == INCONCLUSIVE
 
 
 def test_trend_supported_contradicted_and_inconclusive_with_evidence():
@@ -51,6 +56,7 @@ def test_trend_supported_contradicted_and_inconclusive_with_evidence():
     v = trend(_trend_rows(up), metric="lpips", along=AXIS, direction="increasing")
     assert v.status == SUPPORTED and v.seeds == 4 and v.effect == pytest.approx(1.0)
     assert "Spearman" in v.measure and "4 seeds" in v.evidence and "Student-t" in v.evidence
+    assert v.p_value == pytest.approx(120.0 ** -4) and "permutation" in v.evidence  # 4 x 5!
     down = trend(_trend_rows(up), metric="lpips", along=AXIS, direction="decreasing")
     assert down.status == CONTRADICTED and down.effect == pytest.approx(-1.0)
     # Each seed rises, falls or is flat by turns: no consistent trend.
@@ -88,11 +94,17 @@ def _pair_rows(better: list[float], worse: list[float]):
 
 
 def test_compare_uses_paired_seeds():
-    rows = _pair_rows([0.01, 0.02, 0.015, 0.01], [0.05, 0.08, 0.06, 0.07])
+    rows = _pair_rows([0.01, 0.02, 0.015, 0.01, 0.02, 0.03], [0.05, 0.08, 0.06, 0.07, 0.05, 0.04])
     v = compare(rows, metric="lpips", better="WST", worse="BST")
-    assert v.status == SUPPORTED and v.seeds == 4 and v.effect > 0  # lower LPIPS leaks more
-    assert "8/8 matched runs" in v.statement
+    assert v.status == SUPPORTED and v.seeds == 6 and v.effect > 0  # lower LPIPS leaks more
+    assert v.p_value == pytest.approx(1 / 64) and v.to_dict()["test"] == v.test == stats.SIGN_FLIP
+    assert "12/12 matched runs" in v.statement
     assert compare(rows, metric="lpips", better="BST", worse="WST").status == CONTRADICTED
+    # Five seeds all agreeing: p = 1/32 > 0.025, and the statement says why it cannot decide.
+    five = compare(_pair_rows([0.01] * 5, [0.05] * 5), metric="lpips", better="WST", worse="BST")
+    assert five.status == INCONCLUSIVE and five.p_value == pytest.approx(1 / 32)
+    assert "5 seeds cannot reach p <= 0.025 (smallest possible p 0.0312); at least 6" in \
+        five.statement
     few = _pair_rows([0.01, 0.02], [0.05, 0.08])
     assert compare(few, metric="lpips", better="WST", worse="BST").status == INCONCLUSIVE
     assert compare(rows, metric="lpips", better="WST", worse="X").status == INCONCLUSIVE
@@ -100,9 +112,9 @@ def test_compare_uses_paired_seeds():
 
 def test_groups_per_variant():
     rows = [{"variant": "L", "data.dataset": d, "lpips": v + 0.01 * s, "seed": s}
-            for s in range(3) for d, v in (("skimage", 0.05), ("skimage_gray", 0.3))]
+            for s in range(6) for d, v in (("skimage", 0.05), ("skimage_gray", 0.3))]
     rows += [{"variant": "O", "data.dataset": d, "lpips": 0.1 + 0.02 * s, "seed": s}
-             for s in range(3) for d in ("skimage", "skimage_gray")]
+             for s in range(6) for d in ("skimage", "skimage_gray")]
     only_l = groups(rows, metric="lpips", axis="data.dataset", worse=["skimage_gray"],
                     better=["skimage"], variant="L")
     assert only_l.status == SUPPORTED and only_l.effect == pytest.approx(0.25)
@@ -113,13 +125,13 @@ def test_groups_per_variant():
 
 def test_reference_signs_each_variant_by_its_expected_direction():
     rows = []
-    for s in range(3):
+    for s in range(6):
         for name, v in (("original", 30.0 + s), ("cut 1", 12.0 + s), ("cut 2", 14.5 - s)):
             rows.append({"variant": name, "model.name": "m", "psnr": v, "seed": s})
     v = reference(rows, metric="psnr", reference="original", expect="worse")
     assert v.status == SUPPORTED and "2/2 variants" in v.statement
     # per seed: (18 + (15.5 + 2 s)) / 2 PSNR below the original, in the expected direction
-    assert v.effect == pytest.approx((18 * 3 + 15.5 + 17.5 + 19.5) / 6)
+    assert v.effect == pytest.approx(sum(18 + 15.5 + 2 * s for s in range(6)) / 12)
     assert reference(rows, metric="psnr", reference="original",
                      expect="better").status == CONTRADICTED
     mixed = reference(rows, metric="psnr", reference="original",
@@ -156,7 +168,7 @@ def test_tradeoff_per_family_intervals():
 
 
 def test_judge_chains_rules_and_refuses_bad_specs():
-    rows = _pair_rows([0.01, 0.02, 0.015], [0.05, 0.08, 0.06])
+    rows = _pair_rows([0.01, 0.02, 0.015, 0.01, 0.02, 0.03], [0.05, 0.08, 0.06, 0.07, 0.05, 0.04])
     spec = {"rule": "compare", "metric": "lpips", "better": "WST", "worse": "BST",
             "also": {"rule": "trend", "metric": "lpips", "along": "labels", "direction": "increasing"}}
     out = judge(rows, spec)
@@ -167,3 +179,51 @@ def test_judge_chains_rules_and_refuses_bad_specs():
     with pytest.raises(GradleakError, match="bad parameters for verdict rule 'compare'"):
         judge(rows, {"rule": "compare", "metric": "lpips", "better": "WST", "worse": "BST",
                      "share": 0.5})
+
+
+def test_identical_rhos_no_longer_give_a_zero_width_verdict():
+    # The defect: 3 seeds, 2 grid points, every seed rho = +1 gave the interval [1, 1] and
+    # "supported"; 3 seeds x 2 points can at best reach p = 1/8.
+    v = trend(_trend_rows({s: [0.1, 0.2] for s in range(3)}, xs=(1, 2)), metric="lpips",
+              along=AXIS, direction="increasing")
+    assert v.status == INCONCLUSIVE and v.p_value == pytest.approx(1 / 8) and v.ci == (1.0, 1.0)
+    assert "3 seeds cannot reach p <= 0.025 (smallest possible p 0.125); at least 6 needed" in \
+        v.statement
+    six = trend(_trend_rows({s: [0.1, 0.2] for s in range(6)}, xs=(1, 2)), metric="lpips",
+                along=AXIS, direction="increasing")
+    assert six.status == SUPPORTED and six.p_value == pytest.approx(1 / 64)
+
+
+def test_trend_p_value_is_the_exact_permutation_tail():
+    # 3 grid points, 3 seeds, rhos 1, 1, 0.5 (tab5's LPIPS): P(sum of three rho_3 >= 2.5) = 7/216
+    curves = {0: [0.1, 0.2, 0.3], 1: [0.1, 0.2, 0.3], 2: [0.2, 0.1, 0.3]}
+    v = trend(_trend_rows(curves, xs=(1, 8, 32)), metric="lpips", along=AXIS,
+              direction="increasing")
+    assert v.effect == pytest.approx(2.5 / 3) and v.p_value == pytest.approx(7 / 216)
+    assert v.status == INCONCLUSIVE and v.p_opposite == pytest.approx(215 / 216)  # all but 1,1,1
+
+
+def test_series_of_one_seed_are_permuted_together():
+    # Two series that mirror each other on every seed: jointly permuted their mean rho is 0
+    # under every permutation, so nothing is decided (independent permutations would not see it).
+    rows = (_trend_rows({s: [0.1, 0.2, 0.3, 0.4, 0.5] for s in range(3)}, variant="O")
+            + _trend_rows({s: [0.5, 0.4, 0.3, 0.2, 0.1] for s in range(3)}, variant="L"))
+    v = trend(rows, metric="lpips", along=AXIS, direction="increasing")
+    assert v.p_value == pytest.approx(1.0) and v.p_opposite == pytest.approx(1.0)
+
+
+def test_monte_carlo_agrees_with_the_exact_test(monkeypatch):
+    rng = np.random.default_rng(3)
+    units = [spearman_block([list(rng.normal(size=5))], [0.25]) for _ in range(4)]
+    exact = run_test(units, stats.PERMUTATION)
+    flips = run_test([flip_unit(e, 1 / 3) for e in (0.2, 0.1, 0.3)], stats.SIGN_FLIP)
+    assert flips.p_value == pytest.approx(1 / 8) and flips.p_min == pytest.approx(1 / 8)
+    monkeypatch.setattr(stats, "MAX_KEYS", 1)  # too many values to list: seeded draws
+    mc = run_test(units, stats.PERMUTATION)
+    assert mc.method.startswith("Monte Carlo") and exact.method.startswith("exact")
+    assert mc.p_value == pytest.approx(exact.p_value, abs=0.01)
+    assert run_test(units, stats.PERMUTATION) == mc  # seeded: the same report every time
+    # A grid too long to enumerate (8! orders) is sampled; the +1 correction bounds p below.
+    long = spearman_block([list(range(8))], [1.0])
+    big = run_test([long, long], stats.PERMUTATION)
+    assert big.p_value == pytest.approx(1 / (stats.MC_DRAWS + 1))

@@ -8,11 +8,16 @@ better for the attacker (more leakage): lower LPIPS/MSE, higher PSNR/SSIM/BRR/WS
 
 The unit of evidence is the seed (a seed fixes the model initialisation, the victim's samples and
 the attack's start, so runs sharing a seed are paired). Each rule computes one effect per seed,
-signed so that > 0 is the paper's direction; the verdict's effect is their mean with a Student-t
-95 % interval over seeds (exact when the per-seed effects are normal; honest at the few seeds a
-quick profile affords, where a bootstrap's percentile interval is too narrow). The status is
-``supported`` when the interval lies above 0, ``contradicted`` when it lies below, and
-``inconclusive`` when it contains 0 (no effect) or when there are fewer than ``MIN_SEEDS`` seeds.
+signed so that > 0 is the paper's direction, and reports their mean with a Student-t 95 %
+interval over seeds (description only). The status comes from a randomisation test of that mean
+(``report/stats.py``), exact at the few seeds a quick profile affords: ``trend`` permutes the
+grid within each seed (the null: the metric is exchangeable across a seed's grid points; a
+seed's series are permuted together), the paired rules (``compare``, ``groups``, ``reference``)
+flip the sign of each seed's effect (the null: it is symmetric about 0). ``supported`` when the
+one-sided p-value in the paper's direction is <= ``ALPHA`` (0.025, the old interval's level),
+``contradicted`` when the opposite one is, else ``inconclusive`` (also with fewer than
+``MIN_SEEDS`` seeds). The tests are discrete: 3 seeds of a paired effect cannot reach p <= 0.025
+(smallest p 1/8; 6 seeds are needed), and the statement says so.
 """
 
 from __future__ import annotations
@@ -21,66 +26,35 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gradleak.errors import GradleakError
 from gradleak.metrics import METRICS
 from gradleak.registry import Registry
+from gradleak.report.evidence import (
+    CONTRADICTED,
+    INCONCLUSIVE,
+    INTERVAL,
+    SUPPORTED,
+    Part,
+    Verdict,
+    blocks,
+    decide,
+    part,
+    pooled,
+    verdict_of,
+)
+from gradleak.report.evidence import fmt as _fmt
+from gradleak.report.stats import ALPHA, MIN_SEEDS, PERMUTATION, mean_interval, spearman
 
 RULES: Registry = Registry("verdict rule")
 # Direction of more leakage per metric, from the metrics' own metadata (one definition).
 HIGHER_LEAKS = {name: info.higher_is_better for name, info in METRICS.items()}
-SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 NOT_SUPPORTED = CONTRADICTED  # the constant's earlier name
-MIN_SEEDS = 3
-INTERVAL = "Student-t 95% interval over seeds"
-
-
-@dataclass
-class Part:
-    """The evidence of one series / variant / defense family inside a verdict."""
-
-    name: str
-    status: str
-    effect: float | None
-    ci: tuple[float, float] | None
-    seeds: int
-    text: str
-
-
-@dataclass
-class Verdict:
-    """``status`` (supported / contradicted / inconclusive) and a one-paragraph ``statement``;
-    the evidence: ``effect`` (mean per-seed effect, > 0 = the paper's direction; what it is:
-    ``measure``) with its 95 % ``ci`` over ``seeds`` seeds (``interval`` names the method), and
-    the same per series or variant in ``parts``."""
-
-    status: str
-    statement: str
-    effect: float | None = None
-    ci: tuple[float, float] | None = None
-    seeds: int = 0
-    measure: str = ""
-    interval: str = INTERVAL
-    parts: list[Part] = field(default_factory=list)
-
-    @property
-    def evidence(self) -> str:
-        """One line: seeds, effect and interval, e.g. ``5 seeds; mean per-seed Spearman rho
-        +0.84 [0.61, 1] (Student-t 95% interval over seeds)``."""
-        head = f"{self.seeds} seed{'s' * (self.seeds != 1)}; {self.measure or 'no effect measured'}"
-        if self.effect is None:
-            return head
-        if self.ci is not None:
-            return (f"{head} {self.effect:+.3g} [{_fmt(self.ci[0])}, {_fmt(self.ci[1])}] "
-                    f"({self.interval})")
-        if self.interval != INTERVAL:  # the rule's own kind of evidence (tradeoff)
-            return f"{head} {self.effect:.3g} ({self.interval})"
-        return f"{head} {self.effect:+.3g} (no interval: fewer than 2 seeds)"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "evidence": self.evidence}
+TRADEOFF_TEST = "one-sided Student-t tests per setting, Bonferroni over a family's settings"
+# Re-exported: users' scripts import these from here.
+__all__ = ["CONTRADICTED", "INCONCLUSIVE", "INTERVAL", "MIN_SEEDS", "SUPPORTED", "Part",
+           "Verdict", "decide", "judge", "mean_interval", "register_rule"]
 
 
 def register_rule(name: str) -> Callable:
@@ -112,73 +86,13 @@ def threshold(rows: Sequence[dict[str, Any]], metric: str) -> float | None:
     used = {_num(r.get(info.threshold_key)) for r in rows} - {None}
     return used.pop() if len(used) == 1 else info.threshold
 
-
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.3g}"
-
-
-def mean_interval(values: Sequence[float], bounds: tuple[float, float] = (-math.inf, math.inf)
-                  ) -> tuple[float | None, tuple[float, float] | None]:
-    """Mean of ``values`` and its Student-t 95 % interval, clipped to ``bounds`` (the range of
-    the effect, e.g. [-1, 1] for a correlation); None with fewer than 2 values."""
-    if not values:
-        return None, None
-    m = statistics.fmean(values)
-    if len(values) < 2:
-        return m, None
-    from scipy.stats import t
-
-    half = float(t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
-    return m, (max(bounds[0], m - half), min(bounds[1], m + half))
-
-
-def decide(ci: tuple[float, float] | None, seeds: int) -> str:
-    """supported if the interval is above 0, contradicted if below, else inconclusive."""
-    if ci is None or seeds < MIN_SEEDS:
-        return INCONCLUSIVE
-    return SUPPORTED if ci[0] > 0 else CONTRADICTED if ci[1] < 0 else INCONCLUSIVE
-
-
-def _part(name: str, per_seed: dict[Any, float], text: str,
-          bounds: tuple[float, float]) -> Part:
-    effect, ci = mean_interval(list(per_seed.values()), bounds)
-    ev = (f"{effect:+.3g} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else
-          f"{_fmt(effect)} (no interval)")
-    return Part(name, decide(ci, len(per_seed)), effect, ci, len(per_seed),
-                f"{text}; effect {ev} over {len(per_seed)} seed{'s' * (len(per_seed) != 1)}")
-
-
-def _pooled(per_part: dict[str, dict[Any, float]], texts: dict[str, str], *, measure: str,
-            statement: str, bounds: tuple[float, float] = (-math.inf, math.inf)) -> Verdict:
-    """The verdict over parts: per seed, the mean of the parts' effects; its interval over seeds
-    decides the status, each part keeps its own."""
-    parts = [_part(name, seeds, texts[name], bounds) for name, seeds in per_part.items()]
-    by_seed: dict[Any, list[float]] = defaultdict(list)
-    for seeds in per_part.values():
-        for s, e in seeds.items():
-            by_seed[s].append(e)
-    effect, ci = mean_interval([statistics.fmean(v) for v in by_seed.values()], bounds)
-    detail = "; ".join(p.text for p in parts)
-    if not by_seed:
-        return Verdict(INCONCLUSIVE, f"{statement}: no comparable runs", measure=measure)
-    return Verdict(decide(ci, len(by_seed)), f"{statement}: {detail}", effect, ci, len(by_seed),
-                   measure, parts=parts)
-
-
-def _spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
-    from scipy.stats import spearmanr
-
-    if len(set(xs)) < 2 or len(set(ys)) < 2:
-        return None
-    return float(spearmanr(xs, ys).statistic)
-
-
 @register_rule("trend")
 def trend(rows: Sequence[dict[str, Any]], *, metric: str, along: str, direction: str,
           per: str = "variant") -> Verdict:
     """``metric`` rises (``direction='increasing'``) or falls along axis ``along`` within each
     series ``per``. Effect per seed: Spearman's rho between ``along`` and the seed's mean
-    ``metric`` at each value (signed: + = ``direction``), averaged over the series."""
+    ``metric`` at each value (signed: + = ``direction``), averaged over the series; tested by
+    permuting the grid within each seed."""
     if direction not in ("increasing", "decreasing"):
         raise GradleakError(f"bad trend direction {direction!r}; allowed: increasing, decreasing")
     sign = 1 if direction == "increasing" else -1
@@ -188,26 +102,33 @@ def trend(rows: Sequence[dict[str, Any]], *, metric: str, along: str, direction:
         x, v = _num(r.get(along)), _num(r.get(metric))
         if x is not None and v is not None:
             cells[_key(r.get(per))][r.get("seed")][x].append(v)
-    per_part: dict[str, dict[Any, float]] = {}
-    texts: dict[str, str] = {}
+    # series[seed][part] = (grid, the seed's mean metric along it), for parts with a rho
+    series: dict[Any, dict[str, tuple[tuple[float, ...], list[float]]]] = defaultdict(dict)
+    effects_of: dict[Any, list[float]] = defaultdict(list)  # per seed, its parts' signed rhos
+    parts, texts = [], {}
     for name, by_seed in cells.items():
         effects = {}
         for s, by_x in by_seed.items():
-            xs = sorted(by_x)
-            rho = _spearman(xs, [statistics.fmean(by_x[x]) for x in xs])
-            if rho is not None:
-                effects[s] = sign * rho
+            xs = tuple(sorted(by_x))
+            ys = [statistics.fmean(by_x[x]) for x in xs]
+            if (rho := spearman(ys)) is not None:
+                effects[s], series[s][name] = sign * rho, (xs, ys)
+                effects_of[s].append(sign * rho)
         pooled: dict[float, list[float]] = defaultdict(list)
         for by_x in by_seed.values():
             for x, vs in by_x.items():
                 pooled[x].extend(vs)
         xs = sorted(pooled)
-        per_part[name] = effects
         texts[name] = (f"{name}: {metric} {_fmt(statistics.fmean(pooled[xs[0]]))} at {along}="
                        f"{xs[0]:g} -> {_fmt(statistics.fmean(pooled[xs[-1]]))} at {xs[-1]:g}")
-    return _pooled(per_part, texts, measure=f"mean per-seed Spearman rho ({direction} = +)",
-                   statement=f"{metric} expected {direction} with {along}", bounds=(-1.0, 1.0))
-
+        units = [u for s in effects for u in blocks({name: series[s][name]}, sign / len(effects))]
+        parts.append(part(name, effects, units, PERMUTATION, texts[name], (-1.0, 1.0)))
+    units = [u for by_part in series.values()
+             for u in blocks(by_part, sign / (len(series) * len(by_part)))]
+    by_seed = [statistics.fmean(effects_of[s]) for s in series]
+    return verdict_of(parts, by_seed, units, PERMUTATION,
+                    measure=f"mean per-seed Spearman rho ({direction} = +)",
+                    statement=f"{metric} expected {direction} with {along}", bounds=(-1.0, 1.0))
 
 @register_rule("compare")
 def compare(rows: Sequence[dict[str, Any]], *, metric: str, better: str, worse: str) -> Verdict:
@@ -233,7 +154,7 @@ def compare(rows: Sequence[dict[str, Any]], *, metric: str, better: str, worse: 
     mb, mw = statistics.fmean(a for a, _ in pairs), statistics.fmean(b for _, b in pairs)
     text = (f"{better} leaks more than {worse} in {wins}/{len(pairs)} matched runs "
             f"(mean {metric} {_fmt(mb)} vs {_fmt(mw)})")
-    return _pooled({better: {s: statistics.fmean(d) for s, d in diffs.items()}}, {better: text},
+    return pooled({better: {s: statistics.fmean(d) for s, d in diffs.items()}}, {better: text},
                    measure=f"mean {metric} advantage of {better} (+ = leaks more)",
                    statement=f"{better} vs {worse}")
 
@@ -265,7 +186,7 @@ def groups(rows: Sequence[dict[str, Any]], *, metric: str, axis: str, worse: Seq
         texts[name] = (f"{name}: mean {metric} {_fmt(statistics.fmean(mw) if mw else None)} on "
                        f"{sorted(worse_k)} vs {_fmt(statistics.fmean(mb) if mb else None)} on "
                        f"{sorted(better_k)}")
-    return _pooled(per_part, texts, measure=f"mean {metric} advantage of {sorted(better_k)}",
+    return pooled(per_part, texts, measure=f"mean {metric} advantage of {sorted(better_k)}",
                    statement=f"{sorted(better_k)} leak more than {sorted(worse_k)}")
 
 
@@ -301,7 +222,7 @@ def reference(rows: Sequence[dict[str, Any]], *, metric: str, reference: str | S
         want = expect if isinstance(expect, str) else expect.get(var)
         mv, mr = statistics.fmean(p[0] for p in pairs), statistics.fmean(p[1] for p in pairs)
         texts[var] = f"{var}: {_fmt(mv)} vs {_fmt(mr)} (expected: {want})"
-    verdict = _pooled({v: {s: statistics.fmean(d) for s, d in by_s.items()}
+    verdict = pooled({v: {s: statistics.fmean(d) for s, d in by_s.items()}
                        for v, by_s in per_part.items()}, texts,
                       measure=f"mean {metric} shift in the paper's direction",
                       statement=f"variants vs {', '.join(refs)}")
@@ -312,16 +233,20 @@ def reference(rows: Sequence[dict[str, Any]], *, metric: str, reference: str | S
     return verdict
 
 
-def _setting(rs: list[dict[str, Any]], thr: float, max_drop: float) -> dict[str, Any]:
-    """One defense setting over seeds: LPIPS and accuracy drop with intervals; ``defends`` is
-    True when both intervals clear their lines, False when one lies on the wrong side, else None
-    (fewer than ``MIN_SEEDS`` seeds, or an interval straddles its line)."""
-    lp, lp_ci = mean_interval([v for r in rs if (v := _num(r.get("lpips"))) is not None])
-    dr, dr_ci = mean_interval([v for r in rs if (v := _num(r.get("accuracy_drop"))) is not None])
+def _setting(rs: list[dict[str, Any]], thr: float, max_drop: float, m: int) -> dict[str, Any]:
+    """One defense setting over seeds: LPIPS and accuracy drop with 95 % intervals; ``defends``
+    is True when both clear their lines at one-sided level ALPHA / ``m`` (the family defends if
+    any of its ``m`` settings does: Bonferroni keeps that claim at ALPHA), False when one 95 %
+    interval lies on the wrong side, else None (too few seeds, or undecided)."""
+    lps = [v for r in rs if (v := _num(r.get("lpips"))) is not None]
+    drs = [v for r in rs if (v := _num(r.get("accuracy_drop"))) is not None]
+    (lp, lp_ci), (dr, dr_ci) = mean_interval(lps), mean_interval(drs)
+    level = 1 - 2 * ALPHA / m  # two-sided level whose one-sided tail is ALPHA / m
+    lp_b, dr_b = mean_interval(lps, level=level)[1], mean_interval(drs, level=level)[1]
     seeds = len({r.get("seed") for r in rs})
     defends = None
-    if lp_ci and dr_ci and seeds >= MIN_SEEDS:
-        if lp_ci[0] > thr and dr_ci[1] <= max_drop:
+    if lp_b and dr_b and seeds >= MIN_SEEDS:
+        if lp_b[0] > thr and dr_b[1] <= max_drop:
             defends = True
         elif lp_ci[1] < thr or dr_ci[0] > max_drop:
             defends = False
@@ -339,8 +264,9 @@ def tradeoff(rows: Sequence[dict[str, Any]], *, max_drop: float = 5.0,
     """Each defense family (``defense.name``, renamed by ``families``, e.g. ``{signsgd: qsgd}``
     for the paper's Q family) has a setting that defends (LPIPS above the leakage threshold)
     with an accuracy drop <= ``max_drop`` points; families in ``fails`` have none (the paper's
-    clipping). A setting defends when the 95 % intervals over seeds of its
-    LPIPS and its drop both clear their lines; it fails when either lies on the wrong side. A
+    clipping). A setting defends when one-sided Student-t tests over seeds put its LPIPS above
+    and its drop below their lines at level ALPHA / (the family's settings); it fails when
+    either 95 % interval lies on the wrong side. A
     family matching the paper is supported, one decisively against it contradicted; the verdict
     is contradicted if any family is, supported if all are, else inconclusive."""
     fam: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
@@ -353,7 +279,7 @@ def tradeoff(rows: Sequence[dict[str, Any]], *, max_drop: float = 5.0,
     parts = []
     for name, by_variant in fam.items():
         thr = threshold(next(iter(by_variant.values())), "lpips")
-        settings = [_setting(rs, thr, max_drop) for rs in by_variant.values()]
+        settings = [_setting(rs, thr, max_drop, len(by_variant)) for rs in by_variant.values()]
         sure = [s for s in settings if s["defends"]]
         outcome = True if sure else False if all(s["defends"] is False for s in settings) else None
         within = [s for s in settings if s["drop"] is not None and s["drop"] <= max_drop]
@@ -377,7 +303,7 @@ def tradeoff(rows: Sequence[dict[str, Any]], *, max_drop: float = 5.0,
     return Verdict(status, "; ".join(p.text for p in parts), agree / len(parts), None, seeds,
                    f"share of {len(parts)} families as the paper says",
                    "per-family Student-t 95% intervals of LPIPS and accuracy drop over seeds",
-                   parts=parts)
+                   parts=parts, test=TRADEOFF_TEST)
 
 
 def judge(rows: Sequence[dict[str, Any]], spec: dict[str, Any] | None) -> list[Verdict]:
