@@ -17,7 +17,9 @@ flip the sign of each seed's effect (the null: it is symmetric about 0). ``suppo
 one-sided p-value in the paper's direction is <= ``ALPHA`` (0.025, the old interval's level),
 ``contradicted`` when the opposite one is, else ``inconclusive`` (also with fewer than
 ``MIN_SEEDS`` seeds). The tests are discrete: 3 seeds of a paired effect cannot reach p <= 0.025
-(smallest p 1/8; 6 seeds are needed), and the statement says so.
+(smallest p 1/8; 6 seeds are needed), and the statement says so. ``tradeoff`` compares levels
+with fixed lines instead: one-sided Student-t tests per defense setting, Bonferroni over a
+family's settings (a family defends if any setting does).
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ def threshold(rows: Sequence[dict[str, Any]], metric: str) -> float | None:
     used = {_num(r.get(info.threshold_key)) for r in rows} - {None}
     return used.pop() if len(used) == 1 else info.threshold
 
+
 @register_rule("trend")
 def trend(rows: Sequence[dict[str, Any]], *, metric: str, along: str, direction: str,
           per: str = "variant") -> Verdict:
@@ -114,21 +117,22 @@ def trend(rows: Sequence[dict[str, Any]], *, metric: str, along: str, direction:
             if (rho := spearman(ys)) is not None:
                 effects[s], series[s][name] = sign * rho, (xs, ys)
                 effects_of[s].append(sign * rho)
-        pooled: dict[float, list[float]] = defaultdict(list)
+        at_x: dict[float, list[float]] = defaultdict(list)
         for by_x in by_seed.values():
             for x, vs in by_x.items():
-                pooled[x].extend(vs)
-        xs = sorted(pooled)
-        texts[name] = (f"{name}: {metric} {_fmt(statistics.fmean(pooled[xs[0]]))} at {along}="
-                       f"{xs[0]:g} -> {_fmt(statistics.fmean(pooled[xs[-1]]))} at {xs[-1]:g}")
+                at_x[x].extend(vs)
+        xs = sorted(at_x)
+        texts[name] = (f"{name}: {metric} {_fmt(statistics.fmean(at_x[xs[0]]))} at {along}="
+                       f"{xs[0]:g} -> {_fmt(statistics.fmean(at_x[xs[-1]]))} at {xs[-1]:g}")
         units = [u for s in effects for u in blocks({name: series[s][name]}, sign / len(effects))]
         parts.append(part(name, effects, units, PERMUTATION, texts[name], (-1.0, 1.0)))
     units = [u for by_part in series.values()
              for u in blocks(by_part, sign / (len(series) * len(by_part)))]
     by_seed = [statistics.fmean(effects_of[s]) for s in series]
     return verdict_of(parts, by_seed, units, PERMUTATION,
-                    measure=f"mean per-seed Spearman rho ({direction} = +)",
-                    statement=f"{metric} expected {direction} with {along}", bounds=(-1.0, 1.0))
+                      measure=f"mean per-seed Spearman rho ({direction} = +)",
+                      statement=f"{metric} expected {direction} with {along}", bounds=(-1.0, 1.0))
+
 
 @register_rule("compare")
 def compare(rows: Sequence[dict[str, Any]], *, metric: str, better: str, worse: str) -> Verdict:
