@@ -24,11 +24,14 @@ most ``1 - confidence`` at the floor ``min_share``):
    the runs that would decide it. The audit runs further rounds while a level is undecided, up to
    ``--max-seeds`` runs.
 
-**Convergence.** A run converged when its best restart's loss fell by at most ``converged_gain``
-(relative) over the last fifth of its recorded iterations; with the step schedule
-(``attack.lr_decay``) the window ends before the last decay at 7/8 of the run, which otherwise
-flattens any loss and would fake convergence. A plateau stop (``attack.stop`` without
-``attack.max_seconds``) counts as converged.
+**Convergence.** A run converged when its best restart's loss stopped falling: the running best
+fell by at most ``converged_gain`` (relative) or by at most 1e-3 of the starting loss (a loss
+already at the floor) over the judged window. Without a schedule the window is the last fifth
+of the run. With the step schedule (``attack.lr_decay``: x0.1 at 3/8, 5/8, 7/8) every decay
+flattens the loss whether or not more iterations would help, so the window is the second half
+of the base-rate phase before the first decay: a run still improving there was cut short, and
+doubling ``attack.iterations`` lengthens exactly that phase. A plateau stop (``attack.stop``
+without ``attack.max_seconds``) counts as converged.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ from gradleak.metrics import METRICS
 
 LEAKS, SAFE, INCONCLUSIVE = "leaks", "does not leak", "inconclusive"
 MAX_SEEDS = 50  # beyond this a suggestion stops being a budget anyone runs
-LAST_DECAY = 7 / 8  # the step schedule's final x0.1 (attack_settings: 3/8, 5/8, 7/8)
+FIRST_DECAY = 3 / 8  # the step schedule's first x0.1 (attack_settings: 3/8, 5/8, 7/8)
+FLOOR_GAIN = 1e-3  # a fall below this share of the starting loss is noise at the floor
 
 
 @dataclass(frozen=True)
@@ -172,10 +176,10 @@ def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
 def converged(run: RunEvidence, gain: float) -> bool:
     """Whether the attack had stopped improving: no loss history (a closed-form attack), a
     restart ended early by its plateau rule (``attack.stop`` alone; an end by ``attack.max_seconds``
-    is a spent budget, judged by the loss like a full run), or the best restart's loss fell by at
-    most ``gain`` (relative) over the last fifth of its judged window: every recorded iteration,
-    or with the step schedule those before its last decay (7/8 of the run). The history holds
-    every 10th iteration of each restart, restarts one after another."""
+    is a spent budget, judged by the loss like a full run), or the best restart's running best
+    fell by at most ``gain`` (relative) or :data:`FLOOR_GAIN` of its start over the judged window
+    (module docstring). The history holds every 10th iteration of each restart, restarts one
+    after another."""
     if run.parts:
         return all(converged(p, gain) for p in run.parts)
     if not run.history:
@@ -185,13 +189,16 @@ def converged(run: RunEvidence, gain: float) -> bool:
         return True
     chunks = _per_restart(run.history, run.iterations_used)
     best = min(chunks, key=lambda c: min(c))
+    start = best[0]
     if run.lr_decay and run.iterations_used and len(chunks) == len(run.iterations_used):
         used = run.iterations_used[chunks.index(best)]
-        before_decay = sum(1 for i in _recorded(used) if i < LAST_DECAY * used)
-        best = best[:max(5, before_decay)]
-    tail = max(1, len(best) // 5)
-    before, after = min(best[:-tail] or best), min(best[-tail:])
-    return before - after <= gain * max(abs(before), 1e-12)
+        phase = best[:max(4, sum(1 for i in _recorded(used) if i < FIRST_DECAY * used))]
+        cut = len(phase) // 2
+    else:
+        phase, cut = best, len(best) - max(1, len(best) // 5)
+    before, after = min(phase[:cut] or phase), min(phase)
+    drop = before - after
+    return drop <= gain * max(abs(before), 1e-12) or drop <= FLOOR_GAIN * abs(start)
 
 
 def _recorded(used: int) -> list[int]:
