@@ -11,7 +11,7 @@ from typing import Any
 
 from gradleak.report.stats import (
     SIGN_FLIP,
-    TestResult,
+    PValues,
     Unit,
     flip_unit,
     mean_interval,
@@ -87,7 +87,7 @@ def decide(p_value: float | None, p_opposite: float | None, seeds: int) -> str:
     return _decide(p_value, p_opposite, seeds, SUPPORTED, CONTRADICTED, INCONCLUSIVE)
 
 
-def _judged(test: TestResult | None, seeds: int) -> tuple[str, str]:
+def _judged(test: PValues | None, seeds: int) -> tuple[str, str]:
     """The status from ``test`` and its text, ``; one-sided p 0.12 (other way 0.9)``, plus, when
     inconclusive, why the design could not decide."""
     if test is None:

@@ -43,7 +43,7 @@ class Unit:
 
 
 @dataclass
-class TestResult:
+class PValues:
     """``p_value``: one-sided in the paper's direction; ``p_opposite``: the other way;
     ``p_min``: the smallest ``p_value`` this design could give; ``method`` names the test."""
 
@@ -136,7 +136,7 @@ def _draw(u: Unit, rng: np.random.Generator, n: int) -> np.ndarray:
     return u.sampler(rng, n)
 
 
-def run_test(units: Sequence[Unit], method: str) -> TestResult:
+def run_test(units: Sequence[Unit], method: str) -> PValues:
     """The one-sided p-values of ``sum(unit.observed)`` under the units' joint null."""
     observed = sum(u.observed for u in units)
     p_min = math.prod(u.p_max for u in units)
@@ -145,13 +145,13 @@ def run_test(units: Sequence[Unit], method: str) -> TestResult:
         vals, probs = exact
         up = float(probs[vals >= observed - _TOL].sum())
         down = float(probs[vals <= observed + _TOL].sum())
-        return TestResult(min(up, 1.0), min(down, 1.0), p_min, method)
+        return PValues(min(up, 1.0), min(down, 1.0), p_min, method)
     rng = np.random.default_rng(MC_SEED)
     draws = sum(_draw(u, rng, MC_DRAWS) for u in units)
     up = (1 + int(np.sum(draws >= observed - _TOL))) / (MC_DRAWS + 1)
     down = (1 + int(np.sum(draws <= observed + _TOL))) / (MC_DRAWS + 1)
     method = method.replace("exact", f"Monte Carlo ({MC_DRAWS} draws)")
-    return TestResult(up, down, max(p_min, 1 / (MC_DRAWS + 1)), method)
+    return PValues(up, down, max(p_min, 1 / (MC_DRAWS + 1)), method)
 
 
 def decide(p_value: float | None, p_opposite: float | None, seeds: int,
@@ -165,7 +165,7 @@ def decide(p_value: float | None, p_opposite: float | None, seeds: int,
         else inconclusive
 
 
-def power_note(test: TestResult | None, seeds: int) -> str:
+def power_note(test: PValues | None, seeds: int) -> str:
     """Why a design cannot be decided, e.g. ``3 seeds cannot reach p <= 0.025 (smallest
     possible p 0.125); at least 6 needed``; empty when it can."""
     if seeds < MIN_SEEDS:
