@@ -58,35 +58,45 @@ def test_adam_client_with_augmentation(user_setup, tmp_path):
     assert "data:image/png;base64" in (out / "index.html").read_text()
 
 
-def test_a_leaking_setup_gets_a_recommendation_and_fails(user_setup, tmp_path, capsys):
-    _, setup = user_setup
+LEAKY = ["model.name=mlp", "model.hidden=[32]", "data.resolution=16", "client.protocol=fedsgd",
+         "attack.iterations=150", "fl.rounds=2", "--max-seeds", "6"]
+
+
+def test_a_leaking_setup_gets_a_recommendation_and_fails(tmp_path, capsys):
     out = tmp_path / "sgd"
-    code = _audit(out, setup, "client.protocol=fedsgd", "attack.iterations=150", "fl.rounds=2",
-                  "--fail-on-leak", "--max-seeds", "6")
+    code = main(["audit", "--out", str(out), "--budget", "quick", "--quiet", *LEAKY,
+                 "--fail-on-leak"])
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["verdict"] == "leaks" and verdict["fails"] is True
     assert code == 1
+    assert verdict["malicious_reference"] == "leaks" and "malicious" not in verdict["summary"]
+    assert "150 iterations" in verdict["claim"]
+    levels = {lv["level"]: lv for lv in verdict["levels"]}
+    assert levels[0]["rounds"] == 1 and levels[0]["runs"] == 3  # decided in the first round
     rec = verdict["recommendation"]
-    # 6 runs can never show "does not leak" (upper bound of 0/6 is 39 %): nothing qualifies,
-    # and the tiny 6-image test split could not resolve a 2-point budget anyway.
+    # 6 runs can never show "does not leak" (the upper bound of 0 of 6 is 39 %): nothing
+    # qualifies, and the report says what was measured.
     assert rec["status"] == "none qualifies"
     assert rec["cost"] == "accuracy_drop" and rec["max_accuracy_drop"] == 2.0
     assert rec["accuracy_without_defense"] is not None
     assert {p["defense"] for p in rec["settings"]} == {"qsgd", "signsgd", "topk", "clip",
                                                       "gaussian"}
     assert {"L0-basic", "L1-priors"} <= set(rec["attackers"])  # every leaking level
+    assert any(a.endswith("+adaptive") for a in rec["attackers"])  # and the adaptive attack
     for p in rec["settings"]:
         assert p["verdict"] != "does not leak" and p["runs"] >= 1
-        if p["runs_leaked"] == 0:  # passed the screen: utility measured over paired trainings
-            assert p["pairs"] == 3 and p["resolved"] is False
-            assert p["resolution_points"] == pytest.approx(100 / 6)
+        if p["runs_leaked"] == 0:  # passed the screen: utility over 3 paired trainings
+            assert p["pairs"] == 3 and p["resolved"] is True
+            assert p["resolution_points"] == pytest.approx(100 / 160)
+            lo, hi = p["accuracy_drop_interval"]
+            assert lo <= p["accuracy_drop"] <= hi
     layers = verdict["vulnerable_layers"]
     assert 1 <= len(layers["layers"]) <= 4 and "not measured" in layers["defend_only_these"]
-    assert "## Recommendation" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "## Recommendation" in md and "Audited: model mlp" in md and "lr 0.1" in md
     # Resumed: nothing is redone, the verdict is the same.
     capsys.readouterr()
-    assert _audit(out, setup, "client.protocol=fedsgd", "attack.iterations=150",
-                  "fl.rounds=2", "--max-seeds", "6") == 0
+    assert main(["audit", "--out", str(out), "--budget", "quick", "--quiet", *LEAKY]) == 0
     assert "0 ran" in capsys.readouterr().out
     assert json.loads((out / "verdict.json").read_text())["levels"] == verdict["levels"]
 

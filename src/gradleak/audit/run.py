@@ -236,7 +236,7 @@ def summarise(levels: list[dict[str, Any]], setup: Setup, options: AuditOptions,
     cfg = setup.cfg
     return {
         "verdict": overall, "worst_case": worst_case, "fails": overall == LEAKS,
-        "summary": summary, "claim": claim(ran, worst_case, budget, rule),
+        "summary": summary, "claim": claim(ran, worst_case, effective_attack(budget, setup), rule),
         "malicious_reference": None if malicious is None else malicious["verdict"],
         "levels": levels,
         "recommendation": _no_recommendation(worst_case),
@@ -250,6 +250,7 @@ def summarise(levels: list[dict[str, Any]], setup: Setup, options: AuditOptions,
                   "batch_size": cfg.client.batch_size,
                   "local_epochs": cfg.client.local_epochs},
         "budget": {"name": options.budget or "default", "attack": budget.get("attack"),
+                   "effective": effective_attack(budget, setup),
                    "seeds": seeds, "round_size": rule.round_size, "max_seeds": rule.max_runs},
         "rule": vars(rule),
         "thresholds": {"psnr": cfg.metrics.psnr_threshold, "lpips": cfg.metrics.lpips_threshold},
@@ -266,10 +267,16 @@ def _no_recommendation(worst_case: str) -> dict[str, str]:
             "(see each level's suggestion); a defense cannot be judged against an undecided leak"}
 
 
-def claim(ran: list[dict[str, Any]], worst_case: str, budget: dict[str, Any],
+def effective_attack(budget: dict[str, Any], setup: Setup) -> dict[str, Any]:
+    """The budget's attack keys with the user's ``attack.*`` keys over them (what ran)."""
+    given = {k.split(".", 1)[1]: v for k, v in setup.user_attack.items()}
+    return {**(budget.get("attack") or {}), **{k: v for k, v in given.items()
+                                               if k in ("iterations", "restarts")}}
+
+
+def claim(ran: list[dict[str, Any]], worst_case: str, attack: dict[str, Any],
           rule: VerdictRule) -> str:
     """What the worst-case verdict shows, in one sentence (never an unqualified "safe")."""
-    attack = budget.get("attack") or {}
     at = f"{attack.get('iterations', '?')} iterations x {attack.get('restarts', 1)} restarts"
     if worst_case == SAFE:
         top = max(lv["level"] for lv in ran)

@@ -128,7 +128,7 @@ def markdown(verdict: dict[str, Any]) -> str:
 def setup_lines(verdict: dict[str, Any]) -> list[str]:
     """What was audited, in one paragraph."""
     st, bd = verdict.get("setup") or {}, verdict.get("budget") or {}
-    attack = bd.get("attack") or {}
+    attack = bd.get("effective") or bd.get("attack") or {}
     keys = ("model", "dataset", "resolution", "num_samples", "protocol", "optimizer", "lr",
             "momentum", "batch_size", "local_epochs", "augment", "batchnorm")
     audited = ", ".join(f"{k} {st[k]}" for k in keys if st.get(k) is not None)
