@@ -290,7 +290,10 @@ def test_score_perfect_reconstruction(lpips_source):
     assert result["brr"] == 1.0 and result["wsrr"] == pytest.approx(1 / 3)
     assert result["wsrr_initializations"] == 3
     assert result["thresholds"] == {"psnr": 18.0, "lpips": 0.1}
-    assert result["warnings"] == []
+    # no reference data given: the criterion says which baselines it could not use
+    assert result["warnings"] == [
+        "no reference data: the leak criterion's baselines are the flat mean-colour image only "
+        "(no data-mean, nearest-other or identification test)"]
 
 
 def test_score_without_lpips(no_lpips_weights):

@@ -70,6 +70,45 @@ def _floats(t: torch.Tensor) -> list[float]:
     return [float(v) for v in t.tolist()]
 
 
+def _initialisations(recon: torch.Tensor, truth: torch.Tensor, lpips_net: str) -> torch.Tensor:
+    """``recon`` as ``[I, B, C, H, W]``, checked against ``truth`` (one-line errors)."""
+    if not isinstance(recon, torch.Tensor) or recon.ndim not in (4, 5):
+        shape = tuple(recon.shape) if isinstance(recon, torch.Tensor) else type(recon).__name__
+        raise GradleakError(f"recon must be [I, B, C, H, W] or [B, C, H, W], got {shape}")
+    if lpips_net not in NETS:
+        raise GradleakError(f"lpips_net must be one of {', '.join(NETS)}, got {lpips_net!r}")
+    recon_all = recon if recon.ndim == 5 else recon[None]
+    if recon_all.shape[0] == 0:
+        raise GradleakError("recon must hold at least one initialisation, got I = 0")
+    check_image_pair(recon_all[0], truth, names=("recon", "truth"))
+    if not torch.isfinite(recon_all).all():
+        raise GradleakError("recon contains NaN or inf; the attack diverged")
+    return recon_all
+
+
+def _criterion(matched: list[torch.Tensor], truth: torch.Tensor, psnr_all: torch.Tensor,
+               lpips_all: torch.Tensor | None, reference: torch.Tensor | None, lpips_net: str,
+               thresholds: dict[str, float]) -> dict[str, Any]:
+    """The leak criterion on matched reconstructions ``I x [B, ...]``: baselines, identification,
+    the paper's flags and the criterion's flags of initialisation 0, BRR and WSRR."""
+    with_lpips = lpips_all is not None
+    lpips0 = None if lpips_all is None else lpips_all[0]
+    base = update_free_baselines(truth, reference, lpips_net=lpips_net, with_lpips=with_lpips)
+    ids = [identified(m, truth, reference, lpips_net=lpips_net, with_lpips=with_lpips)
+           for m in matched]
+    ids_all = None if ids[0] is None else torch.stack(ids)
+    criterion = {"baseline_psnr": base.psnr, "baseline_lpips": base.lpips,
+                 "identified": None if ids_all is None else ids_all[0]}
+    return {
+        "paper": leaked(psnr_all[0], lpips0, **thresholds),
+        "leaked": leaked(psnr_all[0], lpips0, **thresholds, **criterion),
+        "baselines": base, "ids": ids,
+        "brr": batch_reconstruction_rate(psnr_all[0], lpips0, **thresholds, **criterion),
+        "wsrr": worst_sample_reconstruction_rate(psnr_all, lpips_all, **thresholds,
+                                                 **(criterion | {"identified": ids_all})),
+    }
+
+
 def score(recon: torch.Tensor, truth: torch.Tensor, *, lpips_net: str = "alex",
           psnr_threshold: float = DEFAULT_PSNR_THRESHOLD,
           lpips_threshold: float = DEFAULT_LPIPS_THRESHOLD,
@@ -85,23 +124,11 @@ def score(recon: torch.Tensor, truth: torch.Tensor, *, lpips_net: str = "alex",
     ``lpips``/``brr``/``wsrr`` are ``None`` when LPIPS weights are not installed; ``warnings``
     says why anything is ``None`` (or less meaningful).
 
-    ``reference`` ``[M, C, H, W]``: samples the attacker may know (never the victim's), for the
-    update-free baselines and the identification test of the leak criterion
-    (:func:`gradleak.metrics.leakage.leaked`); without it only the flat mean-colour baseline
-    applies. ``per_sample.leaked`` and BRR/WSRR use that criterion; ``per_sample.passes_thresholds``
-    is the paper's threshold test alone; ``baselines`` holds every baseline's scores.
+    ``reference`` ``[M, C, H, W]``: samples the attacker may know (never the victim's) for the
+    leak criterion's baselines and identification test (:func:`~gradleak.metrics.leakage.leaked`;
+    without it: the flat baseline only), which decides ``per_sample.leaked``, BRR and WSRR.
     """
-    if not isinstance(recon, torch.Tensor) or recon.ndim not in (4, 5):
-        shape = tuple(recon.shape) if isinstance(recon, torch.Tensor) else type(recon).__name__
-        raise GradleakError(f"recon must be [I, B, C, H, W] or [B, C, H, W], got {shape}")
-    if lpips_net not in NETS:
-        raise GradleakError(f"lpips_net must be one of {', '.join(NETS)}, got {lpips_net!r}")
-    recon_all = recon if recon.ndim == 5 else recon[None]
-    if recon_all.shape[0] == 0:
-        raise GradleakError("recon must hold at least one initialisation, got I = 0")
-    check_image_pair(recon_all[0], truth, names=("recon", "truth"))
-    if not torch.isfinite(recon_all).all():
-        raise GradleakError("recon contains NaN or inf; the attack diverged")
+    recon_all = _initialisations(recon, truth, lpips_net)
     inits = recon_all.shape[0]
 
     matched, perms = [], []
@@ -122,18 +149,8 @@ def score(recon: torch.Tensor, truth: torch.Tensor, *, lpips_net: str = "alex",
     lpips0 = None if lpips_all is None else lpips_all[0]
 
     thresholds = {"psnr_threshold": psnr_threshold, "lpips_threshold": lpips_threshold}
-    with_lpips = lpips_all is not None
-    base = update_free_baselines(truth, reference, lpips_net=lpips_net, with_lpips=with_lpips)
-    ids = [identified(m, truth, reference, lpips_net=lpips_net, with_lpips=with_lpips)
-           for m in matched]
-    ids_all = None if ids[0] is None else torch.stack(ids)
-    criterion = {"baseline_psnr": base.psnr, "baseline_lpips": base.lpips,
-                 "identified": None if ids_all is None else ids_all[0]}
-    paper0 = leaked(psnr_all[0], lpips0, **thresholds)
-    leaked0 = leaked(psnr_all[0], lpips0, **thresholds, **criterion)
-    brr = batch_reconstruction_rate(psnr_all[0], lpips0, **thresholds, **criterion)
-    wsrr = worst_sample_reconstruction_rate(psnr_all, lpips_all, **thresholds,
-                                            **(criterion | {"identified": ids_all}))
+    leak = _criterion(matched, truth, psnr_all, lpips_all, reference, lpips_net, thresholds)
+    paper0, leaked0, ids, brr = leak["paper"], leak["leaked"], leak["ids"], leak["brr"]
 
     notes = []
     if lpips_all is None:
@@ -144,7 +161,7 @@ def score(recon: torch.Tensor, truth: torch.Tensor, *, lpips_net: str = "alex",
     if reference is None or not len(reference):
         notes.append("no reference data: the leak criterion's baselines are the flat mean-colour "
                      "image only (no data-mean, nearest-other or identification test)")
-    if inits == 1 and wsrr is not None:
+    if inits == 1 and leak["wsrr"] is not None:
         notes.append(
             "wsrr is computed over 1 attack initialisation (the paper uses 10), so it is 0 or 1"
         )
@@ -155,7 +172,7 @@ def score(recon: torch.Tensor, truth: torch.Tensor, *, lpips_net: str = "alex",
         "ssim": float(ssim0.mean()),
         "lpips": None if lpips0 is None else float(lpips0.mean()),
         "brr": brr,
-        "wsrr": wsrr,
+        "wsrr": leak["wsrr"],
         "per_sample": {
             "mse": _floats(mse0),
             "psnr": _floats(psnr0),
@@ -165,7 +182,7 @@ def score(recon: torch.Tensor, truth: torch.Tensor, *, lpips_net: str = "alex",
             "passes_thresholds": None if paper0 is None else [bool(v) for v in paper0.tolist()],
             "identified": None if ids[0] is None else [bool(v) for v in ids[0].tolist()],
         },
-        "baselines": base.to_dict(),
+        "baselines": leak["baselines"].to_dict(),
         "thresholds": {"psnr": float(psnr_threshold), "lpips": float(lpips_threshold)},
         "wsrr_initializations": inits,
         "lpips_net": lpips_net,
