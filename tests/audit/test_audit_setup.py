@@ -94,6 +94,10 @@ def test_a_leaking_setup_gets_a_recommendation_and_fails(tmp_path, capsys):
     assert 1 <= len(layers["layers"]) <= 4 and "not measured" in layers["defend_only_these"]
     md = (out / "report.md").read_text()
     assert "## Recommendation" in md and "Audited: model mlp" in md and "lr 0.1" in md
+    best = levels[0]["best"]  # the update-free baselines stand beside the evidence
+    assert set(best["baselines"]) == {"flat", "data_mean", "nearest_other"}
+    assert best["psnr"] > max(b["psnr"] for b in best["baselines"].values())
+    assert "Without the update (LPIPS / PSNR): flat mean colour" in md
     # Resumed: nothing is redone, the verdict is the same.
     capsys.readouterr()
     assert main(["audit", "--out", str(out), "--budget", "quick", "--quiet", *LEAKY]) == 0

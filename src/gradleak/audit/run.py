@@ -150,8 +150,16 @@ def level_entry(level: Level, setup: Setup, runs: list[RunSpec], rows: dict[str,
         decided["reason"] += f"; {LABELS_GRANTED}"
     best = best_sample(evidence)
     if best is not None:
-        best |= save_best(out, level.name, best)
+        best |= save_best(out, level.name, best) | {"baselines": sample_baselines(
+            rows.get(best["run_id"]) or {}, best["sample"])}
     return entry | decided | {"best": best}
+
+
+def sample_baselines(row: dict[str, Any], i: int) -> dict[str, dict[str, float | None]]:
+    """The update-free baselines' scores of sample ``i`` of a stored run (``{}`` if none)."""
+    stored = (row.get("result") or {}).get("baselines") or {}
+    return {name: {m: (v[m][i] if v.get(m) else None) for m in ("psnr", "lpips")}
+            for name, v in stored.items() if isinstance(v, dict)}
 
 
 def save_best(out: Path, name: str, best: dict[str, Any]) -> dict[str, Any]:

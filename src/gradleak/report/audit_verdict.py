@@ -121,7 +121,7 @@ def markdown(verdict: dict[str, Any]) -> str:
             lines += [f"## {lv['title']}", "", f"![{lv['name']}]({best['image']})", "",
                       f"Best sample (seed {best['seed']}): original (left), reconstruction "
                       f"(right); LPIPS {_num(best.get('lpips'))}, PSNR {_num(best.get('psnr'))} "
-                      f"dB. All samples: {best['reconstruction_grid']}.", ""]
+                      f"dB. {baseline_text(best)}All samples: {best['reconstruction_grid']}.", ""]
     return "\n".join(lines)
 
 
@@ -135,6 +135,18 @@ def setup_lines(verdict: dict[str, Any]) -> list[str]:
     return [f"Audited: {audited}. Budget {bd.get('name')}: {attack.get('iterations')} iterations x "
             f"{attack.get('restarts', 1)} restarts, rounds of {bd.get('round_size', '?')} runs up "
             f"to {bd.get('max_seeds', '?')} per level.", ""]
+
+
+BASELINE_NAMES = {"flat": "flat mean colour", "data_mean": "data mean image",
+                  "nearest_other": "nearest other sample"}
+
+
+def baseline_text(best: dict[str, Any]) -> str:
+    """What an attacker gets without the update, for the best sample (the leak criterion's
+    baselines), as one sentence."""
+    parts = [f"{BASELINE_NAMES.get(k, k)} {_num(v.get('lpips'))} / {_num(v.get('psnr'))} dB"
+             for k, v in (best.get("baselines") or {}).items()]
+    return f"Without the update (LPIPS / PSNR): {'; '.join(parts)}. " if parts else ""
 
 
 def _inline(root: Path, rel: str | None) -> str:
