@@ -68,7 +68,8 @@ def pick_defense(points: list[dict[str, Any]], *, max_drop: float | None,
     def cost_of(p: dict[str, Any]) -> float:
         return p["cost"] if isinstance(p.get("cost"), (int, float)) else math.inf
 
-    safe = [p for p in points if p.get("verdict") == SAFE and p.get("cost") is not None]
+    safe = [p for p in points if p.get("verdict") == SAFE and p.get("cost") is not None
+            and p.get("confirmed", True)]
     within = [p for p in safe if cost != COST_ACCURACY or max_drop is None
               or cost_of(p) <= max_drop]
     if within:

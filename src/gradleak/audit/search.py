@@ -5,8 +5,10 @@ the non-adaptive attack and, where possible, the adaptive one (:class:`Attacker`
 seed and its victims) leaks under the setting when any attacker reconstructs one of its samples
 (:func:`gradleak.audit.verdict.merge`); the setting's verdict is the ladder's sequential rule over
 trials, run in rounds until decided (:class:`Probe`). Each defense's grid, weakest to strongest,
-is bisected for its weakest setting that does not leak (:class:`Bisection`), all probes of a
-round in one sweep.
+is bisected on a screen (one round of trials, the first attacker only: a leak rejects a setting
+soundly) for its weakest setting in which no trial leaked (:class:`Bisection`, all probes of a
+round in one sweep); :meth:`Search.confirm` then runs every attacker on a passing setting, and
+more rounds, until its verdict is decided.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 from gradleak.audit.ladder import Ladder, Level, Setup, Trial, level_config
 from gradleak.audit.scenarios import run_spec
 from gradleak.audit.utility import UTILITY_TRIALS
-from gradleak.audit.verdict import RunEvidence, VerdictRule, level_verdict, merge
+from gradleak.audit.verdict import INCONCLUSIVE, SAFE, RunEvidence, VerdictRule, level_verdict, merge
 from gradleak.config import flatten
 from gradleak.experiments.privacy_utility import GridPoint
 from gradleak.experiments.spec import RunSpec
@@ -146,9 +148,11 @@ class Probe:
 
     def stage(self, ladder: Ladder, setup: Setup, budget: dict[str, Any], trials: list[Trial],
               foe: int, rows: dict[str, dict]) -> list[RunSpec]:
-        """The runs of attacker ``foe`` on this round's trials not yet leaked."""
+        """The runs of attacker ``foe`` on every opened trial it has not attacked yet and no
+        attacker has leaked (so a later stage backfills the trials of the screen)."""
         a = self.foes[foe]
-        todo = [i for i in self.current if not self._leaked(i, rows)]
+        todo = [i for i in range(self.done)
+                if (i, a.label) not in self.runs and not self._leaked(i, rows)]
         specs = privacy_runs(ladder, setup, budget, [trials[i] for i in todo], self.point, [a])
         for i, spec in zip(todo, specs[a.label], strict=True):
             self.runs[(i, a.label)] = spec
@@ -175,17 +179,25 @@ class Probe:
         """Per trial, the union of its attackers' runs (a trial leaks if any attacker leaked)."""
         return [merge(self._evidence_of(i, rows)) for i in range(self.done)]
 
-    def evaluate(self, rows: dict[str, dict], rule: VerdictRule, *, more: bool) -> dict[str, Any]:
-        decided = level_verdict(self.evidence(rows), rule, more=more)
+    def evaluate(self, rows: dict[str, dict], rule: VerdictRule, *, more: bool,
+                 foes: int | None = None) -> dict[str, Any]:
+        """The verdict over the opened trials, merging the first ``foes`` attackers (all by
+        default: only then can the verdict be "does not leak")."""
+        used = self.foes[:foes or len(self.foes)]
+        decided = level_verdict([merge(self._evidence_of(i, rows)[:len(used)])
+                                 for i in range(self.done)], rule, more=more)
+        if len(used) < len(self.foes) and decided["verdict"] == SAFE:
+            decided = decided | {"verdict": INCONCLUSIVE, "reason": decided["reason"] + (
+                f"; screened by {used[0].label} only, not confirmed against every attacker")}
         mine = [rows[r.run_id] for r in self.runs.values() if r.run_id in rows]
         dist = [r["distortion"] for r in mine if isinstance(r.get("distortion"), (int, float))]
         p = self.point
         self.result = {"key": p.key, "defense": p.defense, "param": p.param, "value": p.value,
-                       "attackers": [a.label for a in self.foes]} | {k: decided[k] for k in (
+                       "attackers": [a.label for a in used]} | {k: decided[k] for k in (
                            "verdict", "reason", "at_risk_share", "leaked_share", "runs",
                            "runs_leaked", "run_leak_rate", "bound")} | {
                        "distortion": sum(dist) / len(dist) if dist else None,
-                       "confirmed": False}
+                       "confirmed": len(used) == len(self.foes)}
         self.decided = not decided["continue"]
         return self.result
 
@@ -221,26 +233,33 @@ class Search:
                                                             self.leaking, point.defense))
         return self.probes[point.key]
 
-    def run_round(self, probes: list[Probe], title: str) -> None:
-        """One round of trials for ``probes``: attacker by attacker, one sweep per stage."""
-        probes = [p for p in probes if p.next_round(self.rule.round_size, len(self.trials))]
+    def run_round(self, probes: list[Probe], title: str, *, foes: int | None = None,
+                  new: bool = True) -> None:
+        """A round for ``probes`` (``new``: open the next trials first): the first ``foes``
+        attackers (default all) one after another, one sweep per stage, then evaluate."""
+        if new:
+            probes = [p for p in probes if p.next_round(self.rule.round_size, len(self.trials))]
         for foe in range(max((len(p.foes) for p in probes), default=0)):
-            batch = [s for p in probes if foe < len(p.foes)
+            batch = [s for p in probes if foe < min(len(p.foes), foes or len(p.foes))
                      for s in p.stage(self.ladder, self.setup, self.budget, self.trials, foe,
                                       self.rows)]
             if batch:
                 self.rows |= self.sweep(batch, title, EXPERIMENT)
         for p in probes:
-            p.evaluate(self.rows, self.rule, more=p.done < len(self.trials))
+            p.evaluate(self.rows, self.rule, more=p.done < len(self.trials), foes=foes)
 
     def screen(self, grid: list[GridPoint]) -> None:
-        """Bisect every defense on one round each: a setting passes when no trial leaked."""
+        """Bisect every defense on one round each, attacked by the first attacker only (the
+        plain attack of the strongest leaking level): a setting passes when no trial leaked.
+        A leak by one attacker is a leak, so a rejection is sound; a pass is only a candidate
+        until :meth:`confirm` has run every attacker."""
         searches = bisections(grid)
         while True:
             active = [(b, self.probe(pt)) for b in searches if (pt := b.probe()) is not None]
             if not active:
                 return
-            self.run_round([p for _, p in active if p.done == 0], "audit recommendation: screen")
+            self.run_round([p for _, p in active if p.done == 0], "audit recommendation: screen",
+                           foes=1)
             for b, p in active:
                 b.record(p.result is not None and p.result["runs_leaked"] == 0)
 
@@ -257,11 +276,12 @@ class Search:
             self.rows |= self.sweep(batch, "audit recommendation: utility", EXPERIMENT)
 
     def confirm(self, probe: Probe) -> dict[str, Any]:
-        """Run more rounds of ``probe`` until its verdict is decided (or trials run out)."""
+        """Every attacker on the screened trials, then more rounds of ``probe`` until its
+        verdict is decided (or trials run out)."""
+        title = f"audit recommendation: confirm {probe.point.key}"
+        self.run_round([probe], title, new=False)
         while not probe.decided and probe.done < len(self.trials):
-            self.run_round([probe], f"audit recommendation: confirm {probe.point.key}")
-        if probe.result is not None:
-            probe.result["confirmed"] = True
+            self.run_round([probe], title)
         return probe.result or {}
 
     def found(self, grid: list[GridPoint]) -> Found:

@@ -62,9 +62,11 @@ def recommendation_lines(verdict: dict[str, Any]) -> list[str]:
     unit = "accuracy drop (points)" if rec.get("cost") == "accuracy_drop" else "distortion"
     choice = rec.get("choice")
     foes = ", ".join(rec.get("attackers") or [rec.get("attack") or "?"])
-    lines.append(f"**{rec['status']}**: {rec.get('reason', '')}. Each setting faced every "
-                 f"leaking level, non-adaptive and adaptive where possible ({foes}); a run leaks "
-                 "when any of them leaks. Undefended accuracy: "
+    lines.append(f"**{rec['status']}**: {rec.get('reason', '')}. A setting is screened by the "
+                 "plain attack of the strongest leaking level on one round of runs (a leak "
+                 "rejects it); a passing one is confirmed against every leaking level, "
+                 f"non-adaptive and adaptive where possible ({foes}), and a run leaks when any "
+                 "of them leaks (column `confirmed`). Undefended accuracy: "
                  f"{_share(rec.get('accuracy_without_defense'))}.")
     for brk in rec.get("monotonic_breaks") or []:
         lines.append(f"Not monotonic: {brk}.")
@@ -72,12 +74,13 @@ def recommendation_lines(verdict: dict[str, Any]) -> list[str]:
         b = rec["best_available"]
         lines.append(f"Best available: {b['key']} ({b['verdict']}, runs leaked "
                      f"{_share(b.get('run_leak_rate'))}, cost {_num(b.get('cost'))}).")
-    lines += ["", f"| setting | verdict | runs leaked | run leak rate (95 %) | {unit} | interval "
-              "| pairs | resolution (points) |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", f"| setting | verdict | confirmed | runs leaked | run leak rate (95 %) | {unit} "
+              "| interval | pairs | resolution (points) |", "|---|---|---|---|---|---|---|---|---|"]
     for p in rec.get("settings", []):
         ci = p.get("accuracy_drop_interval")
         ci_text = f"[{_num(ci[0])}, {_num(ci[1])}]" if ci else "-"
-        lines.append(f"| {p['key']} | {p['verdict']} | {p.get('runs_leaked', '?')} of "
+        lines.append(f"| {p['key']} | {p['verdict']} | {'yes' if p.get('confirmed') else 'no'} "
+                     f"| {p.get('runs_leaked', '?')} of "
                      f"{p.get('runs', '?')} | {_bound(p)} | {_num(p.get('cost'))} | {ci_text} | "
                      f"{p.get('pairs', '-')} | {_num(p.get('resolution_points'))} |")
     layers = verdict.get("vulnerable_layers") or {}
