@@ -234,17 +234,23 @@ class Search:
         return self.probes[point.key]
 
     def run_round(self, probes: list[Probe], title: str, *, foes: int | None = None,
-                  new: bool = True) -> None:
+                  new: bool = True, staged: bool = True) -> None:
         """A round for ``probes`` (``new``: open the next trials first): the first ``foes``
-        attackers (default all) one after another, one sweep per stage, then evaluate."""
+        attackers (default all), then evaluate. ``staged``: one attacker after another, one
+        sweep each, skipping trials already leaked (cheap when settings leak); otherwise every
+        attacker in one sweep (parallel, for a setting that is expected to hold)."""
         if new:
             probes = [p for p in probes if p.next_round(self.rule.round_size, len(self.trials))]
+        batch: list[RunSpec] = []
         for foe in range(max((len(p.foes) for p in probes), default=0)):
-            batch = [s for p in probes if foe < min(len(p.foes), foes or len(p.foes))
-                     for s in p.stage(self.ladder, self.setup, self.budget, self.trials, foe,
-                                      self.rows)]
-            if batch:
+            batch += [s for p in probes if foe < min(len(p.foes), foes or len(p.foes))
+                      for s in p.stage(self.ladder, self.setup, self.budget, self.trials, foe,
+                                       self.rows)]
+            if batch and staged:
                 self.rows |= self.sweep(batch, title, EXPERIMENT)
+                batch = []
+        if batch:
+            self.rows |= self.sweep(batch, title, EXPERIMENT)
         for p in probes:
             p.evaluate(self.rows, self.rule, more=p.done < len(self.trials), foes=foes)
 
@@ -279,9 +285,9 @@ class Search:
         """Every attacker on the screened trials, then more rounds of ``probe`` until its
         verdict is decided (or trials run out)."""
         title = f"audit recommendation: confirm {probe.point.key}"
-        self.run_round([probe], title, new=False)
+        self.run_round([probe], title, new=False, staged=False)
         while not probe.decided and probe.done < len(self.trials):
-            self.run_round([probe], title)
+            self.run_round([probe], title, staged=False)
         return probe.result or {}
 
     def found(self, grid: list[GridPoint]) -> Found:
