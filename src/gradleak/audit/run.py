@@ -133,8 +133,8 @@ def ladder_runs(ladder: Ladder, setup: Setup, budget: dict[str, Any], trials: li
 
 
 def level_entry(level: Level, setup: Setup, runs: list[RunSpec], rows: dict[str, dict],
-                rule: VerdictRule, out: Path, *, more: bool = False) -> dict[str, Any]:
-    """One level of ``verdict.json`` (``more``: another round may still run)."""
+                rule: VerdictRule, out: Path) -> dict[str, Any]:
+    """One level of ``verdict.json``, once its rounds are over."""
     entry: dict[str, Any] = {"level": level.level, "name": level.name, "title": level.title,
                              "server": level.server}
     why = skipped(level, setup)
@@ -142,7 +142,8 @@ def level_entry(level: Level, setup: Setup, runs: list[RunSpec], rows: dict[str,
         return entry | {"verdict": "not run", "reason": why, "at_risk_share": None,
                         "leaked_share": None, "seeds": 0, "samples": 0, "best": None}
     evidence = [RunEvidence.from_row(rows[r.run_id]) for r in runs if r.run_id in rows]
-    decided = level_verdict(evidence, rule, more=more)
+    decided = level_verdict(evidence, rule)
+    decided.pop("continue")  # the rounds are over
     decided["rounds"] = -(-len(runs) // rule.round_size)
     if len(evidence) < len(runs):
         decided["reason"] += f" ({len(runs) - len(evidence)} runs failed: see results.sqlite)"
@@ -219,9 +220,9 @@ def ladder_rounds(ladder: Ladder, setup: Setup, budget: dict[str, Any], trials: 
                       f"audit ladder, round {done // rule.round_size + 1}", LADDER_EXPERIMENT)
         done += len(batch)
         more = done < len(trials)
-        entries = {lv.name: level_entry(lv, setup, per_level[lv.name], rows, rule, sweep.out,
-                                        more=more) for lv in active}
-        active = [lv for lv in active if entries[lv.name].get("continue")]
+        active = [lv for lv in active if level_verdict(
+            [RunEvidence.from_row(rows[r.run_id]) for r in per_level[lv.name] if r.run_id in rows],
+            rule, more=more)["continue"]]
     levels = [level_entry(lv, setup, per_level.get(lv.name, []), rows, rule, sweep.out)
               for lv in ladder.levels]
     return levels

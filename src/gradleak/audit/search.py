@@ -175,14 +175,10 @@ class Probe:
     def _leaked(self, i: int, rows: dict[str, dict]) -> bool:
         return any(e is not None and e.run_leaked for e in self._evidence_of(i, rows))
 
-    def evidence(self, rows: dict[str, dict]) -> list[RunEvidence]:
-        """Per trial, the union of its attackers' runs (a trial leaks if any attacker leaked)."""
-        return [merge(self._evidence_of(i, rows)) for i in range(self.done)]
-
     def evaluate(self, rows: dict[str, dict], rule: VerdictRule, *, more: bool,
                  foes: int | None = None) -> dict[str, Any]:
-        """The verdict over the opened trials, merging the first ``foes`` attackers (all by
-        default: only then can the verdict be "does not leak")."""
+        """The verdict over the opened trials, a trial being the union of the first ``foes``
+        attackers' runs (all by default: only then can the verdict be "does not leak")."""
         used = self.foes[:foes or len(self.foes)]
         decided = level_verdict([merge(self._evidence_of(i, rows)[:len(used)])
                                  for i in range(self.done)], rule, more=more)
