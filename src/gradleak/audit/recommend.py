@@ -45,7 +45,7 @@ from gradleak.audit.search import (  # noqa: F401 (adaptive_for, Bisection: publ
     bisections,
 )
 from gradleak.audit.utility import paired_cost
-from gradleak.audit.verdict import LEAKS, SAFE, RunEvidence, VerdictRule, level_verdict
+from gradleak.audit.verdict import LEAKS, SAFE, VerdictRule, evidence, level_verdict
 from gradleak.experiments.privacy_utility import build_grid
 
 COST_ACCURACY, COST_DISTORTION = "accuracy_drop", "distortion"
@@ -142,8 +142,7 @@ def layer_verdicts(ladder: Ladder, setup: Setup, budget: dict[str, Any], trials:
         labels={"layer": name}) for t in trials[:rule.round_size]] for name in layers}
     rows = sweep([r for specs in groups.values() for r in specs], "audit layers", EXPERIMENT)
     return [{"layer": n, "parameters": dict(setup.layers)[n]} | level_verdict(
-        [RunEvidence.from_row(rows[r.run_id]) for r in groups[n] if r.run_id in rows], rule)
-        for n in layers]
+        evidence(groups[n], rows), rule) for n in layers]
 
 
 def costs(found: Found, *, train: bool, max_drop: float) -> None:

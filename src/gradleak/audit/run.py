@@ -37,10 +37,10 @@ from gradleak.audit.scenarios import plan_of, run_spec
 from gradleak.audit.verdict import (
     LEAKS,
     SAFE,
-    RunEvidence,
     VerdictRule,
     best_sample,
     combine,
+    evidence,
     level_verdict,
 )
 from gradleak.errors import GradleakError
@@ -85,7 +85,7 @@ class AuditOptions:
     def rule(self, ladder: Ladder, budget: dict[str, Any]) -> VerdictRule:
         """The verdict rule with this audit's round size and cap."""
         size = self.seeds or int(budget.get("seeds", 3))
-        cap = self.max_seeds or max(size, int(budget.get("max_seeds", 15)))
+        cap = self.max_seeds or int(budget.get("max_seeds", 15))
         return VerdictRule.from_dict({**ladder.verdict, "round_size": size,
                                       "max_runs": max(cap, size)})
 
@@ -141,15 +141,15 @@ def level_entry(level: Level, setup: Setup, runs: list[RunSpec], rows: dict[str,
     if why is not None:
         return entry | {"verdict": "not run", "reason": why, "at_risk_share": None,
                         "leaked_share": None, "seeds": 0, "samples": 0, "best": None}
-    evidence = [RunEvidence.from_row(rows[r.run_id]) for r in runs if r.run_id in rows]
-    decided = level_verdict(evidence, rule)
+    found = evidence(runs, rows)
+    decided = level_verdict(found, rule)
     decided.pop("continue")  # the rounds are over
     decided["rounds"] = -(-len(runs) // rule.round_size)
-    if len(evidence) < len(runs):
-        decided["reason"] += f" ({len(runs) - len(evidence)} runs failed: see results.sqlite)"
+    if len(found) < len(runs):
+        decided["reason"] += f" ({len(runs) - len(found)} runs failed: see results.sqlite)"
     if level.labels != "known" and not setup.has_linear:
         decided["reason"] += f"; {LABELS_GRANTED}"
-    best = best_sample(evidence)
+    best = best_sample(found)
     if best is not None:
         best |= save_best(out, level.name, best) | {"baselines": sample_baselines(
             rows.get(best["run_id"]) or {}, best["sample"])}
@@ -220,9 +220,8 @@ def ladder_rounds(ladder: Ladder, setup: Setup, budget: dict[str, Any], trials: 
                       f"audit ladder, round {done // rule.round_size + 1}", LADDER_EXPERIMENT)
         done += len(batch)
         more = done < len(trials)
-        active = [lv for lv in active if level_verdict(
-            [RunEvidence.from_row(rows[r.run_id]) for r in per_level[lv.name] if r.run_id in rows],
-            rule, more=more)["continue"]]
+        active = [lv for lv in active
+                  if level_verdict(evidence(per_level[lv.name], rows), rule, more=more)["continue"]]
     levels = [level_entry(lv, setup, per_level.get(lv.name, []), rows, rule, sweep.out)
               for lv in ladder.levels]
     return levels
@@ -242,10 +241,11 @@ def summarise(levels: list[dict[str, Any]], setup: Setup, options: AuditOptions,
                f"undecided at {', '.join(undecided)}: see each level's reason" if undecided else
                "no level leaks")
     malicious = next((lv for lv in levels if lv["level"] == 5), None)
+    attack = effective_attack(budget, setup)
     cfg = setup.cfg
     return {
         "verdict": overall, "worst_case": worst_case, "fails": overall == LEAKS,
-        "summary": summary, "claim": claim(ran, worst_case, effective_attack(budget, setup), rule),
+        "summary": summary, "claim": claim(ran, worst_case, attack, rule),
         "malicious_reference": None if malicious is None else malicious["verdict"],
         "levels": levels,
         "recommendation": _no_recommendation(worst_case),
@@ -259,7 +259,7 @@ def summarise(levels: list[dict[str, Any]], setup: Setup, options: AuditOptions,
                   "batch_size": cfg.client.batch_size,
                   "local_epochs": cfg.client.local_epochs},
         "budget": {"name": options.budget or "default", "attack": budget.get("attack"),
-                   "effective": effective_attack(budget, setup),
+                   "effective": attack,
                    "seeds": seeds, "round_size": rule.round_size, "max_seeds": rule.max_runs},
         "rule": vars(rule),
         "thresholds": {"psnr": cfg.metrics.psnr_threshold, "lpips": cfg.metrics.lpips_threshold},

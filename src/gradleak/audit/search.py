@@ -144,7 +144,6 @@ class Probe:
     done: int = 0  # trials given to the attackers so far
     result: dict[str, Any] | None = None  # the latest evaluation
     decided: bool = False
-    current: list[int] = field(default_factory=list)  # the trials of the open round
 
     def stage(self, ladder: Ladder, setup: Setup, budget: dict[str, Any], trials: list[Trial],
               foe: int, rows: dict[str, dict]) -> list[RunSpec]:
@@ -160,9 +159,9 @@ class Probe:
 
     def next_round(self, size: int, total: int) -> bool:
         """Open the next round of trials; False when none is left."""
-        self.current = list(range(self.done, min(self.done + size, total)))
-        self.done += len(self.current)
-        return bool(self.current)
+        opened = min(self.done + size, total) - self.done
+        self.done += opened
+        return opened > 0
 
     def _evidence_of(self, i: int, rows: dict[str, dict]) -> list[RunEvidence | None]:
         out = []

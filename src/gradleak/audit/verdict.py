@@ -130,6 +130,12 @@ class RunEvidence:
         return None if not flags or None in flags else False
 
 
+def evidence(specs: list[Any], rows: dict[str, dict[str, Any]]) -> list[RunEvidence]:
+    """The evidence of the finished runs among ``specs`` (run specs with a ``run_id``), from
+    their stored ``rows`` by run id; failed runs have no row and no evidence."""
+    return [RunEvidence.from_row(rows[s.run_id]) for s in specs if s.run_id in rows]
+
+
 def merge(runs: list[RunEvidence | None]) -> RunEvidence:
     """Several attacks on ONE trial as one piece of evidence: per sample the best PSNR and
     LPIPS, leaked when any attack leaked it (undecidable when an attack is missing or could not
