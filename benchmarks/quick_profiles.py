@@ -14,8 +14,8 @@ import argparse
 import time
 from pathlib import Path
 
-from gradleak.experiments.spec import experiment_names, make_plan
-from gradleak.experiments.sweep import run_sweep
+from gradleak.experiments.catalog import experiment_names, make_plan
+from gradleak.runs.sweep import run_sweep
 
 BUDGET_S = 30 * 60
 

@@ -9,8 +9,8 @@ run and a GGL run on a small generator trained in the run, and the demo's WST sc
 budgets are cut to ``--iterations`` so the whole check takes minutes: the point is equality, not
 quality. Prints one line per scenario with every metric that differs (absolute difference) and
 exits 1 when any does. Only public entry points that exist on both trees are used
-(``runner.run_scenario``, ``experiments.spec.make_plan``, ``experiments.worker.execute``,
-``experiments.artifacts.ensure_generator``).
+(``runner.run_scenario``, ``experiments.catalog.make_plan``, ``runs.worker.execute``,
+``runs.artifacts.ensure_generator``, or their places before the ``runs`` package).
 """
 
 from __future__ import annotations
@@ -42,12 +42,14 @@ SMALL = ["model.name=mlp", "model.hidden=[64]", "data.resolution=16"]
 def _scenarios(its: int, tmp: Path) -> dict[str, dict]:
     """name -> metrics, computed on the tree this process imports."""
     from gradleak.config import load_config
-    from gradleak.experiments.artifacts import ensure_generator
-    try:
+    try:  # the runs package (issue 22) ...
+        from gradleak.experiments.catalog import make_plan
+        from gradleak.runs.artifacts import ensure_generator
+        from gradleak.runs.worker import execute
+    except ImportError:  # ... or trees before it
+        from gradleak.experiments.artifacts import ensure_generator
+        from gradleak.experiments.spec import make_plan
         from gradleak.experiments.worker import execute
-    except ImportError:  # trees before the worker module
-        from gradleak.experiments.kinds import execute
-    from gradleak.experiments.spec import make_plan
     from gradleak.runner import run_scenario
 
     out: dict[str, dict] = {}

@@ -152,7 +152,7 @@ def test_plugin_keys_in_a_sweep(plugin, tmp_path):
         "profiles: {quick: {seeds: [0]}, paper: {seeds: [0]}}\n")
     out = tmp_path / "sweep"
     assert main(["experiment", "run", str(spec), "--out", str(out), "--quiet"]) == 0
-    from gradleak.experiments.store import ResultStore
+    from gradleak.runs.store import ResultStore
 
     with ResultStore(out) as store:
         rows = store.rows(status="ok")

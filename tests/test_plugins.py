@@ -69,7 +69,7 @@ def test_plugins_reach_spawned_sweep_workers(tmp_path, monkeypatch):
     out = tmp_path / "sweep"
     assert main(["--plugin", str(EXAMPLE), "experiment", "run", str(spec), "--out", str(out),
                  "--jobs", "2", "--quiet"]) == 0
-    from gradleak.experiments.store import ResultStore
+    from gradleak.runs.store import ResultStore
 
     with ResultStore(out) as store:
         rows = store.rows(status="ok")

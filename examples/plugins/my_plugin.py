@@ -22,9 +22,9 @@ from gradleak.data import register_dataset
 from gradleak.data.base import TensorImageDataset
 from gradleak.defenses import map_tensors, register_defense
 from gradleak.errors import GradleakError
-from gradleak.fl.client import SharedUpdate
 from gradleak.models import register_model
 from gradleak.threat import Knowledge
+from gradleak.update import SharedUpdate
 
 
 @dataclass

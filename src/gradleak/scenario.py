@@ -42,7 +42,7 @@ from gradleak.data.base import ImageDataset
 from gradleak.data.sampling import select_victim_samples
 from gradleak.defenses import build_defense
 from gradleak.errors import GradleakError
-from gradleak.fl.client import ClientRound, ClientSetup, SharedUpdate, client_round
+from gradleak.fl.client import ClientRound, ClientSetup, client_round
 from gradleak.metrics.baselines import reference_pool
 from gradleak.models import (
     MODELS,
@@ -55,6 +55,7 @@ from gradleak.models import (
 from gradleak.models.user import prepare_user_model
 from gradleak.provenance import git_commit, seed_everything, versions
 from gradleak.threat import ThreatModel
+from gradleak.update import SharedUpdate
 
 
 def resolve_device(name: str) -> torch.device:

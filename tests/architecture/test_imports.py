@@ -1,6 +1,7 @@
-"""Imports point one way (commands -> report / experiments / audit / flower -> scenario -> attacks /
-defenses / fl -> models / data / metrics -> config / registry), report and experiments do not
-import each other, and there is no cycle; modules stay small."""
+"""Imports point one way (commands -> report / experiments / audit / flower -> runs -> scenario ->
+attacks / defenses / fl -> models / data / metrics -> config / registry), audit, experiments and
+flower do not import each other (nor report and experiments), and there is no cycle; modules
+stay small."""
 
 from __future__ import annotations
 
@@ -16,19 +17,22 @@ LAYERS: list[tuple[str, int]] = [
     ("gradleak.errors", 0), ("gradleak.registry", 0), ("gradleak.config", 0), ("gradleak.io", 0),
     ("gradleak.provenance", 0), ("gradleak.plugins", 0), ("gradleak.configs", 0),
     ("gradleak.config_values", 0), ("gradleak.attack_settings", 0), ("gradleak.progress", 0),
-    ("gradleak.argtypes", 0),
+    ("gradleak.argtypes", 0), ("gradleak.update", 1),
     ("gradleak.images", 1), ("gradleak.threat", 1), ("gradleak.data", 1), ("gradleak.models", 1),
     ("gradleak.metrics", 1),
     ("gradleak.generative", 2), ("gradleak.fl", 2), ("gradleak.defenses", 2),
     ("gradleak.attacks", 3),
     ("gradleak.scenario", 4), ("gradleak.runner", 4), ("gradleak.analysis", 5),
-    ("gradleak.experiments", 6), ("gradleak.audit", 6), ("gradleak.flower", 6),
-    ("gradleak.report", 6),
+    ("gradleak.runs", 6),
+    ("gradleak.experiments", 7), ("gradleak.audit", 7), ("gradleak.flower", 7),
+    ("gradleak.report", 7),
     ("gradleak.commands", 8), ("gradleak.cli", 8), ("gradleak", 9),
 ]
-# Packages of one layer that must not import each other: the commands read a sweep's store
-# (experiments) and hand its rows to the renderer (report).
-APART = [("gradleak.report", "gradleak.experiments"), ("gradleak.experiments", "gradleak.report")]
+# Packages of one layer that must not import each other: each builds plans on gradleak.runs and
+# the commands hand stored rows to the renderer (report).
+_SIBLINGS = ("gradleak.audit", "gradleak.experiments", "gradleak.flower")
+APART = [(a, b) for a in _SIBLINGS for b in _SIBLINGS if a != b] + [
+    ("gradleak.report", "gradleak.experiments"), ("gradleak.experiments", "gradleak.report")]
 
 
 def layer(module: str) -> int:

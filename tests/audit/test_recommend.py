@@ -56,7 +56,7 @@ def test_accuracy_drops_and_layers():
 
 @pytest.mark.parametrize("first_safe", [0, 1, 2, 3, 4, 5])
 def test_bisection_finds_the_weakest_safe_setting(first_safe):
-    from gradleak.experiments.privacy_utility import GridPoint
+    from gradleak.defenses.grid import GridPoint
 
     b = Bisection([GridPoint("topk", "sparsity", v) for v in (0.6, 0.7, 0.8, 0.9, 0.95)])
     probed = []

@@ -13,7 +13,7 @@ from gradleak.defenses.clip_norm import total_norm
 from gradleak.defenses.qsgd import levels_for
 from gradleak.defenses.topk import kept_count
 from gradleak.errors import GradleakError
-from gradleak.fl.client import SharedUpdate
+from gradleak.update import SharedUpdate
 
 # Settings under which every defense visibly changes a standard-normal update.
 STRONG = {

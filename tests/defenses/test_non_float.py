@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gradleak.defenses import DEFENSES, is_float, map_tensors
-from gradleak.fl.client import SharedUpdate
+from gradleak.update import SharedUpdate
 
 PARAMS = {
     "qsgd": {"bits": 2},

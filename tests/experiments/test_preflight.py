@@ -10,7 +10,7 @@ import yaml
 
 from gradleak.cli import main
 from gradleak.errors import GradleakError
-from gradleak.experiments.spec import make_plan
+from gradleak.experiments.catalog import make_plan
 
 BASE = {"data.resolution": 16, "model.name": "mlp", "model.hidden": [8], "attack.iterations": 1}
 

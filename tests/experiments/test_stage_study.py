@@ -33,8 +33,8 @@ def test_stage_study_writes_rows_and_resumes(tmp_path, monkeypatch):
     def fail(*_a, **_k):
         raise AssertionError("a finished round was redone")
 
-    import gradleak.experiments.sweep as sweep
     import gradleak.fl.server
+    import gradleak.runs.sweep as sweep
 
     monkeypatch.setattr(sweep, "execute", fail)
     monkeypatch.setattr(gradleak.fl.server, "run_federated", fail)

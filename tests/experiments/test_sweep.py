@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from gradleak.errors import GradleakError
-from gradleak.experiments.spec import experiment_names, load_experiment, make_plan
-from gradleak.experiments.store import ResultStore
-from gradleak.experiments.sweep import run_sweep, threads_per_worker
+from gradleak.experiments.catalog import experiment_names, load_experiment, make_plan
+from gradleak.runs.store import ResultStore
+from gradleak.runs.sweep import run_sweep, threads_per_worker
 
 PAPER = {"tab1", "tab2", "fig4", "fig5", "fig6", "fig7", "fig9", "fig10", "tab3", "tab4", "fig11",
          "tab6", "tab5"}

@@ -16,7 +16,7 @@ from gradleak.cli import main
 from gradleak.config import ClientConfig, DefenseConfig, FLConfig, ModelConfig, load_config
 from gradleak.data.base import TensorImageDataset
 from gradleak.errors import GradleakError
-from gradleak.fl.client import SharedUpdate, client_update
+from gradleak.fl.client import client_update
 from gradleak.fl.partition import label_histogram, partition_indices
 from gradleak.fl.server import (
     DPSettings,
@@ -28,6 +28,7 @@ from gradleak.fl.server import (
     train_federated,
 )
 from gradleak.models import build_model
+from gradleak.update import SharedUpdate
 
 # --- partitions -------------------------------------------------------------------------------
 
@@ -138,8 +139,8 @@ def test_secure_aggregation_shows_the_attack_only_the_aggregate(monkeypatch):
         assert not torch.allclose(res.observed.tensors[n], res.victim_update.tensors[n], atol=1e-4)
 
     # The privacy-utility attack step receives exactly that aggregate.
-    from gradleak.experiments import kinds
     from gradleak.fl.server import FederatedRun
+    from gradleak.runs import kinds
 
     seen = {}
 

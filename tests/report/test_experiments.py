@@ -13,8 +13,8 @@ import yaml
 
 from gradleak.commands.report import report_folder as render_report
 from gradleak.errors import GradleakError
-from gradleak.experiments.spec import make_plan
-from gradleak.experiments.sweep import run_sweep
+from gradleak.experiments.catalog import make_plan
+from gradleak.runs.sweep import run_sweep
 
 SPEC = {
     "title": "Tiny table", "tests": "LPIPS against N", "insight": "(Insight X) more samples leak less",

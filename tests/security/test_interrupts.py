@@ -15,9 +15,9 @@ import torch
 import yaml
 
 from gradleak.config import DataConfig
-from gradleak.experiments.store import ResultStore
 from gradleak.generative import train as train_mod
 from gradleak.generative.train import GeneratorTraining, train_generator
+from gradleak.runs.store import ResultStore
 
 SLOW = {  # 8 runs of a few seconds each: enough to interrupt mid-sweep
     "title": "slow", "tests": "interrupts", "insight": "-", "kind": "attack",

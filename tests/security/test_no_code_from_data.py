@@ -175,7 +175,7 @@ def test_experiment_file_cannot_name_model_code(tmp_path, capsys):
                      ["experiment", "run", str(spec), "--out", str(tmp_path / "s"), "--quiet"]):
             _refused_as_code(_expect_refused(capsys, argv, marker))
     # Typed on the command line, the same model is the user's choice: the plan accepts it.
-    from gradleak.experiments.spec import make_plan
+    from gradleak.experiments.catalog import make_plan
 
     spec.write_text(body.format(extra="", grid=""))
     plan = make_plan(str(spec), "quick", [f"model.name={code}:Net"])

@@ -44,7 +44,7 @@ import torch
 from gradleak.config import DefenseConfig
 from gradleak.defenses.surrogate import SURROGATES, SurrogateOptions, Transform, straight_through
 from gradleak.errors import GradleakError
-from gradleak.fl.client import SharedUpdate
+from gradleak.update import SharedUpdate
 
 __all__ = ["Transform", "build_transform", "straight_through", "transform_for"]
 

@@ -10,8 +10,9 @@ from torch import nn
 
 from gradleak.attack_settings import AttackSettings
 from gradleak.errors import GradleakError
-from gradleak.fl.client import ClientSetup, SharedUpdate
+from gradleak.fl.client import ClientSetup
 from gradleak.threat import Knowledge, ThreatModel
+from gradleak.update import SharedUpdate
 
 
 @dataclass(frozen=True)

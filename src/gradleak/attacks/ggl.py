@@ -46,10 +46,11 @@ from gradleak.attacks.losses import l2_distance
 from gradleak.attacks.optimization import resolve_labels, select_layers
 from gradleak.attacks.simulate import batch_order, simulated_delta
 from gradleak.errors import GradleakError
-from gradleak.fl.client import SharedUpdate, set_bn_mode
+from gradleak.fl.client import set_bn_mode
 from gradleak.models.generator import DCGANGenerator
 from gradleak.progress import tqdm
 from gradleak.threat import Knowledge
+from gradleak.update import SharedUpdate
 
 KL_WEIGHT = 0.1
 

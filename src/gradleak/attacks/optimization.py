@@ -34,9 +34,9 @@ from gradleak.attacks.restart import Candidate, Restart, RunContext, rank
 from gradleak.attacks.simulate import simulated_delta
 from gradleak.attacks.steps import StopRule
 from gradleak.errors import GradleakError
-from gradleak.fl.client import SharedUpdate
 from gradleak.progress import tqdm
 from gradleak.threat import Knowledge
+from gradleak.update import SharedUpdate
 
 __all__ = ["GradientMatchingAttack", "MatchingSetup", "resolve_labels", "select_layers"]
 

@@ -1,5 +1,5 @@
 """The practitioner's audit (paper Sec. 7): the risk ladder, its verdict and the defense
-recommendation, all run by the one sweep (:func:`gradleak.experiments.sweep.run_sweep`).
+recommendation, all run by the one sweep (:func:`gradleak.runs.sweep.run_sweep`).
 
 * :mod:`~gradleak.audit.scenarios`: an audit plan (``configs/audit.yaml`` or ``--plan``) as a sweep;
 * :mod:`~gradleak.audit.ladder`: the user's setup attacked by a ladder of server strengths;

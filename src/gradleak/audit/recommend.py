@@ -46,7 +46,7 @@ from gradleak.audit.search import (  # noqa: F401 (adaptive_for, Bisection: publ
 )
 from gradleak.audit.utility import paired_cost
 from gradleak.audit.verdict import LEAKS, SAFE, VerdictRule, evidence, level_verdict
-from gradleak.experiments.privacy_utility import build_grid
+from gradleak.defenses.grid import build_grid
 
 COST_ACCURACY, COST_DISTORTION = "accuracy_drop", "distortion"
 PER_LAYER_NOTE = ("not measured: gradleak's defenses post-process the whole update (there is no "

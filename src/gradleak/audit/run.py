@@ -44,8 +44,8 @@ from gradleak.audit.verdict import (
     level_verdict,
 )
 from gradleak.errors import GradleakError
-from gradleak.experiments.spec import RunSpec
 from gradleak.io import write_json
+from gradleak.runs.spec import RunSpec
 
 LADDER_EXPERIMENT = "audit"
 Log = Callable[[str], None]
@@ -102,8 +102,8 @@ class Sweeper:
 
     def __call__(self, runs: list[RunSpec], title: str, experiment: str) -> dict[str, dict]:
         """Run (or resume) ``runs``; their stored rows by run id (failed runs have none)."""
-        from gradleak.experiments.store import ResultStore
-        from gradleak.experiments.sweep import run_sweep
+        from gradleak.runs.store import ResultStore
+        from gradleak.runs.sweep import run_sweep
 
         if not runs:
             return {}

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from gradleak.config import Config, flatten, load_config
-from gradleak.experiments.spec import Experiment, Plan, RunSpec
 from gradleak.io import atomic_write
+from gradleak.runs.spec import Experiment, Plan, RunSpec
 
 EXPERIMENT = "audit"
 COPIED = ("config.yaml", "reconstruction.png", "result.json")  # result.json last: it marks done

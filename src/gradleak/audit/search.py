@@ -22,8 +22,8 @@ from gradleak.audit.scenarios import run_spec
 from gradleak.audit.utility import UTILITY_TRIALS
 from gradleak.audit.verdict import INCONCLUSIVE, SAFE, RunEvidence, VerdictRule, level_verdict, merge
 from gradleak.config import flatten
-from gradleak.experiments.privacy_utility import GridPoint
-from gradleak.experiments.spec import RunSpec
+from gradleak.defenses.grid import GridPoint
+from gradleak.runs.spec import RunSpec
 
 EXPERIMENT = "audit-recommend"
 Sweep = Callable[[list[RunSpec], str, str], dict[str, dict]]

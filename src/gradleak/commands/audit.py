@@ -82,8 +82,8 @@ def _plan(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from gradleak.audit.scenarios import copy_scenario_folders, scenarios_plan
-    from gradleak.experiments.sweep import run_sweep
     from gradleak.report.audit import load_audit_plan, render_audit
+    from gradleak.runs.sweep import run_sweep
 
     plan = load_audit_plan(args.plan)
     sweep_plan = scenarios_plan(plan, args.overrides)

@@ -8,7 +8,7 @@ from gradleak.argtypes import finite_float, int_at_least
 
 
 def _list(args: argparse.Namespace) -> int:
-    from gradleak.experiments.spec import experiment_names, load_experiment
+    from gradleak.experiments.catalog import experiment_names, load_experiment
 
     for name in experiment_names():
         exp = load_experiment(name)
@@ -20,7 +20,7 @@ def _list(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     import yaml
 
-    from gradleak.experiments.spec import make_plan
+    from gradleak.experiments.catalog import make_plan
 
     plan = make_plan(args.name, args.profile, args.overrides)
     data = plan.to_dict()
@@ -33,8 +33,8 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gradleak.experiments.spec import make_plan
-    from gradleak.experiments.sweep import run_sweep
+    from gradleak.experiments.catalog import make_plan
+    from gradleak.runs.sweep import run_sweep
 
     plan = make_plan(args.name, args.profile, args.overrides)
     result = run_sweep(plan, args.out, jobs=args.jobs, executor=args.executor,

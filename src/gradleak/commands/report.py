@@ -9,8 +9,8 @@ from pathlib import Path
 def report_folder(folder: str | Path) -> Path:
     """Read ``folder/results.sqlite`` and render ``folder/report.html`` from its rows."""
     from gradleak.errors import GradleakError
-    from gradleak.experiments.store import STORE_NAME, ResultStore
     from gradleak.report.experiments import render_report
+    from gradleak.runs.store import STORE_NAME, ResultStore
 
     root = Path(folder)
     if not (root / STORE_NAME).is_file():

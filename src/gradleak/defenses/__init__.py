@@ -20,8 +20,8 @@ import torch
 
 from gradleak.config import DefenseConfig
 from gradleak.errors import GradleakError
-from gradleak.fl.client import SharedUpdate
 from gradleak.registry import Registry
+from gradleak.update import SharedUpdate
 
 Defense = Callable[..., SharedUpdate]
 DEFENSES: Registry = Registry("defense")

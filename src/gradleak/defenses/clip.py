@@ -8,7 +8,7 @@ import torch
 
 from gradleak.defenses import check_param, map_float, register_defense
 from gradleak.defenses.surrogate import SurrogateOptions, Transform, register_surrogate, straight_through
-from gradleak.fl.client import SharedUpdate
+from gradleak.update import SharedUpdate
 
 
 @register_defense("clip")

@@ -9,7 +9,7 @@ import torch
 from gradleak.defenses import check_param, float_tensors, map_float, register_defense
 from gradleak.defenses.surrogate import SurrogateOptions, Transform, register_surrogate, scale_to_norm
 from gradleak.errors import GradleakError
-from gradleak.fl.client import SharedUpdate
+from gradleak.update import SharedUpdate
 
 
 def total_norm(update: SharedUpdate) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from gradleak.defenses import check_param, map_float, random_like, register_defense
 from gradleak.defenses.clip_norm import clip_l2_norm
 from gradleak.defenses.surrogate import SurrogateOptions, Transform, register_surrogate, scale_to_norm
-from gradleak.fl.client import SharedUpdate
+from gradleak.update import SharedUpdate
 
 
 def noise_std(noise_multiplier: float, clip_norm: float | None = None) -> float:

@@ -6,7 +6,7 @@ import torch
 
 from gradleak.defenses import check_param, map_tensors, random_like, register_defense
 from gradleak.defenses.surrogate import identity, register_surrogate
-from gradleak.fl.client import SharedUpdate
+from gradleak.update import SharedUpdate
 
 # float32 holds integers exactly up to 2^24, so more levels than that are not representable.
 MAX_BITS = 24

@@ -9,7 +9,7 @@ import torch
 from gradleak.defenses import check_param, map_tensors, register_defense
 from gradleak.defenses.surrogate import SurrogateOptions, Transform, register_surrogate
 from gradleak.errors import GradleakError
-from gradleak.fl.client import SharedUpdate
+from gradleak.update import SharedUpdate
 
 
 def kept_count(n: int, sparsity: float) -> int:

@@ -19,7 +19,6 @@ written atomically after every row. A rerun with the same config skips rows alre
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
@@ -31,25 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from gradleak.attacks import build_attack
-from gradleak.config import Config, flatten, set_key
+from gradleak.config import Config, flatten
+from gradleak.defenses.grid import GridPoint, point_config
 from gradleak.errors import GradleakError
-from gradleak.experiments.spec import Experiment, Plan
 from gradleak.io import write_json, write_text
 from gradleak.metrics import METRICS
 from gradleak.provenance import git_commit, versions
+from gradleak.runs.spec import Experiment, Plan
 from gradleak.threat import ThreatModel
-
-# defense -> (DefenseConfig field varied, paper grid for ResNet-18, App. C iii).
-PAPER_GRIDS: dict[str, tuple[str | None, list[Any]]] = {
-    "none": (None, [None]),
-    "qsgd": ("bits", [1, 2, 3, 4]),
-    "signsgd": (None, [None]),
-    "topk": ("sparsity", [0.6, 0.7, 0.8, 0.9, 0.95]),
-    "clip": ("bound", [0.5, 0.3, 0.1, 0.05, 0.01]),
-    "gaussian": ("noise_multiplier", [0.05, 0.1, 0.15, 0.2, 0.25]),
-    "clip_norm": ("clip_norm", [10.0, 5.0, 1.0, 0.5, 0.1]),  # not in the paper's grid
-}
-DEFAULT_DEFENSES = ("qsgd", "signsgd", "topk", "clip", "gaussian")
 
 QUICK: dict[str, Any] = {
     "data": {"dataset": "skimage", "resolution": 32},
@@ -69,19 +57,6 @@ CSV_COLUMNS = ("defense", "param", "value", "final_accuracy", "accuracy_drop", "
 
 
 @dataclass
-class GridPoint:
-    """One defense setting: ``defense.<param> = value`` (``param`` None for settings-free ones)."""
-
-    defense: str
-    param: str | None = None
-    value: Any = None
-
-    @property
-    def key(self) -> str:
-        return self.defense if self.param is None else f"{self.defense}-{self.param}={self.value}"
-
-
-@dataclass
 class PrivacyUtilityResult:
     rows: list[dict[str, Any]]
     ran: list[str] = field(default_factory=list)
@@ -91,39 +66,6 @@ class PrivacyUtilityResult:
     json_path: Path | None = None
     plot_path: Path | None = None
     seconds: float = 0.0
-
-
-def build_grid(defenses: Sequence[str] = DEFAULT_DEFENSES,
-               overrides: dict[str, list[Any]] | None = None) -> list[GridPoint]:
-    """``none`` first, then every listed defense over its paper grid (or ``overrides[name]``)."""
-    overrides = overrides or {}
-    unknown = [d for d in [*defenses, *overrides] if d not in PAPER_GRIDS]
-    if unknown:
-        raise GradleakError(f"unknown defense {unknown[0]!r} for privacy-utility; allowed: "
-                            f"{', '.join(PAPER_GRIDS)}")
-    stray = [d for d in overrides if d not in defenses and d != "none"]
-    if stray:
-        raise GradleakError(f"--grid names {stray[0]!r}, which is not in --defenses")
-    points = [GridPoint("none")]
-    for name in dict.fromkeys(defenses):
-        if name == "none":
-            continue
-        param, values = PAPER_GRIDS[name]
-        if name in overrides:
-            if param is None:
-                raise GradleakError(f"defense {name!r} has no strength to grid over")
-            values = overrides[name]
-        points += [GridPoint(name, param, v) for v in values]
-    return points
-
-
-def point_config(cfg: Config, point: GridPoint) -> Config:
-    """A copy of ``cfg`` with ``defense.name`` (and the point's strength) set, validated."""
-    out = copy.deepcopy(cfg)
-    set_key(out, "defense.name", point.defense)
-    if point.param is not None:
-        set_key(out, f"defense.{point.param}", point.value)
-    return out
 
 
 def best_tradeoff(rows: Sequence[dict[str, Any]], lpips_threshold: float) -> dict[str, str]:
@@ -165,7 +107,7 @@ def run_privacy_utility(cfg: Config, out: str | Path, *, grid: Sequence[GridPoin
     """Run every grid point not yet in ``out/results.sqlite`` (the one sweep and store) and
     rewrite ``privacy_utility.csv`` and ``results.json`` from the store. The scatter plot is
     rendered by :func:`gradleak.report.plots.save_tradeoff` (the command does that)."""
-    from gradleak.experiments.sweep import run_sweep
+    from gradleak.runs.sweep import run_sweep
 
     started = time.perf_counter()
     out = Path(out)
@@ -189,7 +131,7 @@ def run_privacy_utility(cfg: Config, out: str | Path, *, grid: Sequence[GridPoin
 def stored_rows(out: Path, plan: Plan, grid: Sequence[GridPoint]) -> list[dict[str, Any]]:
     """The plan's finished runs from the store, as one row per grid point (``CSV_COLUMNS`` and
     more), in grid order, with the accuracy drop against the undefended run."""
-    from gradleak.experiments.store import ResultStore
+    from gradleak.runs.store import ResultStore
 
     points = {p.key: p for p in grid}
     wanted = {r.run_id for r in plan.runs}

@@ -1,7 +1,7 @@
 """Training-stage study (the paper's Sec. 5.1.2, Fig. 7): vulnerability along FL training.
 
 A preset over the one experiment pipeline: a sweep of kind ``stage`` (see
-:mod:`gradleak.experiments.kinds`) over the rounds ``0, every, 2 * every, ..., fl.rounds``. The
+:mod:`gradleak.runs.kinds`) over the rounds ``0, every, 2 * every, ..., fl.rounds``. The
 FL system of ``cfg`` is trained once with FedAvg (per-round checkpoints, cached in
 ``out/cache``); each run records, at its round, the test accuracy, the IGSA of the global model
 around the fixed victim samples and the attack's metrics on that victim's update. Runs are stored
@@ -22,8 +22,8 @@ from typing import Any
 from gradleak.analysis.igsa import normalise_stages
 from gradleak.config import Config, flatten
 from gradleak.errors import GradleakError
-from gradleak.experiments.spec import Experiment, Plan
 from gradleak.io import write_text
+from gradleak.runs.spec import Experiment, Plan
 
 EXPERIMENT = "stage_study"
 FIELDS = ["round", "accuracy", "igsa", "igsa_normalised", "psnr", "ssim", "lpips", "mse"]
@@ -55,9 +55,9 @@ def stage_study(cfg: Config, out: str | Path, *, every: int = 1, igsa_points: in
                 log: Callable[[str], None] = lambda _m: None) -> list[dict[str, Any]]:
     """Run (or resume) the study of ``cfg`` into ``out``; returns the rows (``FIELDS``), first
     round first. Raises when a run failed (its error is in the store)."""
-    from gradleak.experiments.artifacts import ensure_federated
-    from gradleak.experiments.store import ResultStore
-    from gradleak.experiments.sweep import run_sweep
+    from gradleak.runs.artifacts import ensure_federated
+    from gradleak.runs.store import ResultStore
+    from gradleak.runs.sweep import run_sweep
 
     out = Path(out)
     plan = stage_plan(cfg, every=every, igsa_points=igsa_points)

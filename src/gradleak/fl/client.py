@@ -25,6 +25,7 @@ from gradleak.config import ClientConfig
 from gradleak.errors import GradleakError
 from gradleak.fl import training
 from gradleak.fl.training import AUGMENTATIONS, OPTIMIZERS
+from gradleak.update import SharedUpdate
 
 # A user's own local training, written functionally so a WST attacker can differentiate through
 # it: ``local_train(model, params, buffers, images, labels, generator) -> new params`` (dicts
@@ -89,29 +90,6 @@ class ClientSetup:
     def local_updates(self) -> int:
         """U = E * ceil(N / B)."""
         return self.local_epochs * self.steps_per_epoch
-
-
-@dataclass(frozen=True)
-class SharedUpdate:
-    """What the client sends: per-parameter tensors keyed by parameter name.
-
-    ``kind="gradient"`` holds dL/dW (FedSGD); ``kind="model_delta"`` holds W_local - W_global
-    (FedAvg), which points *against* the summed gradients. It holds exactly what a real client
-    uploads: the client's BN batch statistics are not part of it (see :class:`ClientRound`).
-    """
-
-    kind: Literal["gradient", "model_delta"]
-    tensors: dict[str, torch.Tensor]
-    num_samples: int
-
-    def gradient_direction(self) -> dict[str, torch.Tensor]:
-        """Tensors pointing along the (summed) loss gradient: a model delta is negated."""
-        if self.kind == "gradient":
-            return self.tensors
-        return {k: -v for k, v in self.tensors.items()}
-
-    def replace(self, tensors: dict[str, torch.Tensor]) -> SharedUpdate:
-        return SharedUpdate(self.kind, tensors, self.num_samples)
 
 
 @dataclass(frozen=True)

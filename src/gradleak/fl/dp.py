@@ -18,7 +18,8 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from gradleak.errors import GradleakError
-from gradleak.fl.client import ClientSetup, SharedUpdate, set_bn_mode
+from gradleak.fl.client import ClientSetup, set_bn_mode
+from gradleak.update import SharedUpdate
 
 
 @dataclass

@@ -45,11 +45,12 @@ from gradleak.data.base import ImageDataset
 from gradleak.data.sampling import select_victim_samples
 from gradleak.errors import GradleakError
 from gradleak.fl.aggregation import aggregate, apply_update, server_step
-from gradleak.fl.client import ClientSetup, SharedUpdate, client_update, resolve_bn_mode, set_bn_mode
+from gradleak.fl.client import ClientSetup, client_update, resolve_bn_mode, set_bn_mode
 from gradleak.fl.dp import DPSettings, dp_client_update, epsilon, make_accountant
 from gradleak.fl.partition import partition_indices
 from gradleak.io import atomic_write
 from gradleak.progress import tqdm
+from gradleak.update import SharedUpdate
 
 # DPSettings, dp_client_update and make_accountant moved to gradleak.fl.dp; importable from here.
 __all__ = ["VICTIM", "DPSettings", "Defense", "FLResult", "FederatedRun", "client_seed",

@@ -20,7 +20,7 @@ from flwr.common.constant import ErrorCode
 
 from gradleak.defenses import is_float
 from gradleak.errors import GradleakError
-from gradleak.fl.client import SharedUpdate
+from gradleak.update import SharedUpdate
 
 STATE_KEY = "gradleak"  # ConfigRecord in Context.state holding the mods' per-node counters
 BUFFER_POLICIES = ("keep", "drop", "defend")

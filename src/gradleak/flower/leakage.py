@@ -32,13 +32,14 @@ from gradleak.attacks.base import Reconstruction
 from gradleak.config import Config, flatten, load_config, parse_override, set_key, unflatten
 from gradleak.data.base import TensorImageDataset
 from gradleak.errors import GradleakError
-from gradleak.fl.client import ClientSetup, SharedUpdate
+from gradleak.fl.client import ClientSetup
 from gradleak.flower.arrays import to_tensors
 from gradleak.flower.bn import BNStatistics, reply_bn_statistics
 from gradleak.models.base import Classifier
 from gradleak.models.user import prepare_user_model
 from gradleak.scenario import Scenario, Score
 from gradleak.threat import Knowledge, ThreatModel
+from gradleak.update import SharedUpdate
 
 ConfigSpec = Mapping[str, Any] | Sequence[str] | None
 DEFAULT_BN_PRIOR = 0.1  # GradInversion's BN-prior weight (its attack preset; configs/audit_ladder)

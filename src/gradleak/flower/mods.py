@@ -33,7 +33,6 @@ from torch import nn
 from gradleak.config import load_config
 from gradleak.defenses import Defense, build_defense
 from gradleak.errors import GradleakError
-from gradleak.fl.client import SharedUpdate
 from gradleak.flower.arrays import (
     apply_update,
     around_train,
@@ -47,6 +46,7 @@ from gradleak.flower.arrays import (
     replace_arrays,
     server_round,
 )
+from gradleak.update import SharedUpdate
 
 DefenseSpec = str | Mapping[str, Any] | Callable[..., Any]
 

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
 
 from gradleak.config import Config
-from gradleak.experiments.store import ResultStore
 from gradleak.images import save_comparison
 from gradleak.io import atomic_write
+from gradleak.runs.store import ResultStore
 
 EXPERIMENT = "flower-audit"
 

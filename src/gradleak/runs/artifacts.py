@@ -36,7 +36,7 @@ def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if needed) for the block.
 
     POSIX record locks (``lockf``), not ``flock``: NFS, Lustre, GPFS and CephFS honour them
-    across nodes (storage needs: :mod:`gradleak.experiments.sweep`)."""
+    across nodes (storage needs: :mod:`gradleak.runs.sweep`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         fcntl.lockf(handle, fcntl.LOCK_EX)

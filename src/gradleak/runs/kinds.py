@@ -1,5 +1,5 @@
 """How one run of an experiment executes, by kind (the worker entry point is
-:func:`gradleak.experiments.worker.execute`).
+:func:`gradleak.runs.worker.execute`).
 
 A kind is ``fn(cfg, ctx, options) -> dict`` returning the run's metrics (flat, JSON-ready) and
 optionally ``"_result"`` (extra JSON kept in the store). Kinds register with
@@ -107,7 +107,7 @@ def run_defended_attack(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> d
 @register_kind("stage")
 def run_stage(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> dict[str, Any]:
     from gradleak.config import load_config
-    from gradleak.experiments.artifacts import ensure_federated
+    from gradleak.runs.artifacts import ensure_federated
     from gradleak.scenario import Scenario
 
     if "round" not in options:

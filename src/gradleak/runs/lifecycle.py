@@ -43,4 +43,4 @@ def init_worker(parent: int) -> None:
     from tqdm.std import tqdm
 
     tqdm.set_lock(threading.RLock())
-    # Plug-ins are imported by gradleak.experiments.worker.execute (it gets the driver's list).
+    # Plug-ins are imported by gradleak.runs.worker.execute (it gets the driver's list).

@@ -1,9 +1,10 @@
-"""Named experiments: one YAML per table or figure of the paper, expanded into a grid of runs.
+"""Grids of runs: an :class:`Experiment` (the paper's named studies, an audit, a
+privacy-utility grid) expanded into :class:`RunSpec` s, gathered in a :class:`Plan` for the sweep.
 
-An experiment file (``configs/experiments/<name>.yaml``) holds
+An experiment (a YAML file, see :mod:`gradleak.experiments.catalog`, or built in code) holds
 
 * ``title``, ``tests`` (one line: what it measures), ``insight`` (the paper's words), ``kind``
-  (how one run is executed, see :mod:`gradleak.experiments.kinds`);
+  (how one run is executed, see :mod:`gradleak.runs.kinds`);
 * ``base``: dotted config keys shared by every run; ``grid``: axes whose values are crossed;
   ``variants``: named override sets (the series of a table row) crossed with the grid;
   ``seeds``; ``prepare``: artifacts built once and shared (a generator for GIA-L);
@@ -27,11 +28,9 @@ import json
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from gradleak.config import Config, load_config, refuse_code, unflatten
 from gradleak.errors import GradleakError
@@ -41,9 +40,9 @@ OPTIONAL_PROFILES = frozenset({"long"})
 """Profiles an experiment may lack: ``long`` exists where a finding needs a bigger CPU budget
 (<= ~1 h on 2 cores) than ``quick`` to decide; asking an experiment without one is an error,
 not a silent fall-back to the paper's full settings."""
-_TOP_KEYS = {"title", "tests", "insight", "kind", "base", "grid", "variants", "seeds", "prepare",
+TOP_KEYS = {"title", "tests", "insight", "kind", "base", "grid", "variants", "seeds", "prepare",
              "profiles", "table", "plot", "verdict", "paper", "names", "options"}
-_PROFILE_KEYS = {"base", "grid", "variants", "seeds", "prepare", "options"}
+PROFILE_KEYS = {"base", "grid", "variants", "seeds", "prepare", "options"}
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,7 @@ class Experiment:
         if name not in self.profile_names():
             raise GradleakError(f"bad profile {name!r} for experiment {self.name}; allowed: "
                                 f"{', '.join(self.profile_names())}")
-        merged = {k: copy.deepcopy(self.spec.get(k)) for k in _PROFILE_KEYS}
+        merged = {k: copy.deepcopy(self.spec.get(k)) for k in PROFILE_KEYS}
         over = (self.spec.get("profiles") or {}).get(name) or {}
         for key, value in over.items():
             if key in ("base", "prepare", "options", "grid"):
@@ -196,47 +195,6 @@ def _substitute(value: Any, resolve: dict[str, str] | None) -> Any:
     return value
 
 
-def experiments_dir() -> Path:
-    return Path(str(resources.files("gradleak").joinpath("configs/experiments")))
-
-
-def load_experiment(name_or_path: str) -> Experiment:
-    """A packaged experiment by name (``tab1``) or any experiment YAML file by path."""
-    path = Path(name_or_path)
-    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
-        path = experiments_dir() / f"{name_or_path}.yaml"
-        if not path.is_file():
-            raise GradleakError(f"unknown experiment {name_or_path!r}; allowed: "
-                                f"{', '.join(experiment_names())} or a path to a YAML file")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise GradleakError(f"experiment file {path} is not valid YAML: {e}") from None
-    unknown = set(spec) - _TOP_KEYS
-    if unknown:
-        raise GradleakError(f"experiment file {path}: unknown keys {sorted(unknown)}; allowed: "
-                            f"{', '.join(sorted(_TOP_KEYS))}")
-    for prof, over in (spec.get("profiles") or {}).items():
-        if prof not in PROFILES:
-            raise GradleakError(f"experiment file {path}: unknown profile {prof!r}; allowed: "
-                                f"{', '.join(PROFILES)}")
-        bad = set(over or {}) - _PROFILE_KEYS
-        if bad:
-            raise GradleakError(f"experiment file {path}: profile {prof} has unknown keys "
-                                f"{sorted(bad)}; allowed: {', '.join(sorted(_PROFILE_KEYS))}")
-    from gradleak.experiments.kinds import KINDS
-
-    kind = spec.get("kind", "attack")
-    KINDS.get(kind)  # one-line error on an unknown kind
-    return Experiment(name=path.stem, title=spec.get("title", path.stem),
-                      tests=spec.get("tests", ""), insight=spec.get("insight", ""), kind=kind,
-                      spec=spec, path=path)
-
-
-def experiment_names() -> list[str]:
-    return sorted(p.stem for p in experiments_dir().glob("*.yaml"))
-
-
 @dataclass
 class Plan:
     """An experiment's runs for one profile, with the settings the report needs."""
@@ -253,13 +211,3 @@ class Plan:
                 "settings": self.experiment.profile(self.profile),
                 "overrides": self.overrides, "spec": self.experiment.spec,
                 "runs": [r.to_dict() for r in self.runs]}
-
-
-def make_plan(name: str, profile: str, overrides: list[str] | tuple[str, ...] = ()) -> Plan:
-    """The runs of experiment ``name`` (or a YAML path) at ``profile``, with ``key=value``
-    overrides applied to every run; every config is validated."""
-    from gradleak.config import parse_override
-
-    exp = load_experiment(name)
-    extra = dict(parse_override(item) for item in overrides)
-    return Plan(exp, profile, exp.validate(profile, extra), extra)

@@ -24,7 +24,7 @@ Either way the main process is the store's only writer: it inserts each row as i
 returns, so killing the sweep loses only the runs in flight, and a rerun skips every run whose
 row says ``ok``. Failed runs are stored with their error and retried on the next invocation.
 
-Every run imports the driver's plug-ins first (:func:`gradleak.experiments.worker.execute`).
+Every run imports the driver's plug-ins first (:func:`gradleak.runs.worker.execute`).
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ import yaml
 
 from gradleak import plugins
 from gradleak.errors import GradleakError
-from gradleak.experiments.lifecycle import init_worker
-from gradleak.experiments.spec import Plan, RunSpec, preflight
-from gradleak.experiments.store import ResultStore
-from gradleak.experiments.worker import execute
+from gradleak.runs.lifecycle import init_worker
+from gradleak.runs.spec import Plan, RunSpec, preflight
+from gradleak.runs.store import ResultStore
+from gradleak.runs.worker import execute
 from gradleak.io import write_text
 from gradleak.provenance import git_commit, versions
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gradleak.errors import GradleakError
-from gradleak.experiments.kinds import KINDS, RunContext
+from gradleak.runs.kinds import KINDS, RunContext
 from gradleak.plugins import load_plugins
 
 
@@ -33,8 +33,8 @@ def execute(run: dict[str, Any], out: str, *, profile: str, threads: int = 1,
     import torch
 
     from gradleak.config import flatten
-    from gradleak.experiments.artifacts import ensure_generator
-    from gradleak.experiments.spec import RunSpec
+    from gradleak.runs.artifacts import ensure_generator
+    from gradleak.runs.spec import RunSpec
     from gradleak.io import write_json
 
     torch.set_num_threads(max(1, threads))
