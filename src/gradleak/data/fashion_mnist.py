@@ -40,6 +40,11 @@ def _find(root: Path, stem: str) -> Path | None:
     return None
 
 
+def missing_files(root: Path = DEFAULT_ROOT) -> list[str]:
+    """The idx files of both splits (each ``.gz`` or plain) that ``root`` lacks."""
+    return [stem for pair in _FILES.values() for stem in pair if _find(root, stem) is None]
+
+
 def read_idx(path: str | Path, magic: int) -> np.ndarray:
     """Parse an idx file (gzip detected from its content): ``uint8`` array of the header's shape.
 
