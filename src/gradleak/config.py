@@ -349,12 +349,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     # attack that runs (a plug-in's own keys are valid only with its name).
     names = [value for key, value in items if key == "attack.name"]
     items = [(key, value) for key, value in items if key != "attack.name"]
-    probe = Config()
-    for key, value in [("attack.name", v) for v in names[-1:]] + items:  # validates every key once
-        set_key(probe, key, value)
     cfg = Config()
-    set_key(cfg, "attack.name", probe.attack.name)
-    for key, value in flatten(attack_preset(probe.attack.name)) + items:
+    if names:
+        set_key(cfg, "attack.name", names[-1])
+    # The preset's keys come first (the sources above win); each key is set and checked once.
+    for key, value in flatten(attack_preset(cfg.attack.name)) + items:
         set_key(cfg, key, value)
     check_config(cfg)
     settings_for(cfg.attack.name).of(cfg.attack)  # a family's own checks (its __post_init__)

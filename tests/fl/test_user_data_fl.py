@@ -7,7 +7,8 @@ import json
 import numpy as np
 
 from gradleak.config import load_config
-from gradleak.experiments.privacy_utility import build_grid, run_privacy_utility
+from gradleak.defenses.grid import build_grid
+from gradleak.experiments.privacy_utility import run_privacy_utility
 from gradleak.fl.server import run_federated
 
 

@@ -33,9 +33,8 @@ def run_spec(experiment: str, variant: str, cfg: Config, *, kind: str = "attack"
              labels: dict[str, Any] | None = None,
              options: dict[str, Any] | None = None) -> RunSpec:
     """One sweep run of the fully resolved ``cfg`` (every key, so the run is that config)."""
-    overrides = {k: v for k, v in flatten(cfg.to_dict()) if k != "seed"}
-    return RunSpec(experiment, kind, variant, labels if labels is not None else {"level": variant},
-                   overrides, dict(options or {}), int(cfg.seed))
+    return RunSpec.of(experiment, kind, variant,
+                      labels if labels is not None else {"level": variant}, cfg, options)
 
 
 def plan_of(runs: list[RunSpec], title: str, experiment: str = EXPERIMENT) -> Plan:

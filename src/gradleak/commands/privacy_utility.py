@@ -61,13 +61,11 @@ def parse_grid(items: list[str]) -> dict[str, list]:
 
 def run(args: argparse.Namespace) -> int:
     from gradleak.config import load_config
+    from gradleak.defenses.grid import DEFAULT_DEFENSES, build_grid, point_config
     from gradleak.experiments.privacy_utility import (
         ACCURACY_DROP_LINE,
-        DEFAULT_DEFENSES,
         QUICK,
         best_tradeoff,
-        build_grid,
-        point_config,
         run_privacy_utility,
     )
     from gradleak.report.plots import save_png, tradeoff_figure

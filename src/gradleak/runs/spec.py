@@ -31,8 +31,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-
-from gradleak.config import Config, load_config, refuse_code, unflatten
+from gradleak.config import Config, flatten, load_config, refuse_code, set_key, unflatten
 from gradleak.errors import GradleakError
 
 PROFILES = ("quick", "long", "paper")
@@ -69,13 +68,40 @@ class RunSpec:
         blob = json.dumps(key, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def config(self, *, resolve: dict[str, str] | None) -> Config:
-        """The run's validated Config; ``resolve`` maps artifact names to paths (None: keep
-        the ``${name}`` placeholders)."""
-        items = {k: _substitute(v, resolve) for k, v in self.overrides.items()}
+    @cached_property
+    def tree(self) -> Config:
+        """The run's validated Config with ``${name}`` placeholders kept: parsed once per spec
+        (or handed over ready-made by :meth:`of`)."""
+        items = dict(self.overrides)
         items["seed"] = self.seed
         # The experiment file's part was checked in Experiment.runs; the rest the user typed.
         return load_config(base=unflatten(items), trusted_base=True)
+
+    def config(self, *, resolve: dict[str, str] | None) -> Config:
+        """A copy of the run's validated Config; ``resolve`` maps artifact names to paths (None:
+        keep the ``${name}`` placeholders). Only substituted keys are set (and checked) again."""
+        cfg = copy.deepcopy(self.tree)
+        for key, value in self.overrides.items():
+            new = _substitute(value, resolve)
+            if new is not value:
+                set_key(cfg, key, new)
+        return cfg
+
+    @classmethod
+    def of(cls, experiment: str, kind: str, variant: str, labels: dict[str, Any], cfg: Config,
+           options: dict[str, Any] | None = None) -> RunSpec:
+        """The run of a ready, validated ``cfg`` (every key, so the run is that config): its
+        tree is kept, not parsed again from the overrides."""
+        overrides = {k: v for k, v in flatten(cfg.to_dict()) if k != "seed"}
+        spec = cls(experiment, kind, variant, labels, overrides, dict(options or {}), int(cfg.seed))
+        spec.__dict__["tree"] = copy.deepcopy(cfg)  # cached_property's slot, as if computed
+        return spec
+
+    @classmethod
+    def from_dict(cls, run: dict[str, Any]) -> RunSpec:
+        """The inverse of :meth:`to_dict` (``run_id`` is recomputed, not trusted)."""
+        return cls(run["experiment"], run["kind"], run["variant"], run["labels"], run["overrides"],
+                   run["options"], run["seed"], run.get("prepare") or {})
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "experiment": self.experiment, "kind": self.kind,

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from gradleak.errors import GradleakError
-from gradleak.runs.kinds import KINDS, RunContext
 from gradleak.plugins import load_plugins
+from gradleak.runs.kinds import KINDS, RunContext
 
 
 def _error_text(exc: BaseException) -> str:
@@ -33,13 +33,12 @@ def execute(run: dict[str, Any], out: str, *, profile: str, threads: int = 1,
     import torch
 
     from gradleak.config import flatten
+    from gradleak.io import write_json
     from gradleak.runs.artifacts import ensure_generator
     from gradleak.runs.spec import RunSpec
-    from gradleak.io import write_json
 
     torch.set_num_threads(max(1, threads))
-    spec = RunSpec(run["experiment"], run["kind"], run["variant"], run["labels"],
-                   run["overrides"], run["options"], run["seed"], run.get("prepare") or {})
+    spec = RunSpec.from_dict(run)
     out_path = Path(out)
     ctx = RunContext(run_dir=out_path / "runs" / spec.run_id, cache=out_path / "cache")
     row: dict[str, Any] = {"run_id": spec.run_id, "experiment": spec.experiment,
