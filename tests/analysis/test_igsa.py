@@ -19,11 +19,12 @@ from gradleak.analysis.igsa import (
     sample_l2_ball,
     shallow_weights,
 )
-from gradleak.analysis.theory import dimension_check, lemma41_check, local_updates_sweep
+from gradleak.analysis.theory import dimension_check, lemma41_check
 from gradleak.cli import main
 from gradleak.config import DataConfig, ModelConfig
 from gradleak.data import build_dataset
 from gradleak.errors import GradleakError
+from gradleak.experiments.local_updates import local_updates_plan
 from gradleak.models import build_model
 
 
@@ -193,4 +194,4 @@ def test_theory_command_analytic(tmp_path):
     result = json.loads((tmp_path / "theory.json").read_text())
     assert result["lemma_4_1"]["exact"] and not result["theorem_4_3"]["warning"]
     with pytest.raises(GradleakError, match="unknown theory attack"):
-        local_updates_sweep([1], attack="nope")
+        local_updates_plan([1], attacks=["nope"])

@@ -1,5 +1,6 @@
 """``gradleak theory``: numerical checks of the paper's Sec. 4 theory on a fully connected network
-(Lemma 4.1, Thm. 4.2, Thm. 4.3). The work lives in :mod:`gradleak.analysis.theory`.
+(Lemma 4.1, Thm. 4.2, Thm. 4.3). The checks live in :mod:`gradleak.analysis.theory`; Thm. 4.2's
+sweep over U is :mod:`gradleak.experiments.local_updates` (stored in OUT/results.sqlite, resumable).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Lemma 4.1: exact analytic reconstruction from one gradient. Thm. 4.2: attack "
                     "the model difference after U = 1..N full-batch local steps on an MLP with "
                     "N >= 2 samples; writes OUT/theory.csv, OUT/theory.png and OUT/theory.json "
-                    "(with the Thm. 4.3 dimension check).")
+                    "(with the Thm. 4.3 dimension check). Every run is stored in "
+                    "OUT/results.sqlite as it finishes: a rerun (or a resumed, interrupted one) "
+                    "skips the stored runs.")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--max-updates", type=int_at_least(1, 10_000), default=8, help="largest U (default 8)")
     p.add_argument("--samples", type=int_at_least(1, 10_000), default=2, help="victim batch N (default 2)")
@@ -33,17 +36,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
     from pathlib import Path
 
-    from gradleak.analysis.theory import (
-        MLP_SCENARIO,
-        dimension_check,
-        lemma41_check,
-        local_updates_sweep,
-        plot_local_updates,
-        write_local_updates_csv,
-    )
+    from gradleak.analysis.theory import MLP_SCENARIO, dimension_check, lemma41_check
     from gradleak.config import load_config
+    from gradleak.experiments.local_updates import local_updates_plan, run_local_updates
     from gradleak.io import write_json
     from gradleak.provenance import versions
     from gradleak.scenario import Scenario
@@ -59,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
     if unknown or not attacks:
         raise GradleakError(f"bad value {args.attacks!r} for --attacks: a comma list of analytic, ig")
     out = Path(args.out)
+    updates, seeds = range(1, args.max_updates + 1), range(args.seeds)
+    settings = {"attacks": attacks, "samples": args.samples, "lr": args.lr, "seeds": seeds,
+                "iterations": args.iterations, "overrides": args.overrides}
+    local_updates_plan(updates, **settings)  # every run's config checked before any work
     lemma = lemma41_check(args.overrides)
     print(f"Lemma 4.1: analytic attack on one FedSGD gradient, max |error| = "
           f"{lemma['max_abs_error']:.2e} ({'exact' if lemma['exact'] else 'NOT exact'})")
@@ -66,20 +68,17 @@ def run(args: argparse.Namespace) -> int:
     sc = Scenario.from_config(cfg)
     dims = dimension_check(sc.model, args.samples, tuple(sc.images.shape[1:]))
     print(f"Thm. 4.3: {dims['message']}")
-    rows = []
-    for attack in attacks:
-        rows += local_updates_sweep(range(1, args.max_updates + 1), attack=attack,
-                                    samples=args.samples, lr=args.lr, seeds=range(args.seeds),
-                                    iterations=args.iterations, overrides=args.overrides,
-                                    log=lambda m: print(m, flush=True))
-    write_local_updates_csv(out / "theory.csv", rows)
-    plot_local_updates(out / "theory.png", rows)
+    swept = run_local_updates(out, updates, **settings, progress=sys.stderr.isatty(),
+                              log=lambda m: print(m, flush=True))
+    rows = swept.rows
     write_json(out / "theory.json", {
         "lemma_4_1": lemma, "theorem_4_3": dims, "theorem_4_2": rows,
         "settings": {"samples": args.samples, "lr": args.lr, "seeds": args.seeds,
                      "attacks": attacks, "iterations": args.iterations,
                      "scenario": [*MLP_SCENARIO, *args.overrides]},
-        "versions": versions(),
+        "store": "results.sqlite", "versions": versions(),
     })
-    print(f"csv: {out / 'theory.csv'}\nplot: {out / 'theory.png'}\njson: {out / 'theory.json'}")
+    print(f"csv: {out / 'theory.csv'}\nplot: {out / 'theory.png'}\njson: {out / 'theory.json'}\n"
+          f"store: {out / 'results.sqlite'} ({len(swept.ran)} runs done, {len(swept.skipped)} "
+          "already stored)")
     return 0
