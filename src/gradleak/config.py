@@ -114,6 +114,12 @@ class DefenseConfig:
                                    help="gaussian: noise std = multiplier * (clip_norm or 1)")
     scale_sign: bool = _opt(False, help="signsgd: scale signs by the tensor's mean |value|")
     per_tensor: bool = _opt(True, help="qsgd/signsgd/topk: per tensor, else over the whole update")
+    dp_noise_multiplier: float = _opt(1.0, minimum=0.0, help="dpsgd: noise std / dp_max_grad_norm "
+                                      "(alias fl.dp_noise_multiplier)")
+    dp_max_grad_norm: float = _opt(1.0, minimum=0.0, help="dpsgd: per-sample L2 clipping bound "
+                                   "(alias fl.dp_max_grad_norm)")
+    dp_delta: float = _opt(1e-5, minimum=0.0, help="dpsgd: delta of the reported (epsilon, delta) "
+                           "(alias fl.dp_delta)")
 
 
 # The paper's leakage thresholds (App. C): a sample leaks if PSNR >= 18 dB and LPIPS <= 0.1.
@@ -149,10 +155,11 @@ class FLConfig:
     attack_round: int | None = _opt(None, minimum=1,
                                     help="round (1..R) whose victim update is attacked; null: R")
     secure_aggregation: bool = _opt(False, help="the server sees only the aggregate update")
-    dp: bool = _opt(False, help="client-side DP-SGD: per-sample clipping + Gaussian noise")
-    dp_noise_multiplier: float = _opt(1.0, minimum=0.0, help="DP-SGD noise std / max_grad_norm")
-    dp_max_grad_norm: float = _opt(1.0, minimum=0.0, help="DP-SGD per-sample L2 clipping bound")
-    dp_delta: float = _opt(1e-5, minimum=0.0, help="delta of the reported (epsilon, delta)")
+    dp: bool = _opt(False, help="client-side DP-SGD on top of defense.name (defense.name=dpsgd "
+                    "alone is the same training)")
+    dp_noise_multiplier: float = _opt(1.0, minimum=0.0, help="alias of defense.dp_noise_multiplier")
+    dp_max_grad_norm: float = _opt(1.0, minimum=0.0, help="alias of defense.dp_max_grad_norm")
+    dp_delta: float = _opt(1e-5, minimum=0.0, help="alias of defense.dp_delta")
     test_samples: int | None = _opt(None, minimum=1, help="evaluate on this many test samples")
 
 
@@ -237,9 +244,18 @@ def set_key(cfg: Config, key: str, value: Any) -> None:
         check_value(key, value, coerced, choices=f.metadata.get("choices"),
                     minimum=f.metadata.get("minimum"))
         setattr(target, part, coerced)
+        if key in ALIASES:  # both spellings hold the one value (the fl.* ones are contracts)
+            section, field_name = ALIASES[key].split(".")
+            setattr(getattr(cfg, section), field_name, coerced)
         if key == "attack.name":  # a plug-in attack's own keys come (and go) with its name
             cfg.attack = retype(cfg.attack, coerced)
         return
+
+
+# DP-SGD is the defense ``dpsgd``; its settings keep their older ``fl.dp_*`` names as aliases.
+_DP_KEYS = ("dp_noise_multiplier", "dp_max_grad_norm", "dp_delta")
+ALIASES: dict[str, str] = {**{f"fl.{k}": f"defense.{k}" for k in _DP_KEYS},
+                           **{f"defense.{k}": f"fl.{k}" for k in _DP_KEYS}}
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

@@ -142,6 +142,8 @@ RULES: dict[str, Rule] = {
     "fl.alpha": (lambda v: v > 0, "a finite number > 0"),
     "fl.dp_delta": (lambda v: 0.0 < v < 1.0, "a probability in (0, 1)"),
     "fl.dp_max_grad_norm": (lambda v: v > 0, "a finite number > 0"),
+    "defense.dp_delta": (lambda v: 0.0 < v < 1.0, "a probability in (0, 1)"),
+    "defense.dp_max_grad_norm": (lambda v: v > 0, "a finite number > 0"),
 }
 # Keys naming a file or folder: the empty string is a mistake, not "unset" (that is null).
 PATH_KEYS = ("data.root", "model.checkpoint", "attack.generator", "attack.postprocess")

@@ -43,6 +43,7 @@ from gradleak.data.sampling import select_victim_samples
 from gradleak.defenses import build_defense
 from gradleak.errors import GradleakError
 from gradleak.fl.client import ClientRound, ClientSetup, client_round
+from gradleak.fl.dp import dp_client_round, dp_settings
 from gradleak.metrics.baselines import reference_pool
 from gradleak.models import (
     MODELS,
@@ -240,9 +241,13 @@ class Scenario:
     # --- the steps ---------------------------------------------------------------------------
 
     def client_round(self) -> ClientRound:
-        """The victim's local training on the global model (client seed stream)."""
-        return client_round(self.model, self.images.to(self.device), self.labels.to(self.device),
-                            self.setup, seed=self.seeds.client)
+        """The victim's local training on the global model (client seed stream); DP-SGD
+        training with ``defense.name=dpsgd`` or ``fl.dp=true``."""
+        images, labels = self.images.to(self.device), self.labels.to(self.device)
+        dp = dp_settings(self.cfg)
+        if dp is not None:
+            return dp_client_round(self.model, images, labels, self.setup, dp, seed=self.seeds.client)
+        return client_round(self.model, images, labels, self.setup, seed=self.seeds.client)
 
     def defend(self, update: SharedUpdate) -> SharedUpdate:
         """The configured post-processing, with the defense's own generator."""

@@ -93,7 +93,7 @@ def build_defense(cfg: DefenseConfig) -> Defense:
 
 
 # Importing the modules registers their defenses.
-from gradleak.defenses import clip, clip_norm, gaussian, qsgd, signsgd, topk  # noqa: E402,F401
+from gradleak.defenses import clip, clip_norm, dpsgd, gaussian, qsgd, signsgd, topk  # noqa: E402,F401
 
 __all__ = ["DEFENSES", "Defense", "build_defense", "check_param", "float_tensors", "is_float",
            "map_float", "map_tensors", "random_like", "register_defense"]

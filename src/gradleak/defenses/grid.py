@@ -22,6 +22,7 @@ PAPER_GRIDS: dict[str, tuple[str | None, list[Any]]] = {
     "clip": ("bound", [0.5, 0.3, 0.1, 0.05, 0.01]),
     "gaussian": ("noise_multiplier", [0.05, 0.1, 0.15, 0.2, 0.25]),
     "clip_norm": ("clip_norm", [10.0, 5.0, 1.0, 0.5, 0.1]),  # not in the paper's grid
+    "dpsgd": ("dp_noise_multiplier", [0.1, 0.5, 1.0, 2.0]),  # not in the paper's grid
 }
 DEFAULT_DEFENSES = ("qsgd", "signsgd", "topk", "clip", "gaussian")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from gradleak.errors import GradleakError
-from gradleak.fl.client import ClientSetup, set_bn_mode
+from gradleak.fl.client import ClientRound, ClientSetup, capture_bn_statistics, set_bn_mode
 from gradleak.update import SharedUpdate
 
 
@@ -30,6 +31,15 @@ class DPSettings:
     noise_multiplier: float
     max_grad_norm: float
     delta: float = 1e-5
+
+
+def dp_settings(cfg: Any) -> DPSettings | None:
+    """The DP-SGD training a ``Config`` asks for: ``defense.name=dpsgd`` or ``fl.dp=true`` (the
+    settings are ``defense.dp_*``, which the ``fl.dp_*`` keys alias); None without DP."""
+    if cfg.defense.name != "dpsgd" and not cfg.fl.dp:
+        return None
+    d = cfg.defense
+    return DPSettings(d.dp_noise_multiplier, d.dp_max_grad_norm, d.dp_delta)
 
 
 def make_accountant():
@@ -51,8 +61,9 @@ def epsilon(accountant, delta: float) -> float:
 def _check_bn(local: nn.Module, setup: ClientSetup) -> None:
     if setup.bn_mode == "train" and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
                                         for m in local.modules()):
-        raise GradleakError("fl.dp=true needs per-sample gradients, which train-mode BatchNorm "
-                            "mixes; set client.bn_mode=eval or model.norm=group/none")
+        raise GradleakError("DP-SGD (defense.name=dpsgd or fl.dp=true) needs per-sample "
+                            "gradients, which train-mode BatchNorm mixes; set "
+                            "client.bn_mode=eval or model.norm=group/none")
 
 
 def dp_client_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -105,3 +116,13 @@ def dp_client_update(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
             params = {n: params[n] - setup.lr * step[n] for n in names}
     return SharedUpdate("model_delta", {n: params[n] - start[n] for n in names},
                         setup.num_samples)
+
+
+def dp_client_round(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                    setup: ClientSetup, dp: DPSettings, *, seed: int) -> ClientRound:
+    """:func:`dp_client_update` plus the BN batch statistics of the first forward pass (as
+    :func:`~gradleak.fl.client.client_round`)."""
+    local = copy.deepcopy(model)
+    set_bn_mode(local, setup.bn_mode)
+    stats = capture_bn_statistics(local, images)
+    return ClientRound(dp_client_update(model, images, labels, setup, dp, seed=seed), stats)

@@ -46,7 +46,7 @@ from gradleak.data.sampling import select_victim_samples
 from gradleak.errors import GradleakError
 from gradleak.fl.aggregation import aggregate, apply_update, server_step
 from gradleak.fl.client import ClientSetup, client_update, resolve_bn_mode, set_bn_mode
-from gradleak.fl.dp import DPSettings, dp_client_update, epsilon, make_accountant
+from gradleak.fl.dp import DPSettings, dp_client_update, dp_settings, epsilon, make_accountant
 from gradleak.fl.partition import partition_indices
 from gradleak.io import atomic_write
 from gradleak.progress import tqdm
@@ -155,7 +155,8 @@ def save_state(path: Path, model: nn.Module) -> Path:
     return path
 
 
-def _checked(parts: Sequence[Sequence[int]], fl: FLConfig) -> tuple[int, DPSettings | None]:
+def _checked(parts: Sequence[Sequence[int]], fl: FLConfig,
+             dp: DPSettings | None) -> tuple[int, DPSettings | None]:
     """Refuse a bad setup before training; returns the attack round and the DP settings."""
     if len(parts) != fl.clients:
         raise GradleakError(f"got {len(parts)} client partitions but fl.clients={fl.clients}")
@@ -165,9 +166,10 @@ def _checked(parts: Sequence[Sequence[int]], fl: FLConfig) -> tuple[int, DPSetti
     if not 1 <= attack_round <= fl.rounds:
         raise GradleakError(f"bad value {fl.attack_round!r} for fl.attack_round: must be in "
                             f"1..fl.rounds={fl.rounds}")
-    dp = DPSettings(fl.dp_noise_multiplier, fl.dp_max_grad_norm, fl.dp_delta) if fl.dp else None
+    if dp is None and fl.dp:  # API callers without a Config: the fl.dp_* aliases
+        dp = DPSettings(fl.dp_noise_multiplier, fl.dp_max_grad_norm, fl.dp_delta)
     if dp is not None and not dp.max_grad_norm > 0:
-        raise GradleakError(f"bad value {dp.max_grad_norm!r} for fl.dp_max_grad_norm: must be > 0")
+        raise GradleakError(f"bad value {dp.max_grad_norm!r} for defense.dp_max_grad_norm: must be > 0")
     return attack_round, dp
 
 
@@ -209,18 +211,19 @@ def train_federated(model: nn.Module, train: ImageDataset, parts: Sequence[Seque
                     client: ClientConfig, fl: FLConfig, defense: Defense | None = None,
                     test: ImageDataset | None = None, test_indices: Sequence[int] | None = None,
                     seed: int = 0, checkpoint_dir: str | Path | None = None,
-                    progress: bool = False) -> FLResult:
+                    progress: bool = False, dp: DPSettings | None = None) -> FLResult:
     """Train ``model`` (the global model, updated in place) with FedAvg / FedSGD.
 
     ``parts[k]``: train indices of client k (client 0 is the victim, see
     :func:`~gradleak.fl.partition.partition_indices`); ``client``: E, B, lr, protocol and BN mode
     of every client (B capped at each client's N); ``fl``: rounds, fraction, attack round, secure
-    aggregation and DP; ``defense``: post-processing applied by every client to its update
+    aggregation and DP (``dp``: DP-SGD training of every client; None: read ``fl.dp``);
+    ``defense``: post-processing applied by every client to its update
     before upload. Writes ``round_000.pt`` (initial) .. ``round_{R:03d}.pt`` into
     ``checkpoint_dir`` if given. Empty clients are skipped when sampled.
     """
     started = time.perf_counter()
-    attack_round, dp = _checked(parts, fl)
+    attack_round, dp = _checked(parts, fl, dp)
     defense = defense or (lambda u, **_kw: u)
     data = [train.tensors(p) for p in parts]
     test_x, test_y = (test.tensors(test_indices) if test is not None
@@ -331,5 +334,6 @@ def run_federated(cfg: Config, *, checkpoint_dir: str | Path | None = None,
     result = train_federated(model, train, parts, client=cfg.client, fl=cfg.fl,
                              defense=defense or build_defense(cfg.defense), test=test,
                              test_indices=test_indices, seed=cfg.seed,
-                             checkpoint_dir=checkpoint_dir, progress=progress)
+                             checkpoint_dir=checkpoint_dir, progress=progress,
+                             dp=dp_settings(cfg))
     return FederatedRun(result=result, model=model, train=train, test=test, parts=parts)
