@@ -43,12 +43,12 @@ import yaml
 
 from gradleak import plugins
 from gradleak.errors import GradleakError
+from gradleak.io import write_text
+from gradleak.provenance import git_commit, versions
 from gradleak.runs.lifecycle import init_worker
 from gradleak.runs.spec import Plan, RunSpec, preflight
 from gradleak.runs.store import ResultStore
 from gradleak.runs.worker import execute
-from gradleak.io import write_text
-from gradleak.provenance import git_commit, versions
 
 EXECUTORS = ("local", "ray")
 
