@@ -81,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from gradleak.audit.plan import load_audit_plan
     from gradleak.audit.scenarios import copy_scenario_folders, scenarios_plan
-    from gradleak.report.audit import load_audit_plan, render_audit
+    from gradleak.report.audit import render_audit
     from gradleak.runs.sweep import run_sweep
 
     plan = load_audit_plan(args.plan)

@@ -11,15 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from gradleak.io import write_text
+from gradleak.report.numbers import number
 from gradleak.report.plots import png_data_uri
 
 
 def _num(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
+    return number(value, digits)
 
 
 def _share(value: Any) -> str:

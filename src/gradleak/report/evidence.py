@@ -9,6 +9,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from gradleak.report.numbers import number
 from gradleak.report.stats import (
     SIGN_FLIP,
     PValues,
@@ -79,7 +80,7 @@ class Verdict:
         return {**asdict(self), "evidence": self.evidence}
 
 def fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.3g}"
+    return number(None if v is None else float(v), 3, missing="n/a")
 
 def decide(p_value: float | None, p_opposite: float | None, seeds: int) -> str:
     """supported if ``p_value`` <= ALPHA, contradicted if ``p_opposite`` is, else inconclusive

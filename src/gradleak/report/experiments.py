@@ -23,6 +23,7 @@ import yaml
 from gradleak.errors import GradleakError
 from gradleak.io import write_text
 from gradleak.metrics import METRICS
+from gradleak.report.numbers import mean_spread
 from gradleak.report.plots import png_data_uri, tradeoff_figure
 from gradleak.report.verdicts import judge, threshold
 from gradleak.report.verdicts import number as _num
@@ -69,12 +70,7 @@ def _png(fig: Any) -> str:
 
 
 def _cell(values: list[float]) -> str:
-    if not values:
-        return "–"
-    m = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{m:.4g}"
-    return f"{m:.4g} ± {statistics.stdev(values):.2g}"
+    return mean_spread(values)
 
 
 def derive(rows: list[dict[str, Any]]) -> None:
