@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from gradleak.attacks import build_attack, lowrank, observe
-from gradleak.attacks.restart import Restart, RunContext
+from gradleak.attacks.restart import Restart
 from gradleak.config import AttackConfig, ClientConfig, ModelConfig, ThreatConfig
 from gradleak.fl.client import ClientSetup, client_update
 from gradleak.models import build_model
@@ -45,8 +45,8 @@ def engine_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
                   setup=setup, labels=y, input_shape=tuple(x.shape[1:]), num_classes=10)
     attack = build_attack(AttackConfig(name="ig", iterations=10 ** 6))
     match = attack.matching_setup(obs)
-    ctx = RunContext(setup=match, obs=obs, fixed_labels=y, bn_prior=None)
-    step = Restart(attack, ctx, torch.Generator().manual_seed(0)).stepper()
+    ctx = attack.context(match, obs, y, None)
+    step = Restart(ctx, torch.Generator().manual_seed(0)).stepper()
     return lambda: step(0)
 
 

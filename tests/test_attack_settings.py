@@ -90,14 +90,14 @@ def test_rog_passes_every_engine_option():
                              "attack.stop_window=7", "attack.max_seconds=5",
                              "attack.batch_restarts=off", "attack.keep=best", "attack.group=2"])
     rog = build_attack(cfg.attack)
-    assert (rog.scale, rog.stop, rog.stop_window, rog.max_seconds) == (2, True, 7, 5.0)
+    assert (rog.rog_scale, rog.stop, rog.stop_window, rog.max_seconds) == (2, True, 7, 5.0)
     assert (rog.batch_restarts, rog.keep, rog.group, rog.lr) == ("off", "best", 2, 0.05)
 
 
 def test_families_build_from_their_settings():
     ggl = build_attack(load_config(None, ["attack.name=ggl", "attack.ggl_budget=33",
                                           "attack.adaptive=true"]).attack)
-    assert (ggl.budget, ggl.labels, ggl.adaptive) == (33, "idlg", True)
+    assert (ggl.ggl_budget, ggl.labels, ggl.adaptive) == (33, "idlg", True)
     gias = build_attack(load_config(None, ["attack.name=gias", "attack.latent_iterations=9"]).attack)
     assert (gias.iterations, gias.generator_iterations, gias.signed) == (9, 600, False)
     assert build_attack(load_config(None, ["attack.name=imprint", "attack.bins=5"]).attack).bins == 5
@@ -185,3 +185,64 @@ def test_presets_set_only_their_familys_keys():
         preset = set(attack_preset(name).get("attack", {}))
         stray = preset - set(ATTACKS.get(name).settings.names()) - kept_for_digests.get(name, set())
         assert not stray, f"{name}.yaml sets keys {name} does not read: {sorted(stray)}"
+
+
+# -- the settings object an attack holds ----------------------------------------------------------
+
+
+def test_an_attack_holds_one_checked_settings_object():
+    from gradleak.attacks.optimization import GradientMatchingAttack
+
+    ig = ATTACKS.get("ig")(iterations=5, tv=0.0)
+    assert type(ig.config) is MatchingSettings and (ig.iterations, ig.tv) == (5, 0.0)
+    assert ig.config.lr == MatchingSettings().lr  # the dataclass's defaults, no constructor's
+    ig.iterations = 7  # an attribute write replaces the settings with a checked copy
+    assert ig.config.iterations == 7 and "iterations" not in vars(ig)
+    with pytest.raises(GradleakError, match=r"attack.keep; allowed: last, best"):
+        ig.keep = "bogus"
+    for bad, match in [({"keep": "bogus"}, "bad value 'bogus' for attack.keep; allowed: last, best"),
+                       ({"group": 0}, "attack.group: must be >= 1"),
+                       ({"lr": 0.0}, "attack.lr: expected a finite number > 0"),
+                       ({"iterations": "many"}, "attack.iterations: expected int"),
+                       ({"group": 2, "learn_labels": True}, "cannot be combined"),
+                       ({"bins": 8}, "unknown setting 'bins' for attack 'GradientMatchingAttack'")]:
+        with pytest.raises(GradleakError, match=match) as err:
+            GradientMatchingAttack(**bad)
+        assert "\n" not in str(err.value)
+    with pytest.raises(GradleakError, match="bad value 1 for attack.bins: must be >= 2"):
+        ATTACKS.get("imprint")(bins=1)
+    with pytest.raises(GradleakError, match="attack.rog_scale: must be >= 1"):
+        ATTACKS.get("rog")(rog_scale=0)
+
+
+def test_keyword_construction_starts_from_the_attacks_preset():
+    """``DLG()`` in Python is the DLG of ``gradleak attack attack.name=dlg``."""
+    for name in ("dlg", "idlg", "gradinversion", "rog", "gias", "ggl", "ig", "analytic", "imprint"):
+        cls = ATTACKS.get(name)
+        built = build_attack(load_config(None, [f"attack.name={name}"]).attack).config
+        assert cls().config == built == cls.from_settings(built).config, name
+    dlg = ATTACKS.get("dlg")(iterations=3)
+    assert (dlg.optimizer, dlg.distance, dlg.iterations, dlg.config.name) == ("lbfgs", "l2", 3, "dlg")
+
+
+def test_from_config_reads_the_family_and_checks_its_rules():
+    cfg = AttackConfig(name="ig", group=2, learn_labels=True)  # the section accepts any mix ...
+    with pytest.raises(GradleakError, match="cannot be combined"):
+        build_attack(cfg)  # ... the family refuses it
+    with pytest.raises(GradleakError, match="cannot be combined"):
+        load_config(None, ["attack.group=2", "attack.learn_labels=true"])
+    gias = ATTACKS.get("gias").from_config(AttackConfig(name="gias", group=2, learn_labels=True,
+                                                        latent_iterations=3))
+    assert type(gias.config) is GIASSettings and gias.engine.iterations == 3
+    assert (gias.engine.box, gias.engine.group) == (False, 1)
+
+
+def test_the_engine_has_no_keyword_per_setting_constructor():
+    import inspect
+
+    from gradleak.attacks.optimization import GradientMatchingAttack
+
+    builtin = ("analytic", "imprint", "ggl", "gias", "rog", "dlg", "idlg", "ig", "gradinversion")
+    for cls in (GradientMatchingAttack, *(ATTACKS.get(n) for n in builtin)):
+        params = set(inspect.signature(cls.__init__).parameters) - {"self", "config", "values"}
+        assert not params & set(cls.settings.names()) - {"generator", "postprocess"}, cls

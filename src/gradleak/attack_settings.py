@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gradleak.config_values import option
+from gradleak.config_values import check_value, coerce, describe, option
 from gradleak.errors import GradleakError
 
 S = TypeVar("S", bound="AttackSettings")
@@ -46,6 +46,16 @@ class AttackSettings:
     labels: str = option("known", choices=LABEL_RULES)
     adaptive: bool = option(False, help="apply the known defense (or a surrogate) to trial gradients")
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Each value coerced to its field's type and checked against its ``option(...)`` (choices,
+        minimum, the per-key rules of :mod:`gradleak.config_values`), as the config key would be.
+        A family adds its cross-key rules by extending this (``super().check()`` first); it runs
+        on every construction, so an attack built in Python is checked like one from a config."""
+        check_fields(self)
+
     @classmethod
     def names(cls) -> list[str]:
         """The keys of this family, in declaration order."""
@@ -57,8 +67,40 @@ class AttackSettings:
         return cls(**{k: getattr(section, k) for k in cls.names() if hasattr(section, k)})
 
     def values(self, *, exclude: tuple[str, ...] = ("name", "adaptive")) -> dict[str, Any]:
-        """The settings as constructor keywords (``name`` and ``adaptive`` are the scenario's)."""
+        """The settings as constructor keywords (``name`` and ``adaptive`` are the scenario's);
+        for plug-in attacks whose constructor takes its keys one by one."""
         return {k: getattr(self, k) for k in self.names() if k not in exclude}
+
+    def replaced(self: S, who: str, values: dict[str, Any]) -> S:
+        """A copy with ``values`` set and checked; a key this family lacks is a one-line error
+        naming the keys of attack ``who``."""
+        unknown = [k for k in values if k not in self.names()]
+        if unknown:
+            raise GradleakError(f"unknown setting {unknown[0]!r} for attack {who!r}; allowed: "
+                                f"{', '.join(self.names())}")
+        return dataclasses.replace(self, **values)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def check_fields(settings: AttackSettings) -> None:
+    """Coerce and check every field of ``settings`` in place (see :meth:`AttackSettings.check`);
+    the messages are those of ``attack.<key>=<value>`` on the command line."""
+    hints = _hints(type(settings))
+    for f in dataclasses.fields(settings):
+        raw, key = getattr(settings, f.name), f"attack.{f.name}"
+        try:
+            value = coerce(raw, hints[f.name])
+        except (TypeError, ValueError, OverflowError):
+            kind = describe(hints[f.name])
+            raise GradleakError(f"bad value {raw!r} for {key}: expected {kind}"
+                                + (" (a finite number)" if "float" in kind else "")) from None
+        check_value(key, raw, value, choices=f.metadata.get("choices"),
+                    minimum=f.metadata.get("minimum"))
+        setattr(settings, f.name, value)
 
 
 @dataclass
@@ -144,6 +186,12 @@ class MatchingSettings(ObjectiveSettings):
     batch_restarts: str = option("auto", choices=("auto", "on", "off"),
                                  help="GIA-O: run restarts as one vmapped problem; auto = on CUDA only")
 
+    def check(self) -> None:
+        super().check()
+        if self.group > 1 and self.learn_labels:
+            raise GradleakError("attack.group > 1 cannot be combined with attack.learn_labels=true "
+                                "(the members would each need their own soft labels)")
+
 
 @dataclass
 class ROGSettings(MatchingSettings):
@@ -153,7 +201,14 @@ class ROGSettings(MatchingSettings):
 
 @dataclass
 class AttackConfig(ROGSettings, GIASSettings, GGLSettings, ImprintSettings):
-    """The ``attack`` config section: every built-in family's keys (see the module docstring)."""
+    """The ``attack`` config section: every built-in family's keys (see the module docstring).
+
+    Each key is checked on its own here; the rules across keys are the chosen family's, checked
+    when the config is resolved (``settings_for(name).of(section)``), so a sweep may set a key
+    globally that only some of its attacks read."""
+
+    def check(self) -> None:
+        check_fields(self)
 
 
 # --- which settings each attack name has ----------------------------------------------------

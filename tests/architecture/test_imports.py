@@ -50,17 +50,13 @@ def _module_name(path: Path) -> str:
 
 
 def _imports(path: Path) -> set[str]:
-    """Every gradleak module ``path`` imports, at module level or inside functions."""
+    """Every gradleak module ``path`` imports, at module level, inside functions or under
+    ``if TYPE_CHECKING:`` (an import for annotations only is a dependency too)."""
     tree = ast.parse(path.read_text())
     me = _module_name(path)
     package = me if path.name == "__init__.py" else me.rsplit(".", 1)[0]
     found: set[str] = set()
-    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
-                   and getattr(block.test, "id", None) == "TYPE_CHECKING"
-                   for stmt in block.body for n in ast.walk(stmt)}
     for node in ast.walk(tree):
-        if id(node) in typing_only:  # annotations only: no import at run time
-            continue
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("gradleak")}
         elif isinstance(node, ast.ImportFrom):

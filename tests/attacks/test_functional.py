@@ -9,16 +9,16 @@ import pytest
 import torch
 
 from gradleak.attacks import functional
-from gradleak.attacks.restart import Restart, RunContext
+from gradleak.attacks.restart import Restart
 from tests.attacks.engine_cases import make_case
 
 
 def _pieces(case: str, compiled: bool, batched: bool = False):
     attack, obs = make_case(case, 0)
     setup = attack.matching_setup(obs)
-    ctx = RunContext(setup=setup, obs=obs, fixed_labels=obs.labels, bn_prior=None)
-    restart = Restart(attack, ctx, torch.Generator().manual_seed(0))
-    fn = functional.objective_gradient(attack, ctx, batched=batched, compiled=compiled)
+    ctx = attack.context(setup, obs, obs.labels, None)
+    restart = Restart(ctx, torch.Generator().manual_seed(0))
+    fn = functional.objective_gradient(ctx, batched=batched, compiled=compiled)
     return restart, fn
 
 

@@ -63,7 +63,7 @@ def test_keep_best_returns_each_restarts_best_iterate_not_its_last():
     attack = build_attack(cfg)
     setup = attack.matching_setup(obs)
     check = rec.images.clone().requires_grad_(True)
-    loss = attack.distance(attack.predict(setup, obs, check, obs.labels, None), setup.target)
+    loss = attack.gradient_distance(attack.predict(setup, obs, check, obs.labels, None), setup.target)
     assert float(loss.detach()) == pytest.approx(rec.losses[0], rel=1e-5)
 
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from gradleak.attacks import build_attack, lowrank, observe
 from gradleak.attacks.losses import cosine_distance
-from gradleak.attacks.restart import Restart, RunContext
+from gradleak.attacks.restart import Restart
 from gradleak.config import AttackConfig, ClientConfig, ModelConfig, ThreatConfig
 from gradleak.fl.client import ClientSetup, client_update
 from gradleak.models import build_model
@@ -31,8 +31,8 @@ def _observation(batch: int = 2, hidden: int = 512):
 
 def _objective_and_gradient(attack, obs):
     setup = attack.matching_setup(obs)
-    ctx = RunContext(setup=setup, obs=obs, fixed_labels=obs.labels, bn_prior=None)
-    restart = Restart(attack, ctx, torch.Generator().manual_seed(0))
+    ctx = attack.context(setup, obs, obs.labels, None)
+    restart = Restart(ctx, torch.Generator().manual_seed(0))
     total, match = restart.objective()
     (grad,) = torch.autograd.grad(total, restart.free)
     return setup, match.detach(), grad

@@ -254,11 +254,11 @@ def test_ggl_kl_and_adaptive_defense():
         calls.append(update.kind)
         return DEFENSES.get("topk")(update, generator=generator, sparsity=0.5)
 
-    recon = GGL(generator=g, budget=20, defense=defense)(obs, seed=0)
+    recon = GGL(generator=g, ggl_budget=20, defense=defense)(obs, seed=0)
     assert recon.images.shape == (1, 3, 16, 16) and recon.labels == [4]
     assert calls and set(calls) == {"gradient"}
     with pytest.raises(GradleakError, match="adaptive"):
-        GGL(generator=g, budget=20, adaptive=True)(obs, seed=0)
+        GGL(generator=g, ggl_budget=20, adaptive=True)(obs, seed=0)
 
 
 # -- rog -----------------------------------------------------------------------------------------
@@ -268,7 +268,7 @@ def test_rog_reconstructs_a_bicubic_upsampling_of_a_low_res_image():
     truth = torch.rand(2, 3, 16, 16)
     obs = _observation(_mlp(16), truth, torch.tensor([1, 5]))
     attack = build_attack(load_config(None, ["attack.name=rog", "attack.iterations=15"]).attack)
-    assert isinstance(attack, ROG) and attack.scale == 4
+    assert isinstance(attack, ROG) and attack.rog_scale == 4
     seen = []
     original = attack.images
     attack.images = lambda v: (seen.append(v.detach().clone()), original(v))[1]

@@ -117,11 +117,8 @@ class AnalyticLinear(Attack):
     name = "analytic"
     info = AttackInfo(paper="Phong et al., IEEE TIFS 2018 (arXiv 2017)", strategy="GIA-A")
 
-    def __init__(self, *, labels: str = "known") -> None:
-        self.labels = labels
-
     def needs(self) -> frozenset[Knowledge]:
-        return _label_needs(self.requires, self.labels)
+        return _label_needs(self.requires, self.config.labels)
 
     def prepare_model(self, model: nn.Module, *, input_shape: tuple[int, int, int],
                       num_classes: int, seed: int) -> nn.Module:
@@ -147,7 +144,7 @@ class AnalyticLinear(Attack):
             if len(rows) < n:  # fewer neurons than samples: repeat the strongest rows
                 flat = flat[torch.arange(n) % len(rows)]
         images = to_pixels(flat, obs.model, obs.input_shape)
-        labels, source = resolve_labels(obs, self.labels)
+        labels, source = resolve_labels(obs, self.config.labels)
         loss = explained_residual(weight, bias, flat)
         return Reconstruction(images=images, candidates=images[None], losses=[loss],
                               labels=labels.tolist(), iterations=0, label_source=source)
@@ -218,21 +215,16 @@ class Imprint(Attack):
                       goal="data")
     requires = frozenset({Knowledge.BASIC, Knowledge.MALICIOUS})
     settings = ImprintSettings
-
-    def __init__(self, *, bins: int = 64, labels: str = "known") -> None:
-        if bins < 2:
-            raise GradleakError(f"bad value {bins} for attack.bins: must be >= 2")
-        self.bins = bins
-        self.labels = labels
+    config: ImprintSettings
 
     def needs(self) -> frozenset[Knowledge]:
-        return _label_needs(self.requires, self.labels)
+        return _label_needs(self.requires, self.config.labels)
 
     def prepare_model(self, model: nn.Module, *, input_shape: tuple[int, int, int],
                       num_classes: int, seed: int) -> nn.Module:
         """A copy of ``model`` whose network starts with an :class:`ImprintBlock`."""
         crafted = copy.deepcopy(model)
-        block = ImprintBlock(tuple(input_shape), self.bins,
+        block = ImprintBlock(tuple(input_shape), self.config.bins,
                              generator=torch.Generator().manual_seed(seed))
         device = next(model.parameters()).device
         if isinstance(getattr(crafted, "net", None), nn.Module):
@@ -258,7 +250,7 @@ class Imprint(Attack):
         empty = d_bias[ranked].abs() <= 1e-6 * d_bias.abs().max().clamp_min(1e-300)
         flat[empty] = 0.0
         images = to_pixels(flat, obs.model, obs.input_shape)
-        labels, source = resolve_labels(obs, self.labels)
+        labels, source = resolve_labels(obs, self.config.labels)
         loss = explained_residual(d_weight, d_bias, flat)
         return Reconstruction(images=images, candidates=images[None], losses=[loss],
                               labels=labels.tolist(), iterations=0, label_source=source)

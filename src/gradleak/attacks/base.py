@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -9,6 +11,7 @@ import torch
 from torch import nn
 
 from gradleak.attack_settings import AttackSettings
+from gradleak.config import attack_preset
 from gradleak.errors import GradleakError
 from gradleak.fl.client import ClientSetup
 from gradleak.threat import Knowledge, ThreatModel
@@ -94,13 +97,60 @@ class AttackInfo:
 
 
 class Attack:
-    """Base class: declare ``requires``, ``info`` and ``settings``; call the attack like a function."""
+    """Base class: declare ``requires``, ``info`` and ``settings``; call the attack like a function.
+
+    An instance holds its settings in one object, :attr:`config` (an instance of the family's
+    :attr:`settings` dataclass, checked when built). For convenience each setting also reads and
+    writes as an attribute (``attack.iterations``, ``attack.iterations = 5``): reading delegates
+    to :attr:`config`, writing replaces it with a checked copy. There is no other copy of a
+    setting, and the defaults are the dataclass's (plus the attack's preset, see ``__init__``).
+    """
 
     name: ClassVar[str]
     info: ClassVar[AttackInfo]
     requires: ClassVar[frozenset[Knowledge]] = frozenset({Knowledge.BASIC})
     # The attack family's typed ``attack.*`` keys (a dataclass; see gradleak.attack_settings).
     settings: ClassVar[type[AttackSettings]] = AttackSettings
+    config: AttackSettings
+
+    def __init__(self, config: AttackSettings | None = None, **values: Any) -> None:
+        """``config``: this family's settings (another settings object or config section is
+        read into the family's class). Without it: the family's defaults and this attack's preset
+        (``configs/attacks/<name>.yaml``), what ``gradleak attack attack.name=<name>`` starts
+        from. ``values``, named after the settings' fields, are set on top and checked like the
+        config keys; an unknown one is a one-line error."""
+        if config is None:
+            config = self.defaults()
+        elif type(config) is not self.settings:
+            config = self.settings.of(config)
+        if values:
+            config = config.replaced(getattr(self, "name", type(self).__name__), values)
+        self.config = config
+
+    @classmethod
+    def defaults(cls) -> AttackSettings:
+        """This attack's settings when nothing is set: the family's defaults with the attack's
+        preset file on top (its keys this family has)."""
+        name = getattr(cls, "name", None)
+        if name is None:
+            return cls.settings()
+        preset = attack_preset(name).get("attack", {})
+        keys = cls.settings.names()
+        return cls.settings(**{k: v for k, v in preset.items() if k in keys}, name=name)
+
+    def __getattr__(self, key: str) -> Any:
+        # Only called when the normal lookup fails: a setting read as an attribute.
+        config = self.__dict__.get("config")
+        if config is not None and key in config.__dataclass_fields__:
+            return getattr(config, key)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        config = self.__dict__.get("config")
+        if config is not None and key in config.__dataclass_fields__:
+            self.config = dataclasses.replace(config, **{key: value})  # checked like the keyword
+        else:
+            object.__setattr__(self, key, value)
 
     @classmethod
     def from_config(cls, cfg: Any) -> Attack:
@@ -110,9 +160,12 @@ class Attack:
 
     @classmethod
     def from_settings(cls, settings: AttackSettings) -> Attack:
-        """Each setting (but ``name`` and ``adaptive``) is the same-named constructor keyword;
-        override where names differ."""
-        return cls(**settings.values())
+        """The attack holding ``settings``. A plug-in whose constructor takes its keys one by one
+        (no ``config`` parameter, the older style) gets them as keywords, but ``name`` and
+        ``adaptive``."""
+        if "config" not in inspect.signature(cls.__init__).parameters:
+            return cls(**settings.values())
+        return cls(settings)
 
     def needs(self) -> frozenset[Knowledge]:
         """Knowledge needed with the current settings (subclasses add setting-dependent needs)."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +28,6 @@ from gradleak.attacks.losses import PLAIN_DISTANCES
 from gradleak.attacks.restart import Candidate, Restart, RunContext
 from gradleak.attacks.steps import AdamStep, Gradient
 
-if TYPE_CHECKING:
-    from gradleak.attacks.optimization import GradientMatchingAttack
-
-BATCH_MODES = ("auto", "on", "off")
 _CACHE: dict[tuple, Callable] = {}
 
 
@@ -46,47 +41,49 @@ class Plan:
     path: str
 
 
-def unsupported(attack: GradientMatchingAttack, ctx: RunContext) -> str | None:
+def unsupported(ctx: RunContext) -> str | None:
     """Why this run has no functional objective (None: it has one)."""
-    model = ctx.setup.model
+    model, s = ctx.setup.model, ctx.settings
     reasons = [(ctx.setup.simulate, "the WST replay of local SGD"),
                (ctx.bn_prior is not None, "the BN-statistics prior"),
-               (attack.transform is not None, "the adaptive transform"),
-               (attack.group > 1, "group consistency"), (attack.learn_labels, "learned labels"),
-               (attack.optimizer != "adam", f"optimizer={attack.optimizer}"),
+               (ctx.hooks.transform is not None, "the adaptive transform"),
+               (s.group > 1, "group consistency"), (s.learn_labels, "learned labels"),
+               (s.optimizer != "adam", f"optimizer={s.optimizer}"),
                (any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
                     for m in model.modules()), "train-mode BatchNorm")]
     found = [why for bad, why in reasons if bad]
     return ", ".join(found) if found else None
 
 
-def plan(attack: GradientMatchingAttack, ctx: RunContext) -> Plan:
+def plan(ctx: RunContext) -> Plan:
     """The path for this run. ``batch_restarts=auto`` batches on CUDA only: on CPU the batched
     problem measured no faster than the sequential one (docs/benchmarks.md)."""
-    mode = attack.batch_restarts
-    batch = attack.restarts > 1 and (mode == "on" or (mode == "auto" and ctx.setup.device.type == "cuda"))
-    if batch and (attack.stop or attack.max_seconds is not None):
+    s = ctx.settings
+    mode = s.batch_restarts
+    batch = s.restarts > 1 and (mode == "on" or (mode == "auto" and ctx.setup.device.type == "cuda"))
+    if batch and (s.stop or s.max_seconds is not None):
         if mode == "on":
             warnings.warn("attack.batch_restarts=on: restarts run one after another with "
                           "attack.stop / attack.max_seconds (each restart stops on its own)", stacklevel=3)
         batch = False
-    if not (attack.compile or batch):
+    if not (s.compile or batch):
         return Plan(False, None, "sequential, autograd")
-    why = unsupported(attack, ctx)
+    why = unsupported(ctx)
     if why is not None:
         warnings.warn(f"attack.compile / batch_restarts: no functional objective with {why}; "
                       "using the autograd path", stacklevel=3)
         return Plan(False, None, "sequential, autograd")
-    fn = objective_gradient(attack, ctx, batched=batch, compiled=attack.compile)
-    path = f"{'batched' if batch else 'sequential'}, {'compiled' if attack.compile else 'functional'}"
+    fn = objective_gradient(ctx, batched=batch, compiled=s.compile)
+    path = f"{'batched' if batch else 'sequential'}, {'compiled' if s.compile else 'functional'}"
     return Plan(batch, fn, path)
 
 
-def _total_and_match(attack: GradientMatchingAttack, model: torch.nn.Module, chosen_names: list[str]):
-    distance = PLAIN_DISTANCES[attack.distance_name]
+def _total_and_match(ctx: RunContext, chosen_names: list[str]):
+    model, hooks = ctx.setup.model, ctx.hooks
+    distance, scale = PLAIN_DISTANCES[ctx.settings.distance], ctx.settings.distance_scale
 
     def total_and_match(variable, params, buffers, target, labels):
-        images = attack.images(variable)
+        images = hooks.images(variable)
 
         def loss_of(chosen):
             full = {**params, **dict(zip(chosen_names, chosen, strict=True))}
@@ -94,31 +91,29 @@ def _total_and_match(attack: GradientMatchingAttack, model: torch.nn.Module, cho
 
         dummy = grad(loss_of)(tuple(params[n] for n in chosen_names))
         match = distance(list(dummy), list(target), [1.0] * len(target))
-        return attack.distance_scale * match + attack.regularisers(images, None), match
+        return scale * match + hooks.regularisers(images, None), match
 
     return total_and_match
 
 
-def _key(attack: GradientMatchingAttack, ctx: RunContext, batched: bool, compiled: bool) -> tuple:
-    model, setup = ctx.setup.model, ctx.setup
+def _key(ctx: RunContext, batched: bool, compiled: bool) -> tuple:
+    model, setup, s = ctx.setup.model, ctx.setup, ctx.settings
     shapes = tuple((n, tuple(t.shape), t.dtype) for n, t in
                    [*model.named_parameters(), *model.named_buffers()])
-    prior = (attack.distance_name, attack.distance_scale, attack.tv, attack.tv_border, attack.l2,
-             getattr(attack, "scale", None), getattr(attack, "_size", None))
-    return (type(attack), repr(model), shapes, tuple(m.training for m in model.modules()),
+    prior = (s.distance, s.distance_scale, s.tv, s.tv_border, s.l2, *ctx.hooks.images_key())
+    return (type(ctx.hooks), repr(model), shapes, tuple(m.training for m in model.modules()),
             tuple(setup.chosen), ctx.obs.num_samples, ctx.obs.input_shape, str(setup.device),
-            prior, batched, compiled, attack.restarts if batched else 1)
+            prior, batched, compiled, s.restarts if batched else 1)
 
 
-def objective_gradient(attack: GradientMatchingAttack, ctx: RunContext, *, batched: bool,
-                       compiled: bool) -> Gradient:
+def objective_gradient(ctx: RunContext, *, batched: bool, compiled: bool) -> Gradient:
     """``variable [N, ...]`` (or ``[R, N, ...]`` batched) -> (d total / d variable, match [] or
     [R]), the functional twin of the autograd objective of :class:`Restart` (priors TV and L2)."""
     model, setup = ctx.setup.model, ctx.setup
-    key = _key(attack, ctx, batched, compiled)
+    key = _key(ctx, batched, compiled)
     if key not in _CACHE:
         chosen_names = [setup.all_names[i] for i in setup.chosen]
-        fn = grad_and_value(_total_and_match(attack, model, chosen_names), has_aux=True)
+        fn = grad_and_value(_total_and_match(ctx, chosen_names), has_aux=True)
         if batched:
             fn = vmap(fn, in_dims=(0, None, None, None, None))
         _CACHE[key] = _Compiled(fn) if compiled else fn
@@ -156,38 +151,38 @@ def _no_objective() -> tuple[torch.Tensor, torch.Tensor]:
     raise AssertionError("the batched path steps with its functional gradient only")
 
 
-def batched_restarts(attack: GradientMatchingAttack, ctx: RunContext, generator: torch.Generator,
-                     bar, plan: Plan) -> tuple[list[Candidate], list[int]]:
+def batched_restarts(ctx: RunContext, generator: torch.Generator, bar,
+                     plan: Plan) -> tuple[list[Candidate], list[int]]:
     """All restarts as one ``[R, N, ...]`` problem. Adam is element-wise, so one Adam over the
     stack is R independent ones; the starts are drawn in the sequential path's order."""
-    count = attack.restarts
-    draws = [attack.initial(ctx.obs, ctx.setup.model, generator) for _ in range(count)]
+    s, hooks = ctx.settings, ctx.hooks
+    count = s.restarts
+    draws = [hooks.initial(ctx.obs, ctx.setup.model, generator) for _ in range(count)]
     variable = torch.stack(draws).to(ctx.setup.device).requires_grad_(True)
-    best = [Restart.around(attack, ctx, variable[r].detach()).best for r in range(count)]
+    best = [Restart.around(ctx, variable[r].detach()).best for r in range(count)]
     histories: list[list[float]] = [[] for _ in range(count)]
 
     def seen(matches: torch.Tensor) -> None:
-        if attack.keep == "best":
+        if s.keep == "best":
             for r, m in enumerate(matches.tolist()):
                 if m < best[r].loss:
                     best[r].loss, best[r].free = m, [variable[r].detach().clone()]
 
-    step = AdamStep([variable], _no_objective, seen, lr=attack.lr,
-                    signed=attack.signed, box=attack.box, schedule=attack.lr_schedule,
-                    gradient=plan.gradient)
-    for it in range(attack.iterations):
+    step = AdamStep([variable], _no_objective, seen, lr=s.lr, signed=s.signed, box=s.box,
+                    schedule=hooks.lr_schedule, gradient=plan.gradient)
+    for it in range(s.iterations):
         matches = step(it)
-        if attack.on_iterate is not None:
-            attack.on_iterate(it, variable.detach())
-        if it % 10 == 0 or it == attack.iterations - 1:
+        if hooks.on_iterate is not None:
+            hooks.on_iterate(it, variable.detach())
+        if it % 10 == 0 or it == s.iterations - 1:
             for r, m in enumerate(matches.tolist()):
                 histories[r].append(m)
             bar.set_postfix(grad_loss=f"{min(matches.tolist()):.4f}")
         bar.update(count)
     found = []
     for r in range(count):
-        restart = Restart.around(attack, ctx, variable[r].detach())
+        restart = Restart.around(ctx, variable[r].detach())
         restart.best = best[r]
         found += restart.candidates()
         ctx.history.extend(histories[r])
-    return found, [attack.iterations] * count
+    return found, [s.iterations] * count

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,22 +71,20 @@ class GGL(Attack):
     requires = frozenset({Knowledge.BASIC, Knowledge.DATA_DISTRIBUTION})
     settings = GGLSettings
 
-    def __init__(self, *, generator: str | Path | DCGANGenerator | None = None, budget: int = 2000,
-                 labels: str = "idlg", restarts: int = 1, distance_scale: float = 1.0,
-                 kl: float = KL_WEIGHT, sigma: float = 1.0, popsize: int | None = None,
-                 layers: Sequence[str] | None = None, adaptive: bool = False,
-                 defense: Callable[..., SharedUpdate] | None = None) -> None:
-        self.generator, self.budget, self.labels, self.restarts = generator, budget, labels, restarts
-        self.distance_scale, self.kl, self.sigma, self.popsize = distance_scale, kl, sigma, popsize
-        self.layers = list(layers) if layers else None
-        self.defense = defense
-        self.adaptive = adaptive or defense is not None
+    config: GGLSettings
 
-    @classmethod
-    def from_settings(cls, settings: GGLSettings) -> GGL:
-        """``ggl_budget`` is the constructor's ``budget``; ``adaptive`` is passed on."""
-        kwargs = settings.values(exclude=("name",))
-        return cls(budget=kwargs.pop("ggl_budget"), **kwargs)
+    def __init__(self, config: GGLSettings | None = None, *,
+                 generator: str | Path | DCGANGenerator | None = None, kl: float = KL_WEIGHT,
+                 sigma: float = 1.0, popsize: int | None = None,
+                 defense: Callable[..., SharedUpdate] | None = None, **values: Any) -> None:
+        """Beside the settings (see ``Attack.__init__``): ``generator`` as a path (the
+        ``attack.generator`` setting) or a :class:`DCGANGenerator` object; the KL weight, CMA's
+        initial step ``sigma`` and population; the scenario's ``defense`` (adaptive mode)."""
+        self.generator_module = generator if isinstance(generator, DCGANGenerator) else None
+        if generator is not None and self.generator_module is None:
+            values["generator"] = str(generator)
+        super().__init__(config, **values)
+        self.kl, self.sigma, self.popsize, self.defense = kl, sigma, popsize, defense
 
     def use_defense(self, defense: Callable[..., SharedUpdate]) -> None:
         """Give the attack the scenario's defense (``defense(update, generator=...)``)."""
@@ -105,10 +103,11 @@ class GGL(Attack):
         import cma
 
         candidates, losses, history = [], [], []
-        bar = tqdm(total=generations * popsize * self.restarts, disable=not progress,
+        restarts = self.config.restarts
+        bar = tqdm(total=generations * popsize * restarts, disable=not progress,
                    desc=f"attack {self.name}", unit="eval", dynamic_ncols=True)
         try:
-            for restart in range(self.restarts):
+            for restart in range(restarts):
                 # A fixed number of generations: CMA's own stopping rules are not consulted.
                 es = cma.CMAEvolutionStrategy(np.zeros(dim), self.sigma, {
                     "popsize": popsize, "seed": (seed * 1000 + restart) % (2**32 - 1) + 1,
@@ -131,24 +130,26 @@ class GGL(Attack):
         return candidates, losses, history
 
     def needs(self) -> frozenset[Knowledge]:
-        return self.requires | ({Knowledge.LABELS} if self.labels == "known" else frozenset())
+        return self.requires | ({Knowledge.LABELS} if self.config.labels == "known" else frozenset())
 
     def run(self, obs: Observation, *, seed: int, progress: bool) -> Reconstruction:
         try:
             import cma  # noqa: F401
         except ImportError:  # pragma: no cover - cma is a dependency
             raise GradleakError("attack 'ggl' needs the cma package: pip install 'cma>=3.3'") from None
-        if self.adaptive and self.defense is None:
+        s = self.config
+        if s.adaptive and self.defense is None:
             raise GradleakError("attack.adaptive=true needs the scenario's defense, which this run did "
                                 "not pass to the attack; from Python use GGL(defense=...)")
         model = copy.deepcopy(obs.model)
         set_bn_mode(model, obs.bn_mode, dropout=False)
         device = next(model.parameters()).device
-        net = attack_generator(self.generator, obs, device, who=self.name)
+        spec = self.generator_module if self.generator_module is not None else s.generator
+        net = attack_generator(spec, obs, device, who=self.name)
         names = [n for n, _ in model.named_parameters() if n in obs.update.tensors]
         params = [p.requires_grad_(True) for n, p in model.named_parameters() if n in names]
-        chosen = select_layers(names, self.layers)
-        label_t, source = resolve_labels(obs, self.labels)
+        chosen = select_layers(names, s.layers)
+        label_t, source = resolve_labels(obs, s.labels)
         label_t = label_t.to(device)
         classes = label_t if net.conditional else None
         simulate = obs.protocol == "fedavg" and obs.client is not None
@@ -181,11 +182,11 @@ class GGL(Attack):
             images = images.view(len(z), n, *images.shape[1:])
             reg = latent_kl(z)
             matches = [float(l2_distance(trial(x), target, weights)) for x in images]
-            totals = [self.distance_scale * m + self.kl * float(r) for m, r in zip(matches, reg, strict=True)]
+            totals = [s.distance_scale * m + self.kl * float(r) for m, r in zip(matches, reg, strict=True)]
             return totals, matches, images
 
         popsize = self.popsize or 4 + int(3 * math.log(n * d))
-        generations = max(1, self.budget // popsize)
+        generations = max(1, s.ggl_budget // popsize)
         candidates, losses, history = self._search(fitness, n * d, popsize, generations, seed=seed,
                                                    progress=progress)
         ranking = sorted(range(len(losses)), key=lambda i: (math.isnan(losses[i]), losses[i]))

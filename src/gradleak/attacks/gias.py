@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from gradleak.attack_settings import GIASSettings
+from gradleak.attack_settings import GIASSettings, MatchingSettings, ObjectiveSettings
 from gradleak.attacks import register_attack
 from gradleak.attacks.base import AttackInfo, Observation, Reconstruction
 from gradleak.attacks.optimization import GradientMatchingAttack, resolve_labels
@@ -73,25 +73,37 @@ class GIAS(GradientMatchingAttack):
     name = "gias"
     info = AttackInfo(paper="Jeon et al., NeurIPS 2021", strategy="GIA-L")
     requires = frozenset({Knowledge.BASIC, Knowledge.DATA_DISTRIBUTION})
-    settings = GIASSettings  # its keys are the constructor's keywords one to one
+    settings = GIASSettings
+    config: GIASSettings
 
-    def __init__(self, *, generator: GeneratorSpec = None, latent_iterations: int = 400,
-                 generator_iterations: int = 600, generator_lr: float = 1e-3, lr: float = 0.1,
-                 restarts: int = 1, labels: str = "known", lr_decay: bool = True,
-                 distance: str = "cosine", distance_scale: float = 1.0, optimizer: str = "adam",
-                 signed: bool = False, tv: float = 0.0, l2: float = 0.0, bn: float = 0.0,
-                 bn_source: str = "client", layers: Sequence[str] | None = None,
-                 learn_labels: bool = False, tv_border: str = "none") -> None:
-        super().__init__(iterations=latent_iterations, lr=lr, restarts=restarts, labels=labels,
-                         init="normal", lr_decay=lr_decay, distance=distance,
-                         distance_scale=distance_scale, optimizer=optimizer, signed=signed,
-                         box=False, tv=tv, l2=l2, bn=bn, bn_source=bn_source, layers=layers,
-                         learn_labels=learn_labels, tv_border=tv_border)
-        self.generator = generator
-        self.generator_iterations, self.generator_lr = generator_iterations, generator_lr
+    def __init__(self, config: GIASSettings | None = None, *, generator: GeneratorSpec = None,
+                 **values: Any) -> None:
+        """``generator``: a ``generator.pt`` path (the ``attack.generator`` setting) or a
+        :class:`DCGANGenerator` object, kept beside the settings (see ``Attack.__init__``)."""
+        self.generator_module = generator if isinstance(generator, DCGANGenerator) else None
+        if generator is not None and self.generator_module is None:
+            values["generator"] = str(generator)
+        super().__init__(config, **values)
         self._net: DCGANGenerator | None = None
         self._classes: torch.Tensor | None = None
         self._finals: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._stage1: tuple[GIASSettings, MatchingSettings] | None = None
+
+    @property
+    def engine(self) -> MatchingSettings:
+        """Stage 1's loop settings, derived from :attr:`config` (not stored apart): its objective
+        keys, ``iterations = latent_iterations``, no box; latents are drawn by :meth:`initial`."""
+        if self._stage1 is None or self._stage1[0] is not self.config:
+            shared = {k: getattr(self.config, k) for k in ObjectiveSettings.names()}
+            stage1 = MatchingSettings(**shared, iterations=self.config.latent_iterations,
+                                      init="normal", box=False)
+            self._stage1 = (self.config, stage1)
+        return self._stage1[1]
+
+    @property
+    def iterations(self) -> int:
+        """Stage 1's iterations (``attack.latent_iterations``)."""
+        return self.config.latent_iterations
 
     # -- the engine's hooks: the free variable is z [N, latent_dim] ------------------------------
 
@@ -109,16 +121,17 @@ class GIAS(GradientMatchingAttack):
 
     def run(self, obs: Observation, *, seed: int, progress: bool) -> Reconstruction:
         device = next(obs.model.parameters()).device
-        self._net = attack_generator(self.generator, obs, device, who=self.name)
+        spec = self.generator_module if self.generator_module is not None else self.config.generator
+        self._net = attack_generator(spec, obs, device, who=self.name)
         self._classes, self._finals = None, []
         if self._net.conditional:
-            if self.learn_labels:
+            if self.config.learn_labels:
                 raise GradleakError("attack.learn_labels=true cannot drive a class-conditional "
                                     "generator; set attack.labels to known or a label rule")
-            self._classes = resolve_labels(obs, self.labels)[0].to(device)
+            self._classes = resolve_labels(obs, self.config.labels)[0].to(device)
         try:
             stage1 = super().run(obs, seed=seed, progress=progress)
-            if self.generator_iterations == 0:
+            if self.config.generator_iterations == 0:
                 return stage1
             best = next((z for z, img in self._finals if torch.equal(img, stage1.images)), None)
             if best is None:  # pragma: no cover - only if the engine stops mapping latents last
@@ -136,7 +149,8 @@ class GIAS(GradientMatchingAttack):
         labels = torch.tensor(stage1.labels, dtype=torch.long, device=device)
         order = (batch_order(obs.client, torch.Generator().manual_seed(seed))
                  if setup.simulate else None)
-        bn_prior = self._bn_prior(setup.model, obs) if self.bn > 0 else None
+        s = self.config
+        bn_prior = self._bn_prior(setup.model, obs) if s.bn > 0 else None
 
         def predict(images: torch.Tensor) -> list[torch.Tensor]:
             return self.predict(setup, obs, images, labels, order)
@@ -153,9 +167,9 @@ class GIAS(GradientMatchingAttack):
                               for i, theta in enumerate(thetas)])
 
         free = [z] + [p for theta in thetas for p in theta.values()]
-        opt = torch.optim.Adam(free, lr=self.generator_lr)
-        steps = self.generator_iterations
-        milestones = [math.floor(steps * f) for f in (3 / 8, 5 / 8, 7 / 8)] if self.lr_decay else []
+        opt = torch.optim.Adam(free, lr=s.generator_lr)
+        steps = s.generator_iterations
+        milestones = [math.floor(steps * f) for f in (3 / 8, 5 / 8, 7 / 8)] if s.lr_decay else []
         scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
         history = list(stage1.history)
         bar = tqdm(total=steps, disable=not progress, desc="attack gias stage 2", unit="it",
@@ -165,8 +179,8 @@ class GIAS(GradientMatchingAttack):
                 images = render()
                 if bn_prior is not None:
                     bn_prior.start()
-                match = self.distance(predict(images), target)
-                total = self.distance_scale * match + self.regularisers(images, bn_prior)
+                match = self.gradient_distance(predict(images), target)
+                total = s.distance_scale * match + self.regularisers(images, bn_prior)
                 grads = torch.autograd.grad(total, free)
                 for v, g in zip(free, grads, strict=True):
                     v.grad = g
@@ -183,10 +197,10 @@ class GIAS(GradientMatchingAttack):
         with torch.no_grad():
             final = render().clamp(0, 1)
         check = final.clone().requires_grad_(True)
-        loss = float(self.distance(predict(check), target).detach())
+        loss = float(self.gradient_distance(predict(check), target).detach())
         # Stage 2 refines the best restart; the other restarts stay as further initialisations.
         candidates = torch.cat([final.cpu()[None], stage1.candidates[1:]])
         return Reconstruction(images=final.cpu(), candidates=candidates,
                               losses=[loss] + stage1.losses[1:], labels=stage1.labels,
-                              iterations=self.iterations + steps, label_source=stage1.label_source,
+                              iterations=self.engine.iterations + steps, label_source=stage1.label_source,
                               history=history)

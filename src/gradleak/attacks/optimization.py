@@ -29,7 +29,7 @@ from gradleak.attacks.base import Attack, Observation, Reconstruction
 from gradleak.attacks.losses import DISTANCES
 from gradleak.attacks.lowrank import factorable, factored_gradients
 from gradleak.attacks.matching import MatchingSetup, matching_setup, resolve_labels, select_layers
-from gradleak.attacks.priors import TV_BORDERS, BatchNormStatistics, l2_norm, total_variation
+from gradleak.attacks.priors import BatchNormStatistics, l2_norm, total_variation
 from gradleak.attacks.restart import Candidate, Restart, RunContext, rank
 from gradleak.attacks.simulate import simulated_delta
 from gradleak.attacks.steps import StopRule
@@ -42,11 +42,15 @@ __all__ = ["GradientMatchingAttack", "MatchingSetup", "resolve_labels", "select_
 
 
 class GradientMatchingAttack(Attack):
-    """Base of the GIA-O attacks; subclasses set ``name``, ``info`` and their defaults file.
-    Its settings (:class:`~gradleak.attack_settings.MatchingSettings`) are its constructor's
-    keywords one to one."""
+    """Base of the GIA-O attacks; subclasses set ``name``, ``info`` and their preset file.
+
+    Its settings are one :class:`~gradleak.attack_settings.MatchingSettings` object,
+    :attr:`config` (see :class:`~gradleak.attacks.base.Attack`); the loop runs with
+    :attr:`engine`, which is that object (GIAS derives its stage 1's). The attack is the loop's
+    :class:`~gradleak.attacks.restart.Hooks`."""
 
     settings = MatchingSettings
+    config: MatchingSettings
 
     # Adaptive attacker (attack.adaptive): maps the dummy gradients of the matched parameters to
     # their defended version before the distance; see gradleak.attacks.adaptive.
@@ -55,6 +59,11 @@ class GradientMatchingAttack(Attack):
     # time the road to a reconstruction. None in normal runs.
     on_iterate: Callable[[int, torch.Tensor], None] | None = None
 
+    @property
+    def engine(self) -> MatchingSettings:
+        """The settings the GIA-O loop runs with: :attr:`config` itself."""
+        return self.config
+
     def adapt(self, defense: Any, observed: SharedUpdate, model: nn.Module) -> None:
         """Adaptive attacker: post-process every dummy gradient with the differentiable surrogate
         of the client's defense (:mod:`gradleak.attacks.adaptive`) before the distance."""
@@ -62,78 +71,34 @@ class GradientMatchingAttack(Attack):
 
         names = [n for n, _ in model.named_parameters() if n in observed.tensors]
         self.transform = transform_for(defense, observed,
-                                       [names[i] for i in select_layers(names, self.layers)])
-
-    def __init__(self, *, iterations: int = 4800, lr: float = 0.1, restarts: int = 1,
-                 labels: str = "known", init: str = "randn", lr_decay: bool = True,
-                 distance: str = "cosine", distance_scale: float = 1.0, optimizer: str = "adam",
-                 signed: bool = True,
-                 box: bool = True, tv: float = 0.0, l2: float = 0.0, bn: float = 0.0,
-                 bn_source: str = "client", layers: Sequence[str] | None = None,
-                 learn_labels: bool = False, keep: str = "last", group: int = 1,
-                 group_weight: float = 0.01, group_every: int = 100, tv_border: str = "none",
-                 stop: bool = False, stop_tolerance: float = 1e-3, stop_window: int = 100,
-                 max_seconds: float | None = None, compile: bool = False,
-                 batch_restarts: str = "auto") -> None:
-        self._check(keep=keep, group=group, group_every=group_every, learn_labels=learn_labels,
-                    distance=distance, tv_border=tv_border, stop_window=stop_window,
-                    batch_restarts=batch_restarts)
-        self.iterations, self.lr, self.restarts = iterations, lr, restarts
-        self.labels, self.init, self.lr_decay = labels, init, lr_decay
-        self.distance_name, self.distance = distance, DISTANCES[distance]
-        self.distance_scale = distance_scale
-        self.optimizer, self.signed, self.box = optimizer, signed, box
-        self.tv, self.l2, self.bn, self.bn_source = tv, l2, bn, bn_source
-        self.layers = list(layers) if layers else None
-        self.learn_labels = learn_labels
-        self.keep = keep
-        self.group, self.group_weight, self.group_every = group, group_weight, group_every
-        self.tv_border = tv_border
-        self.stop, self.stop_tolerance, self.stop_window = stop, stop_tolerance, stop_window
-        self.max_seconds, self.compile, self.batch_restarts = max_seconds, compile, batch_restarts
-
-    @staticmethod
-    def _check(*, keep: str, group: int, group_every: int, learn_labels: bool, distance: str,
-               tv_border: str, stop_window: int, batch_restarts: str) -> None:
-        if keep not in ("last", "best"):
-            raise GradleakError(f"bad value {keep!r} for attack.keep; allowed: last, best")
-        if group < 1 or group_every < 1:
-            raise GradleakError(f"attack.group={group} and attack.group_every={group_every} must be >= 1")
-        if group > 1 and learn_labels:
-            raise GradleakError("attack.group > 1 cannot be combined with attack.learn_labels=true "
-                                "(the members would each need their own soft labels)")
-        if distance not in DISTANCES:
-            raise GradleakError(f"bad value {distance!r} for attack.distance; allowed: "
-                                f"{', '.join(DISTANCES)}")
-        if tv_border not in TV_BORDERS:
-            raise GradleakError(f"bad value {tv_border!r} for attack.tv_border; allowed: "
-                                f"{', '.join(TV_BORDERS)}")
-        if stop_window < 1:
-            raise GradleakError(f"attack.stop_window={stop_window} must be >= 1")
-        if batch_restarts not in functional.BATCH_MODES:
-            raise GradleakError(f"bad value {batch_restarts!r} for attack.batch_restarts; allowed: "
-                                f"{', '.join(functional.BATCH_MODES)}")
+                                       [names[i] for i in select_layers(names, self.engine.layers)])
 
     def needs(self) -> frozenset[Knowledge]:
-        needs = set(self.requires)
-        if self.tv > 0 or self.l2 > 0:
+        s, needs = self.engine, set(self.requires)
+        if s.tv > 0 or s.l2 > 0:
             needs.add(Knowledge.PRIORS)
-        if self.bn > 0 and self.bn_source == "client":
+        if s.bn > 0 and s.bn_source == "client":
             needs.add(Knowledge.BN_STATISTICS)
-        if self.labels == "known" and not self.learn_labels:
+        if s.labels == "known" and not s.learn_labels:
             needs.add(Knowledge.LABELS)
         return frozenset(needs)
+
+    def context(self, setup: MatchingSetup, obs: Observation, fixed_labels: torch.Tensor | None,
+                bn_prior: BatchNormStatistics | None) -> RunContext:
+        """What the restarts of one run share (this attack's settings and hooks included)."""
+        return RunContext(settings=self.engine, hooks=self, setup=setup, obs=obs,
+                          fixed_labels=fixed_labels, bn_prior=bn_prior)
 
     # -- pieces subclasses may override ---------------------------------------------------------
 
     def initial(self, obs: Observation, model: nn.Module, generator: torch.Generator) -> torch.Tensor:
         """The free variable's starting value (here: images ``[N, C, H, W]``)."""
-        shape = (obs.num_samples, *obs.input_shape)
-        if self.init == "rand":
+        shape, init = (obs.num_samples, *obs.input_shape), self.engine.init
+        if init == "rand":
             return torch.rand(shape, generator=generator)
-        if self.init == "normal":
+        if init == "normal":
             return torch.randn(shape, generator=generator)
-        if self.init == "gray":
+        if init == "gray":
             return torch.full(shape, 0.5) + 0.01 * torch.randn(shape, generator=generator)
         # Geiping's N(0, 1) in normalised space, i.e. mean + std * N(0, 1) in pixel space.
         mean = getattr(model, "input_mean", torch.tensor(0.5)).cpu()
@@ -144,21 +109,25 @@ class GradientMatchingAttack(Attack):
         """Map the free variable to images in pixel space (identity for GIA-O)."""
         return variable
 
+    def images_key(self) -> tuple:
+        """What :meth:`images` depends on besides the input shape (none here)."""
+        return ()
+
     def lr_schedule(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
         """Geiping et al.'s step decay x0.1 at 3/8, 5/8 and 7/8 of the run (none without lr_decay)."""
         return torch.optim.lr_scheduler.MultiStepLR(
-            opt, milestones=self._milestones() if self.lr_decay else [], gamma=0.1)
+            opt, milestones=self._milestones() if self.engine.lr_decay else [], gamma=0.1)
 
     def _milestones(self) -> list[int]:
-        return [math.floor(self.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+        return [math.floor(self.engine.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
 
     def plateau_milestones(self) -> list[int] | None:
         """With ``attack.stop`` and the engine's own step decay, the decay milestones a plateau
         may bring forward ([] without decay); None where the schedule is fixed (stop off, or a
         subclass's own schedule, e.g. ROG's cosine annealing: a plateau then just stops)."""
-        if not self.stop or type(self).lr_schedule is not GradientMatchingAttack.lr_schedule:
+        if not self.engine.stop or type(self).lr_schedule is not GradientMatchingAttack.lr_schedule:
             return None
-        return self._milestones() if self.lr_decay else []
+        return self._milestones() if self.engine.lr_decay else []
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -166,8 +135,8 @@ class GradientMatchingAttack(Attack):
         """The attacker's model copy, the matched parameters and the target they are matched to.
         With the cosine distance on a one-gradient update, large linear layers' weight gradients
         are kept factored (:mod:`gradleak.attacks.lowrank`)."""
-        setup = matching_setup(obs, self.layers)
-        if self.distance_name == "cosine" and not setup.simulate and self.transform is None:
+        setup = matching_setup(obs, self.engine.layers)
+        if self.engine.distance == "cosine" and not setup.simulate and self.transform is None:
             setup.lowrank = factorable(setup.model, setup.all_names, setup.chosen, obs.num_samples,
                                        obs.input_shape)
         return setup
@@ -188,35 +157,41 @@ class GradientMatchingAttack(Attack):
 
     def regularisers(self, images: torch.Tensor, bn_prior: BatchNormStatistics | None) -> torch.Tensor:
         """The weighted priors (TV, L2 norm, BN statistics) of ``images``; 0 without priors."""
-        total = images.new_zeros(())
-        if self.tv > 0:
-            total = total + self.tv * total_variation(images, border=self.tv_border)
-        if self.l2 > 0:
-            total = total + self.l2 * l2_norm(images)
+        s, total = self.engine, images.new_zeros(())
+        if s.tv > 0:
+            total = total + s.tv * total_variation(images, border=s.tv_border)
+        if s.l2 > 0:
+            total = total + s.l2 * l2_norm(images)
         if bn_prior is not None:
-            total = total + self.bn * bn_prior.loss()
+            total = total + s.bn * bn_prior.loss()
         return total
+
+    def gradient_distance(self, dummy: Sequence[torch.Tensor],
+                          target: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The ``attack.distance`` between a dummy update and the target (a scalar tensor)."""
+        return DISTANCES[self.engine.distance](dummy, target)
 
     def stop_rule(self) -> StopRule | None:
         """A fresh stopping rule for one restart (None with ``attack.stop`` and
         ``attack.max_seconds`` off); the wall-clock budget is shared evenly by the restarts."""
-        if not self.stop and self.max_seconds is None:
+        s = self.engine
+        if not s.stop and s.max_seconds is None:
             return None
-        seconds = None if self.max_seconds is None else self.max_seconds / self.restarts
-        tolerance = self.stop_tolerance if self.stop else -math.inf  # time limit only
-        return StopRule(tolerance, self.stop_window, seconds)
+        seconds = None if s.max_seconds is None else s.max_seconds / s.restarts
+        tolerance = s.stop_tolerance if s.stop else -math.inf  # time limit only
+        return StopRule(tolerance, s.stop_window, seconds)
 
     def run(self, obs: Observation, *, seed: int, progress: bool) -> Reconstruction:
-        setup = self.matching_setup(obs)
-        if self.learn_labels:
+        s, setup = self.engine, self.matching_setup(obs)
+        if s.learn_labels:
             fixed_labels, source = None, "optimised"
         else:
-            fixed_labels, source = resolve_labels(obs, self.labels)
+            fixed_labels, source = resolve_labels(obs, s.labels)
             fixed_labels = fixed_labels.to(setup.device)
-        bn_prior = self._bn_prior(setup.model, obs) if self.bn > 0 else None
-        ctx = RunContext(setup=setup, obs=obs, fixed_labels=fixed_labels, bn_prior=bn_prior)
+        bn_prior = self._bn_prior(setup.model, obs) if s.bn > 0 else None
+        ctx = self.context(setup, obs, fixed_labels, bn_prior)
         generator = torch.Generator().manual_seed(seed)
-        bar = tqdm(total=self.iterations * self.restarts, disable=not progress,
+        bar = tqdm(total=s.iterations * s.restarts, disable=not progress,
                    desc=f"attack {self.name}", unit="it", dynamic_ncols=True)
         try:
             found, used = self._restarts(ctx, generator, bar)
@@ -230,12 +205,12 @@ class GradientMatchingAttack(Attack):
                   ) -> tuple[list[Candidate], list[int]]:
         """Every restart's candidates and the iterations each used: one batched problem where
         :func:`functional.batched_restarts` applies, else the restarts one after another."""
-        plan = functional.plan(self, ctx)
+        plan = functional.plan(ctx)
         if plan.batched:
-            return functional.batched_restarts(self, ctx, generator, bar, plan)
+            return functional.batched_restarts(ctx, generator, bar, plan)
         found, used = [], []
-        for _ in range(self.restarts):
-            restart = Restart(self, ctx, generator)
+        for _ in range(ctx.settings.restarts):
+            restart = Restart(ctx, generator)
             if plan.gradient is not None:
                 restart.gradient = plan.gradient
             used.append(restart.run(bar, self.stop_rule()))
@@ -250,16 +225,11 @@ class GradientMatchingAttack(Attack):
         labels = labels.argmax(-1) if labels.ndim == 2 else labels
         return Reconstruction(images=stacked[0], candidates=stacked,
                               losses=[found[i][2] for i in ranking], labels=labels.tolist(),
-                              iterations=self.iterations, label_source=source, history=history,
-                              iterations_used=used)
-
-    def _members(self, variable: torch.Tensor) -> list[torch.Tensor]:
-        """The group members of the engine's variable: ``variable[k]`` when ``group > 1`` (the
-        members are stacked on a leading axis), else the variable itself."""
-        return list(variable.unbind(0)) if self.group > 1 else [variable]
+                              iterations=self.engine.iterations, label_source=source,
+                              history=history, iterations_used=used)
 
     def _bn_prior(self, model: nn.Module, obs: Observation) -> BatchNormStatistics:
-        if self.bn_source == "client":
+        if self.engine.bn_source == "client":
             if obs.bn_statistics is None:
                 raise GradleakError("attack.bn_source=client needs threat.knows_bn_statistics=true")
             targets = obs.bn_statistics

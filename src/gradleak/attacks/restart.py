@@ -1,30 +1,77 @@
 """One restart of the GIA-O engine: its objective, its best-iterate bookkeeping, its loop and the
-candidates it hands back (see :class:`gradleak.attacks.optimization.GradientMatchingAttack`)."""
+candidates it hands back.
+
+The loop knows the attack only through :class:`RunContext`: the run's settings
+(:class:`~gradleak.attack_settings.MatchingSettings`) and the attack's :class:`Hooks` (implemented
+by :class:`gradleak.attacks.optimization.GradientMatchingAttack` and its subclasses), so this
+module does not import the attack classes.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
+from torch import nn
 
+from gradleak.attack_settings import MatchingSettings
 from gradleak.attacks.base import Observation
+from gradleak.attacks.losses import DISTANCES
 from gradleak.attacks.matching import MatchingSetup
 from gradleak.attacks.priors import BatchNormStatistics, group_consistency
 from gradleak.attacks.simulate import batch_order
 from gradleak.attacks.steps import AdamStep, Gradient, LbfgsStep, StopRule
 
-if TYPE_CHECKING:
-    from gradleak.attacks.optimization import GradientMatchingAttack
-
 Candidate = tuple[torch.Tensor, torch.Tensor, float]  # images, labels, gradient loss
+
+
+class Hooks(Protocol):
+    """What the loop (and :mod:`gradleak.attacks.functional`) calls on the attack."""
+
+    # maps the dummy gradients of the matched parameters to their defended version (adaptive)
+    transform: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None
+    # observer called after every step with (iteration, free variable)
+    on_iterate: Callable[[int, torch.Tensor], None] | None
+
+    def initial(self, obs: Observation, model: nn.Module, generator: torch.Generator) -> torch.Tensor:
+        """The free variable's starting value."""
+
+    def images(self, variable: torch.Tensor) -> torch.Tensor:
+        """The free variable mapped to images in pixel space."""
+
+    def images_key(self) -> tuple:
+        """What :meth:`images` depends on besides the input shape (a compile-cache key)."""
+
+    def predict(self, setup: MatchingSetup, obs: Observation, images: torch.Tensor,
+                labels: torch.Tensor, order: list[torch.Tensor] | None) -> list[torch.Tensor]:
+        """The dummy update of ``images``."""
+
+    def regularisers(self, images: torch.Tensor, bn_prior: BatchNormStatistics | None) -> torch.Tensor:
+        """The weighted priors of ``images``."""
+
+    def lr_schedule(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        """The learning-rate schedule of one restart's optimiser."""
+
+    def plateau_milestones(self) -> list[int] | None:
+        """The decay milestones a plateau may bring forward (None: a fixed schedule)."""
+
+
+def members(variable: torch.Tensor, group: int) -> list[torch.Tensor]:
+    """The group members of the engine's variable: ``variable[k]`` when ``group > 1`` (the
+    members are stacked on a leading axis), else the variable itself."""
+    return list(variable.unbind(0)) if group > 1 else [variable]
 
 
 @dataclass
 class RunContext:
-    """What every restart of one attack run shares."""
+    """What every restart of one attack run shares: its settings, the attack's hooks and the
+    matching problem."""
 
+    settings: MatchingSettings
+    hooks: Hooks
     setup: MatchingSetup
     obs: Observation
     fixed_labels: torch.Tensor | None  # None: labels are optimised (DLG)
@@ -55,31 +102,31 @@ class BestIterate:
 class Restart:
     """The free tensors of one restart and the functions of them the loop needs."""
 
-    def __init__(self, attack: GradientMatchingAttack, ctx: RunContext,
-                 generator: torch.Generator) -> None:
-        obs, device = ctx.obs, ctx.setup.device
-        self.attack, self.ctx = attack, ctx
+    def __init__(self, ctx: RunContext, generator: torch.Generator) -> None:
+        obs, device, group = ctx.obs, ctx.setup.device, ctx.settings.group
+        self.ctx, self.settings, self.hooks = ctx, ctx.settings, ctx.hooks
+        self.distance = DISTANCES[ctx.settings.distance]
         # One restart optimises `group` members jointly; a lone member is drawn exactly as
         # before groups existed, so group=1 results are unchanged.
-        draws = [attack.initial(obs, ctx.setup.model, generator) for _ in range(attack.group)]
-        variable = (draws[0] if attack.group == 1 else torch.stack(draws)).to(device).requires_grad_(True)
+        draws = [ctx.hooks.initial(obs, ctx.setup.model, generator) for _ in range(group)]
+        variable = (draws[0] if group == 1 else torch.stack(draws)).to(device).requires_grad_(True)
         self.free = [variable]
-        if attack.learn_labels:
+        if ctx.settings.learn_labels:
             self.free.append(torch.randn(obs.num_samples, obs.num_classes, generator=generator)
                              .to(device).requires_grad_(True))
         self.order = batch_order(obs.client, generator) if ctx.setup.simulate else None
         self.consensus: torch.Tensor | None = None
-        self.best = BestIterate(enabled=attack.keep == "best")
+        self.best = BestIterate(enabled=ctx.settings.keep == "best")
         self.gradient: Gradient | None = None  # the functional objective, where planned
 
     @classmethod
-    def around(cls, attack: GradientMatchingAttack, ctx: RunContext,
-               variable: torch.Tensor) -> Restart:
+    def around(cls, ctx: RunContext, variable: torch.Tensor) -> Restart:
         """A restart holding ``variable`` (drawn elsewhere, e.g. by the batched path)."""
         restart = cls.__new__(cls)
-        restart.attack, restart.ctx, restart.free = attack, ctx, [variable]
-        restart.order, restart.consensus = None, None
-        restart.best = BestIterate(enabled=attack.keep == "best")
+        restart.ctx, restart.settings, restart.hooks = ctx, ctx.settings, ctx.hooks
+        restart.distance = DISTANCES[ctx.settings.distance]
+        restart.free, restart.order, restart.consensus = [variable], None, None
+        restart.best = BestIterate(enabled=ctx.settings.keep == "best")
         restart.gradient = None
         return restart
 
@@ -87,46 +134,46 @@ class Restart:
         return self.ctx.fixed_labels if len(free) == 1 else free[1].softmax(-1)
 
     def predict(self, images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
-        return self.attack.predict(self.ctx.setup, self.ctx.obs, images, labels, self.order)
+        return self.hooks.predict(self.ctx.setup, self.ctx.obs, images, labels, self.order)
 
     def objective(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(total loss, gradient-matching loss) of the current iterate; with a group the match
         is the members' mean."""
-        attack, free, bn_prior = self.attack, self.free, self.ctx.bn_prior
+        s, hooks, free, bn_prior = self.settings, self.hooks, self.free, self.ctx.bn_prior
         total, matches = free[0].new_zeros(()), []
-        for member in attack._members(free[0]):
-            images = attack.images(member)
+        for member in members(free[0], s.group):
+            images = hooks.images(member)
             if bn_prior is not None:
                 bn_prior.start()
-            match = attack.distance(self.predict(images, self.labels_of(free)), self.ctx.setup.target)
-            total = total + attack.distance_scale * match + attack.regularisers(images, bn_prior)
+            match = self.distance(self.predict(images, self.labels_of(free)), self.ctx.setup.target)
+            total = total + s.distance_scale * match + hooks.regularisers(images, bn_prior)
             matches.append(match)
         if self.consensus is not None:
-            total = total + attack.group_weight * group_consistency(free[0], self.consensus)
+            total = total + s.group_weight * group_consistency(free[0], self.consensus)
         return total, matches[0] if len(matches) == 1 else torch.stack(matches).mean()
 
     def stepper(self) -> AdamStep | LbfgsStep:
-        attack = self.attack
+        s = self.settings
 
         def seen(match: float) -> None:
             self.best.see(match, self.free)
 
-        if attack.optimizer == "lbfgs":
-            return LbfgsStep(self.free, self.objective, seen, lr=attack.lr, box=attack.box)
-        return AdamStep(self.free, self.objective, seen, lr=attack.lr, signed=attack.signed,
-                        box=attack.box, schedule=attack.lr_schedule,
-                        plateau_milestones=attack.plateau_milestones(), gradient=self.gradient)
+        if s.optimizer == "lbfgs":
+            return LbfgsStep(self.free, self.objective, seen, lr=s.lr, box=s.box)
+        return AdamStep(self.free, self.objective, seen, lr=s.lr, signed=s.signed, box=s.box,
+                        schedule=self.hooks.lr_schedule,
+                        plateau_milestones=self.hooks.plateau_milestones(), gradient=self.gradient)
 
     def run(self, bar, stop: StopRule | None) -> int:
         """Optimise for ``attack.iterations`` steps or until ``stop`` ends it; the steps used."""
-        attack, history = self.attack, self.ctx.history
-        step, last = self.stepper(), attack.iterations - 1
-        for it in range(attack.iterations):
-            if attack.group > 1 and it > 0 and it % attack.group_every == 0:
+        s, hooks, history = self.settings, self.hooks, self.ctx.history
+        step, last = self.stepper(), s.iterations - 1
+        for it in range(s.iterations):
+            if s.group > 1 and it > 0 and it % s.group_every == 0:
                 self.consensus = self.free[0].detach().mean(0)
             match = step(it)
-            if attack.on_iterate is not None:
-                attack.on_iterate(it, self.free[0].detach())
+            if hooks.on_iterate is not None:
+                hooks.on_iterate(it, self.free[0].detach())
             ended = stop is not None and (stop.out_of_time() or (stop.plateau(match)
                                                                  and not self._decayed(step, stop, it)))
             if it % 10 == 0 or it == last or ended:
@@ -135,7 +182,7 @@ class Restart:
             bar.update(1)
             if ended:
                 return it + 1
-        return attack.iterations
+        return s.iterations
 
     @staticmethod
     def _decayed(step: AdamStep | LbfgsStep, stop: StopRule, it: int) -> bool:
@@ -147,7 +194,7 @@ class Restart:
 
     def candidates(self) -> list[Candidate]:
         """The restart's result: its last iterate, or its best one where that scores lower."""
-        if self.attack.group > 1:
+        if self.settings.group > 1:
             return self._group_candidates()
         # The final iterate was never scored: one forward/backward per restart.
         found = self.candidate(self.free)
@@ -167,7 +214,8 @@ class Restart:
         """
         def score(group_free: list[torch.Tensor]) -> list[Candidate]:
             rest = group_free[1:]
-            found = [self.candidate([member, *rest]) for member in self.attack._members(group_free[0])]
+            found = [self.candidate([member, *rest])
+                     for member in members(group_free[0], self.settings.group)]
             found.append(self.candidate([group_free[0].mean(0), *rest]))
             return found
 
@@ -186,13 +234,13 @@ class Restart:
         L-BFGS's inner iterates), so the loss reported is that of the images returned.
         """
         with torch.no_grad():
-            raw = self.attack.images(free[0])
+            raw = self.hooks.images(free[0])
             images = raw.clamp(0, 1)
         labels = self.labels_of(free).detach()
         if known is not None and torch.equal(raw, images):
             return images, labels, known
         check = images.clone().requires_grad_(True)
-        loss = self.attack.distance(self.predict(check, labels), self.ctx.setup.target)
+        loss = self.distance(self.predict(check, labels), self.ctx.setup.target)
         return images, labels, float(loss.detach())
 
 

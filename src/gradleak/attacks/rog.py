@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,40 +41,40 @@ class ROG(GradientMatchingAttack):
     name = "rog"
     info = AttackInfo(paper="Yue et al., USENIX Security 2023", strategy="GIA-O")
     settings = ROGSettings
+    config: ROGSettings
 
-    def __init__(self, *, scale: int = 4, postprocess: str | Path | nn.Module | None = None,
-                 **kwargs) -> None:
-        super().__init__(**kwargs)
-        if scale < 1:
-            raise GradleakError(f"bad value {scale} for attack.rog_scale: must be >= 1")
-        self.scale, self.postprocess = scale, postprocess
+    def __init__(self, config: ROGSettings | None = None, *,
+                 postprocess: str | Path | nn.Module | None = None, **values: Any) -> None:
+        """``postprocess``: a file (the ``attack.postprocess`` setting) or an ``nn.Module``, user
+        code kept beside the settings (see ``Attack.__init__``)."""
+        self.postprocess_module = postprocess if isinstance(postprocess, nn.Module) else None
+        if postprocess is not None and self.postprocess_module is None:
+            values["postprocess"] = str(postprocess)
+        super().__init__(config, **values)
         self._size: tuple[int, int] | None = None
 
-    @classmethod
-    def from_settings(cls, settings: ROGSettings) -> ROG:
-        """``rog_scale`` is the constructor's ``scale``; every engine option passes through."""
-        kwargs = settings.values()
-        return cls(scale=kwargs.pop("rog_scale"), **kwargs)
-
     def initial(self, obs: Observation, model: nn.Module, generator: torch.Generator) -> torch.Tensor:
-        c, h, w = obs.input_shape
-        if h % self.scale or w % self.scale:
-            raise GradleakError(f"attack.rog_scale={self.scale} must divide the image size {h}x{w}")
+        (c, h, w), scale = obs.input_shape, self.config.rog_scale
+        if h % scale or w % scale:
+            raise GradleakError(f"attack.rog_scale={scale} must divide the image size {h}x{w}")
         self._size = (h, w)
-        low = dataclasses.replace(obs, input_shape=(c, h // self.scale, w // self.scale))
+        low = dataclasses.replace(obs, input_shape=(c, h // scale, w // scale))
         return super().initial(low, model, generator)
 
     def images(self, variable: torch.Tensor) -> torch.Tensor:
         """``v [N, C, h, w]`` -> ``clamp(bicubic(v), 0, 1) [N, C, h * scale, w * scale]``."""
-        size = self._size or (variable.shape[-2] * self.scale, variable.shape[-1] * self.scale)
+        scale = self.config.rog_scale
+        size = self._size or (variable.shape[-2] * scale, variable.shape[-1] * scale)
         return F.interpolate(variable, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
 
+    def images_key(self) -> tuple:
+        return (self.config.rog_scale, self._size)
+
     def run(self, obs: Observation, *, seed: int, progress: bool) -> Reconstruction:
-        post = None
-        if self.postprocess is not None:
+        post = self.postprocess_module
+        if post is None and self.config.postprocess is not None:
             device = next(obs.model.parameters()).device
-            post = (self.postprocess if isinstance(self.postprocess, nn.Module)
-                    else load_postprocess(self.postprocess, map_location=device))
+            post = load_postprocess(self.config.postprocess, map_location=device)
         recon = super().run(obs, seed=seed, progress=progress)
         if post is None:
             return recon
@@ -93,6 +94,6 @@ class ROG(GradientMatchingAttack):
 
     def lr_schedule(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
         """Cosine annealing over the run (ROG) instead of the engine's step decay."""
-        if not self.lr_decay:
+        if not self.config.lr_decay:
             return super().lr_schedule(opt)
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.iterations))
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.config.iterations))
