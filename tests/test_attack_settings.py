@@ -246,3 +246,20 @@ def test_the_engine_has_no_keyword_per_setting_constructor():
     for cls in (GradientMatchingAttack, *(ATTACKS.get(n) for n in builtin)):
         params = set(inspect.signature(cls.__init__).parameters) - {"self", "config", "values"}
         assert not params & set(cls.settings.names()) - {"generator", "postprocess"}, cls
+
+
+def test_plugin_attacks_hold_settings_or_take_keywords(plugin):
+    flat = ATTACKS.get("flat_guess")(level=0.25)
+    assert (flat.config.level, flat.labels) == (0.25, "llg")  # llg: the plug-in's preset
+    with pytest.raises(GradleakError, match="bad value 2.0 for attack.level"):
+        ATTACKS.get("flat_guess")(level=2.0)
+
+    from gradleak.attacks.base import Attack
+
+    class Legacy(Attack):  # the older style: a keyword per setting
+        name = "x_legacy"
+
+        def __init__(self, *, labels: str = "known") -> None:
+            self.rule = labels
+
+    assert Legacy.from_config(AttackConfig(labels="yin")).rule == "yin"

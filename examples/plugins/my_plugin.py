@@ -34,7 +34,8 @@ class FlatGuessSettings(AttackSettings):
 
     level: float = option(0.5, minimum=0.0, help="flat_guess: the grey level guessed, in [0, 1]")
 
-    def __post_init__(self) -> None:  # checked when the config is resolved, before any work
+    def check(self) -> None:  # run on every construction: config resolution and FlatGuess(...)
+        super().check()  # each key's type, choices and minimum
         if not 0.0 <= self.level <= 1.0:
             raise GradleakError(f"bad value {self.level} for attack.level: a grey level in [0, 1]")
 
@@ -47,27 +48,28 @@ class FlatGuess(Attack):
 
     It reads nothing from the update but the number of samples (and infers labels with iDLG /
     LLG), so its scores tell what a reconstruction must beat to show any leakage.
-    Output: ``[N, C, H, W]`` images at ``level``.
+    Output: ``[N, C, H, W]`` images at ``level``. Its settings are ``self.config`` (a
+    ``FlatGuessSettings``; ``self.level`` reads the same value): ``FlatGuess(level=0.25)`` in
+    Python starts from the preset file, like ``attack.name=flat_guess`` on the command line.
     """
 
     name = "flat_guess"
     info = AttackInfo(paper="baseline (no paper)", strategy="GIA-O")
     requires = frozenset({Knowledge.BASIC})
-
-    def __init__(self, *, level: float = 0.5, labels: str = "llg") -> None:
-        self.level, self.labels = level, labels
+    config: FlatGuessSettings
 
     def needs(self) -> frozenset[Knowledge]:
-        return self.requires | {Knowledge.LABELS} if self.labels == "known" else self.requires
+        known = self.config.labels == "known"
+        return self.requires | {Knowledge.LABELS} if known else self.requires
 
     def run(self, obs: Observation, *, seed: int, progress: bool) -> Reconstruction:
-        n = obs.num_samples
-        images = torch.full((n, *obs.input_shape), self.level)
+        n, rule = obs.num_samples, self.config.labels
+        images = torch.full((n, *obs.input_shape), self.config.level)
         labels = (obs.labels.tolist() if obs.labels is not None else
-                  infer_labels(self.labels, obs.model, obs.update.gradient_direction(), n,
+                  infer_labels(rule, obs.model, obs.update.gradient_direction(), n,
                                input_shape=obs.input_shape, seed=seed))
         return Reconstruction(images, images[None], [0.0], [int(c) for c in labels], 0,
-                              "known" if obs.labels is not None else self.labels)
+                              "known" if obs.labels is not None else rule)
 
 
 @register_defense("round_to_bound")
