@@ -13,6 +13,10 @@ inheritance::
           └─ MatchingSettings       + iterations, init, box, engine options   dlg idlg ig gradinversion
              └─ ROGSettings             + rog_scale, postprocess      rog
 
+A settings object checks itself when built (:meth:`AttackSettings.check`: each key's type,
+choices and minimum, then the family's rules across keys), so the values an attack holds
+(``Attack.config``) are checked once, whether they came from a config or from Python keywords.
+
 The config's ``attack`` section is :class:`AttackConfig`, the union of the built-in families (so
 every built-in key is accepted whatever the attack, as it always was, and a config's digest does
 not depend on which families exist). A plug-in attack whose settings add keys (or change a
