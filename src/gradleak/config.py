@@ -181,7 +181,10 @@ class Config:
 
     def digest(self) -> str:
         """Stable short hash of the resolved config (for run ids and result stores)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        tree = self.to_dict()
+        for key in _DP_KEYS:  # an alias's twin holds the same value: hashed once, under fl.*,
+            tree["defense"].pop(key)  # so stores recorded before the twins keep resuming
+        blob = json.dumps(tree, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -47,6 +47,7 @@ from gradleak.audit.search import (  # noqa: F401 (adaptive_for, Bisection: publ
 from gradleak.audit.utility import paired_cost
 from gradleak.audit.verdict import LEAKS, SAFE, VerdictRule, evidence, level_verdict
 from gradleak.defenses.grid import build_grid
+from gradleak.metrics import within_budget
 
 COST_ACCURACY, COST_DISTORTION = "accuracy_drop", "distortion"
 PER_LAYER_NOTE = ("not measured: gradleak's defenses post-process the whole update (there is no "
@@ -70,8 +71,7 @@ def pick_defense(points: list[dict[str, Any]], *, max_drop: float | None,
 
     safe = [p for p in points if p.get("verdict") == SAFE and p.get("cost") is not None
             and p.get("confirmed", True)]
-    within = [p for p in safe if cost != COST_ACCURACY or max_drop is None
-              or cost_of(p) <= max_drop]
+    within = [p for p in safe if cost != COST_ACCURACY or within_budget(cost_of(p), max_drop)]
     if within:
         choice = min(within, key=cost_of)  # min keeps the first of equal costs
         unit = "points of accuracy" if cost == COST_ACCURACY else "relative distortion"

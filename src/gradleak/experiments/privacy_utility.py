@@ -34,7 +34,7 @@ from gradleak.config import Config, flatten
 from gradleak.defenses.grid import GridPoint, point_config
 from gradleak.errors import GradleakError
 from gradleak.io import write_json, write_text
-from gradleak.metrics import METRICS
+from gradleak.metrics import defends
 from gradleak.provenance import git_commit, versions
 from gradleak.runs.spec import Experiment, Plan
 from gradleak.threat import ThreatModel
@@ -76,7 +76,7 @@ def best_tradeoff(rows: Sequence[dict[str, Any]], lpips_threshold: float) -> dic
         mine = [r for r in rows if r["defense"] == name and r.get("lpips") is not None]
         if not mine:
             continue
-        safe = [r for r in mine if not METRICS["lpips"].passes(r["lpips"], lpips_threshold)]
+        safe = [r for r in mine if defends(r["lpips"], lpips_threshold=lpips_threshold)]
         pick = (min(safe, key=lambda r: (r["accuracy_drop"] if r["accuracy_drop"] is not None
                                          else math.inf)) if safe
                 else max(mine, key=lambda r: r["lpips"]))

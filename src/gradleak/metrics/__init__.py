@@ -59,6 +59,29 @@ METRICS: dict[str, MetricInfo] = {
 direction of a closer reconstruction, more leaked samples or more recovered labels (a defense
 wants the opposite)."""
 
+
+
+def defends(lpips: float | None, drop: float | None = None, *, lpips_threshold: float | None = None,
+            max_drop: float | None = None) -> bool | None:
+    """Whether a defense setting defends: its LPIPS on the non-leaking side of the threshold
+    (default: the paper's) and, with ``max_drop``, its accuracy drop (points) within that budget.
+    Point values or the matching interval ends (LPIPS's lower, the drop's upper bound); None
+    when a needed value is missing. The one rule the privacy-utility table, the experiments'
+    trade-off verdict and the audit's recommendation share."""
+    if lpips is None or (max_drop is not None and drop is None):
+        return None
+    return (not METRICS["lpips"].passes(lpips, lpips_threshold)
+            and within_budget(drop, max_drop))
+
+
+def within_budget(drop: float | None, max_drop: float | None) -> bool:
+    """Whether an accuracy drop (points) stays within ``max_drop`` (no budget: always; an
+    unknown drop never)."""
+    if max_drop is None:
+        return True
+    return drop is not None and drop <= max_drop
+
+
 PSNR_REPORT_CAP = 100.0
 """Per-sample PSNR is clamped to this many dB in :func:`score` (and so in its mean): an exact
 reconstruction has infinite PSNR, which JSON cannot hold and which would make any mean infinite.

@@ -31,7 +31,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gradleak.errors import GradleakError
-from gradleak.metrics import METRICS
+from gradleak.metrics import METRICS, within_budget
+from gradleak.metrics import defends as setting_defends
 from gradleak.registry import Registry
 from gradleak.report.evidence import (
     CONTRADICTED,
@@ -250,10 +251,10 @@ def _setting(rs: list[dict[str, Any]], thr: float, max_drop: float, m: int) -> d
     seeds = len({r.get("seed") for r in rs})
     defends = None
     if lp_b and dr_b and seeds >= MIN_SEEDS:
-        if lp_b[0] > thr and dr_b[1] <= max_drop:
-            defends = True
-        elif lp_ci[1] < thr or dr_ci[0] > max_drop:
-            defends = False
+        if setting_defends(lp_b[0], dr_b[1], lpips_threshold=thr, max_drop=max_drop):
+            defends = True  # even the bounds least favourable to the defense clear both lines
+        elif not (lp_ci[1] >= thr and within_budget(dr_ci[0], max_drop)):
+            defends = False  # one 95 % interval lies wholly on the wrong side
     return {"variant": rs[0]["variant"], "lpips": lp, "lpips_ci": lp_ci, "drop": dr,
             "drop_ci": dr_ci, "defends": defends, "seeds": seeds}
 
