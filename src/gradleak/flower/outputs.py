@@ -16,6 +16,7 @@ from torchvision.utils import make_grid, save_image
 from gradleak.config import Config
 from gradleak.images import save_comparison
 from gradleak.io import atomic_write
+from gradleak.runs.rows import config_columns, row_header
 from gradleak.runs.store import ResultStore
 
 EXPERIMENT = "flower-audit"
@@ -54,14 +55,12 @@ class AuditWriter:
         """Write the image (if any), then the row that points to it. ``kind``: ``flower-audit``
         (the server's own attack) or ``flower-guard`` (what a client's guard reported);
         ``columns``: extra queryable columns."""
-        row: dict[str, Any] = {
-            "run_id": f"{EXPERIMENT}/{self.run}/round{server_round:04d}/{who}", "flower_run": self.run,
-            "experiment": EXPERIMENT, "kind": kind, "variant": who,
-            "seed": self.cfg.seed, "status": status, "error": error, "seconds": round(seconds, 3),
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config_hash": self.cfg.digest(),
-            "labels": {"round": server_round, "client": who}, "round": server_round, "client": who,
-            "result": result,
-        }
+        row = row_header(run_id=f"{EXPERIMENT}/{self.run}/round{server_round:04d}/{who}",
+                         experiment=EXPERIMENT, kind=kind, variant=who, seed=self.cfg.seed,
+                         labels={"round": server_round, "client": who})
+        row.update(config_columns(self.cfg, keys=False), flower_run=self.run, status=status,
+                   error=error, seconds=round(seconds, 3), round=server_round, client=who,
+                   result=result)
         if recon is not None:
             path = self.image_path(server_round, who)
             save_reconstruction(path, recon, truth)

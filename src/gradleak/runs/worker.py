@@ -3,8 +3,6 @@ returns its store row (a failing run becomes a ``failed`` row, never an exceptio
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 import traceback
 import warnings
@@ -15,6 +13,7 @@ from typing import Any
 from gradleak.errors import GradleakError
 from gradleak.plugins import load_plugins
 from gradleak.runs.kinds import KINDS, RunContext
+from gradleak.runs.rows import config_columns, row_header
 
 
 def _error_text(exc: BaseException) -> str:
@@ -32,7 +31,6 @@ def execute(run: dict[str, Any], out: str, *, profile: str, threads: int = 1,
     plug-ins, imported here first (a spawned process or a Ray task starts without them)."""
     import torch
 
-    from gradleak.config import flatten
     from gradleak.io import write_json
     from gradleak.runs.artifacts import ensure_generator
     from gradleak.runs.spec import RunSpec
@@ -41,17 +39,13 @@ def execute(run: dict[str, Any], out: str, *, profile: str, threads: int = 1,
     spec = RunSpec.from_dict(run)
     out_path = Path(out)
     ctx = RunContext(run_dir=out_path / "runs" / spec.run_id, cache=out_path / "cache")
-    row: dict[str, Any] = {"run_id": spec.run_id, "experiment": spec.experiment,
-                           "profile": profile, "kind": spec.kind, "variant": spec.variant,
-                           "seed": spec.seed, "labels": spec.labels,
-                           "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                           "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    row = row_header(run_id=spec.run_id, experiment=spec.experiment, profile=profile,
+                     kind=spec.kind, variant=spec.variant, seed=spec.seed, labels=spec.labels)
     started = time.perf_counter()
     try:
         load_plugins(plugins)
         unresolved = spec.config(resolve=None)
-        row["config_hash"] = unresolved.digest()
-        row.update(flatten(unresolved.to_dict()))
+        row.update(config_columns(unresolved))
         row.update({f"run.{k}": v for k, v in spec.options.items()})
         resolution = unresolved.data.resolution
         resolved = {n: str(ensure_generator(n, p, ctx.cache, resolution=resolution,
