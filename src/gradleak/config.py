@@ -40,6 +40,11 @@ class DataConfig:
                                  "folder tree or a .npz file) when it is not under data.root")
     holdout: float = _opt(0.2, minimum=0.0, help="imagefolder/npz without a test split: share of "
                           "each class held out as the test split, never used for training")
+    max_length: int = _opt(32, minimum=2, added=True, help="text: tokens per sequence after the "
+                           "model's tokenizer (padded / truncated; at most the model's maximum)")
+    text_column: str = _opt("text", added=True, help="text .jsonl/.csv: the column holding the text")
+    label_column: str | None = _opt("label", added=True, help="text .jsonl/.csv: the label column "
+                                    "(null or absent: one class)")
 
 
 @dataclass
@@ -69,6 +74,16 @@ class ModelConfig:
     dense_connections: str = _opt("full", choices=("full", "reduced", "minimal", "shortnet1",
                                                    "shortnet2"),
                                   help="densenet43/53: which earlier feature maps each layer reads")
+    task: str = _opt("auto", choices=("auto", "classification", "causal_lm"), added=True,
+                     help="text models: sequence classification or next-token (causal LM) "
+                     "training; auto: causal_lm for decoders (gpt2-tiny, *ForCausalLM), else "
+                     "classification")
+    path: str | None = _opt(None, added=True, help="model.name=hf: the Hugging Face model "
+                            "directory (config.json + *.safetensors + tokenizer); gpt2-tiny: a "
+                            "`gradleak train-lm` directory to start from")
+    hidden_size: int = _opt(256, minimum=8, added=True, help="gpt2-tiny: embedding width d")
+    layers: int = _opt(2, minimum=1, added=True, help="gpt2-tiny: transformer blocks")
+    heads: int = _opt(4, minimum=1, added=True, help="gpt2-tiny: attention heads (divide d)")
 
 
 @dataclass
@@ -182,10 +197,27 @@ class Config:
     def digest(self) -> str:
         """Stable short hash of the resolved config (for run ids and result stores)."""
         tree = self.to_dict()
+        for section in dataclasses.fields(self):
+            value = getattr(self, section.name)
+            if dataclasses.is_dataclass(value):
+                _drop_added_defaults(value, tree[section.name])
         for key in _DP_KEYS:  # an alias's twin holds the same value: hashed once, under fl.*,
             tree["defense"].pop(key)  # so stores recorded before the twins keep resuming
         blob = json.dumps(tree, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _drop_added_defaults(section: Any, tree: dict[str, Any]) -> None:
+    """Keys marked ``added`` that hold their default leave the digest (see ``option``)."""
+    for f in dataclasses.fields(section):
+        if f.metadata.get("added") and tree.get(f.name) == _default(f):
+            tree.pop(f.name, None)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
 
 
 # --- setting and validating keys -------------------------------------------------------------

@@ -20,9 +20,11 @@ from gradleak.errors import GradleakError
 
 
 def option(default: Any, *, choices: tuple | None = None, minimum: float | None = None,
-           help: str = "") -> Any:
-    """A config field with its default, allowed ``choices``, ``minimum`` and one-line ``help``."""
-    meta = {"choices": choices, "minimum": minimum, "help": help}
+           help: str = "", added: bool = False) -> Any:
+    """A config field with its default, allowed ``choices``, ``minimum`` and one-line ``help``.
+    ``added``: a key added after stores existed; at its default it is left out of the config
+    digest, so stores recorded before it keep resuming (:meth:`gradleak.config.Config.digest`)."""
+    meta = {"choices": choices, "minimum": minimum, "help": help, "added": added}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)

@@ -69,9 +69,13 @@ def observe(*, model: nn.Module, update: SharedUpdate, threat: ThreatModel, setu
 class Reconstruction:
     """An attack's output.
 
-    ``images``: best reconstruction ``[N, C, H, W]`` in [0, 1]; ``candidates``: one batch per
-    attack initialisation ``[I, N, C, H, W]``, the best first; ``losses``: final gradient loss
-    per initialisation (same order); ``labels``: the labels the attack used or inferred.
+    ``images``: best reconstruction ``[N, C, H, W]`` in [0, 1] (text: the recovered batch
+    ``[M, 2, L]`` of ids and attention mask, see :mod:`gradleak.models.text`); ``candidates``: one
+    batch per attack initialisation ``[I, N, C, H, W]``, the best first; ``losses``: final
+    gradient loss per initialisation (same order); ``labels``: the labels the attack used or
+    inferred. ``bag``: the attack recovered a bag of tokens (one row of distinct ids), not
+    sentences; ``details``: attack-specific diagnostics recorded in ``result.json`` (e.g. DAGER's
+    span rank against the embedding width).
     """
 
     images: torch.Tensor
@@ -82,6 +86,8 @@ class Reconstruction:
     label_source: str
     history: list[float] = field(default_factory=list)
     iterations_used: list[int] = field(default_factory=list)  # per restart (attack.stop may end one early)
+    bag: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
