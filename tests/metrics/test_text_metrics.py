@@ -108,6 +108,10 @@ def test_critical_recall_rule():
     assert critical_recall(["José lives here"], [["jose"]]) == [1.0]  # accents, case
     assert critical_recall_bag({1, 2, 3}, [[[1, 2], [2, 9]], [], [[]]]) == [0.5, None, 0.0]
     assert exact_recovery(["a  b ", "a b"], ["a b", "A b"]) == [True, False]
+    # ROUGE sees no word in CJK text; score_text says so instead of reporting a silent 0.
+    out = score_text(["猫在垫子上"], ["猫在垫子上"])
+    assert out["metrics"]["rouge1"] == 0.0 and out["metrics"]["exact"] == 1.0
+    assert any("no [a-z0-9] word" in w for w in out["warnings"])
 
 
 @needs_minilm

@@ -15,6 +15,7 @@ word (e.g. only CJK characters) scores 0 against anything. ROUGE-1 = 1 means eve
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -206,7 +207,12 @@ def _sentence_scores(recon: list[str], truth: list[str], matching: list[int | No
     return scores
 
 
-def _matching_notes(matching: list[int | None], n_recon: int, notes: list[str]) -> None:
+def _matching_notes(matching: list[int | None], n_recon: int, truth: list[str],
+                    notes: list[str]) -> None:
+    wordless = sum(re.search(r"[a-z0-9]", t.lower()) is None for t in truth)
+    if wordless:  # rouge_score keeps [a-z0-9]+ words only
+        notes.append(f"{wordless} truth sentence(s) have no [a-z0-9] word: ROUGE is 0 for them "
+                     f"and their matching is arbitrary")
     missing = sum(j is None for j in matching)
     if missing:
         notes.append(f"{missing} of {len(matching)} truth sentences have no reconstruction (the "
@@ -297,7 +303,7 @@ def score_text(recon_texts: list[str], truth_texts: list[str], *,
     else:
         critical_ok = _check_critical(critical, truth, notes)
         matching = match_sentences(recon, truth)
-        _matching_notes(matching, len(recon), notes)
+        _matching_notes(matching, len(recon), truth, notes)
         pool = check_strings(reference_texts or [], "reference_texts")
         table = _embeddings(truth + recon + pool + [""] * (None in matching), notes)
         scores = _sentence_scores(recon, truth, matching, rids, tids, critical_ok, special_ids,
