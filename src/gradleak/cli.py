@@ -28,6 +28,9 @@ def format_metrics(metrics: dict, keys: tuple[str, ...] = ("psnr", "ssim", "lpip
     return " ".join(parts)
 
 
+TEXT_KEYS = ("rouge1", "rouge2", "exact", "semantic", "critical_recall", "token_recall")
+
+
 def cmd_attack(args: argparse.Namespace) -> int:
     from gradleak.config import load_config
 
@@ -36,7 +39,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     run = run_scenario(cfg, progress=not args.quiet)
     path = write_run(args.out, run)
-    print(f"{format_metrics(run.result['metrics'])}  ->  {path}")
+    keys = TEXT_KEYS if "text" in run.result else ("psnr", "ssim", "lpips", "label_accuracy")
+    print(f"{format_metrics(run.result['metrics'], keys)}  ->  {path}")
     return 0
 
 

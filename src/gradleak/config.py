@@ -20,7 +20,18 @@ from typing import Any
 import yaml
 
 from gradleak.attack_settings import AttackConfig, preset_file, retype, settings_for, unknown_key
-from gradleak.config_values import check_config, check_value, coerce, describe, option, parse_text
+from gradleak.config_values import (
+    check_config,
+    check_value,
+    coerce,
+    describe,
+    drop_added_defaults,
+    flatten,
+    option,
+    parse_override,
+    parse_text,
+)
+from gradleak.config_values import unflatten as unflatten  # re-exported: callers import it here
 from gradleak.errors import GradleakError
 
 _opt = option
@@ -141,6 +152,11 @@ class DefenseConfig:
 # Defined here once; gradleak.metrics.METRICS and the reports read them from here.
 DEFAULT_PSNR_THRESHOLD = 18.0
 DEFAULT_LPIPS_THRESHOLD = 0.1
+# Text (gradleak.metrics.text): a sentence counts as recovered if ROUGE-1 F >= 0.9 (nine words
+# in ten) and, with the MiniLM embedding, cosine similarity >= 0.9; and it beats the best
+# update-free guess from the data distribution.
+DEFAULT_ROUGE_THRESHOLD = 0.9
+DEFAULT_SEMANTIC_THRESHOLD = 0.9
 
 
 @dataclass
@@ -153,6 +169,11 @@ class MetricsConfig:
                               help="... and beats update-free baselines: other samples drawn as "
                                    "the data mean, nearest-other and identification pool (0: flat "
                                    "mean colour only)")
+    rouge_threshold: float = _opt(DEFAULT_ROUGE_THRESHOLD, minimum=0.0, added=True,
+                                  help="text: a sentence leaks if ROUGE-1 F >= this ...")
+    semantic_threshold: float = _opt(DEFAULT_SEMANTIC_THRESHOLD, minimum=0.0, added=True,
+                                     help="... and MiniLM cosine similarity >= this, beating "
+                                          "the best sentence of the baseline pool")
 
 
 @dataclass
@@ -200,24 +221,11 @@ class Config:
         for section in dataclasses.fields(self):
             value = getattr(self, section.name)
             if dataclasses.is_dataclass(value):
-                _drop_added_defaults(value, tree[section.name])
+                drop_added_defaults(value, tree[section.name])
         for key in _DP_KEYS:  # an alias's twin holds the same value: hashed once, under fl.*,
             tree["defense"].pop(key)  # so stores recorded before the twins keep resuming
         blob = json.dumps(tree, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def _drop_added_defaults(section: Any, tree: dict[str, Any]) -> None:
-    """Keys marked ``added`` that hold their default leave the digest (see ``option``)."""
-    for f in dataclasses.fields(section):
-        if f.metadata.get("added") and tree.get(f.name) == _default(f):
-            tree.pop(f.name, None)
-
-
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
 
 
 # --- setting and validating keys -------------------------------------------------------------
@@ -291,39 +299,6 @@ def set_key(cfg: Config, key: str, value: Any) -> None:
 _DP_KEYS = ("dp_noise_multiplier", "dp_max_grad_norm", "dp_delta")
 ALIASES: dict[str, str] = {**{f"fl.{k}": f"defense.{k}" for k in _DP_KEYS},
                            **{f"defense.{k}": f"fl.{k}" for k in _DP_KEYS}}
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """``{"a": {"b": 1}}`` -> ``[("a.b", 1)]`` (dotted keys, depth first)."""
-    out = []
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out += flatten(v, key + ".")
-        else:
-            out.append((key, v))
-    return out
-
-
-def unflatten(items: dict[str, Any] | list[tuple[str, Any]]) -> dict[str, Any]:
-    """``{"a.b": 1}`` (or ``[("a.b", 1)]``) -> ``{"a": {"b": 1}}``; later items win."""
-    tree: dict[str, Any] = {}
-    for key, value in (items.items() if isinstance(items, dict) else items):
-        node = tree
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise GradleakError(f"bad config key {key!r}: {part!r} is not a section")
-        node[last] = value
-    return tree
-
-
-def parse_override(item: str) -> tuple[str, str]:
-    if "=" not in item:
-        raise GradleakError(f"bad override {item!r}: expected key=value, e.g. attack.iterations=500")
-    key, value = item.split("=", 1)
-    return key.strip(), value
 
 
 def _read_yaml(path: str | Path) -> dict[str, Any]:

@@ -187,3 +187,49 @@ def check_config(cfg: Any) -> None:
     if d.resolution % cfg.attack.rog_scale and cfg.attack.name == "rog":
         raise GradleakError(f"attack.rog_scale={cfg.attack.rog_scale} must divide data.resolution="
                             f"{d.resolution}")
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"a": {"b": 1}}`` -> ``[("a.b", 1)]`` (dotted keys, depth first)."""
+    out = []
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out += flatten(v, key + ".")
+        else:
+            out.append((key, v))
+    return out
+
+
+def unflatten(items: dict[str, Any] | list[tuple[str, Any]]) -> dict[str, Any]:
+    """``{"a.b": 1}`` (or ``[("a.b", 1)]``) -> ``{"a": {"b": 1}}``; later items win."""
+    tree: dict[str, Any] = {}
+    for key, value in (items.items() if isinstance(items, dict) else items):
+        node = tree
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise GradleakError(f"bad config key {key!r}: {part!r} is not a section")
+        node[last] = value
+    return tree
+
+
+def parse_override(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise GradleakError(f"bad override {item!r}: expected key=value, e.g. attack.iterations=500")
+    key, value = item.split("=", 1)
+    return key.strip(), value
+
+
+def drop_added_defaults(section: Any, tree: dict[str, Any]) -> None:
+    """Keys marked ``added`` that hold their default leave the digest (see ``option``)."""
+    for f in dataclasses.fields(section):
+        if f.metadata.get("added") and tree.get(f.name) == _default(f):
+            tree.pop(f.name, None)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None

@@ -16,6 +16,7 @@ from gradleak.errors import GradleakError
 from gradleak.images import save_comparison
 from gradleak.io import atomic_write, write_json, write_text
 from gradleak.scenario import RunOutput, Scenario, resolve_device
+from gradleak.text_view import render_html, render_markdown
 
 __all__ = ["RunOutput", "resolve_device", "run_scenario", "write_run"]
 
@@ -32,11 +33,16 @@ def run_scenario(cfg: Config, *, progress: bool = False) -> RunOutput:
 
 
 def write_run(out: str | Path, run: RunOutput) -> Path:
-    """Write ``config.yaml``, ``reconstruction.png`` and, last, ``result.json`` into ``out``."""
+    """Write ``config.yaml``, ``reconstruction.png`` (text: ``reconstruction.md`` and
+    ``reconstruction.html``) and, last, ``result.json`` into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", yaml.safe_dump(run.result["config"], sort_keys=False))
-    save_comparison(out / "reconstruction.png", run.truth, run.matched)
+    if "text" in run.result:
+        write_text(out / "reconstruction.md", render_markdown(run.result))
+        write_text(out / "reconstruction.html", render_html(run.result))
+    else:
+        save_comparison(out / "reconstruction.png", run.truth, run.matched)
     tensors = {"truth": run.truth, "reconstruction": run.matched,
                "candidates": run.reconstruction.candidates}
     atomic_write(out / "tensors.pt", lambda p: torch.save(tensors, p))  # unique temp name

@@ -41,8 +41,10 @@ def describe_dataset(ds: ImageDataset) -> dict[str, Any]:
 
 
 # Importing the loader modules registers them.
-from gradleak.data import cifar, fashion_mnist, folder, npz, skimage_set  # noqa: E402,F401
+from gradleak.data import cifar, fashion_mnist, folder, npz, personal, skimage_set, text_files, wordnet  # noqa: E402,F401  # noqa: E402,F401
+from gradleak.data.text import TextDataset  # noqa: E402
 from gradleak.data.torch_dataset import from_torch_dataset  # noqa: E402
 
-__all__ = ["DATASETS", "ImageDataset", "TensorImageDataset", "build_dataset", "describe_dataset",
+__all__ = ["DATASETS", "ImageDataset", "TensorImageDataset", "TextDataset",
+           "build_dataset", "describe_dataset",
            "from_torch_dataset", "register_dataset"]

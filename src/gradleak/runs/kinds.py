@@ -43,10 +43,14 @@ class RunContext:
     cache: Path
 
 
-def _flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """One store column per metric of :data:`gradleak.metrics.METRICS` (imported here: listing
-    kinds must not import torch)."""
-    from gradleak.metrics import METRICS
+def _flat_metrics(metrics: dict[str, Any], *, text: bool = False) -> dict[str, Any]:
+    """One store column per metric of :data:`gradleak.metrics.METRICS` (text runs: of
+    :data:`gradleak.metrics.text.TEXT_METRICS`; imported here: listing kinds must not import
+    torch)."""
+    if text:
+        from gradleak.metrics.text import TEXT_METRICS as METRICS
+    else:
+        from gradleak.metrics import METRICS
 
     return {k: metrics.get(k) for k in METRICS}
 
@@ -66,13 +70,14 @@ def _scenario_metrics(sc: Any, ctx: RunContext, *, igsa_points: int | None,
     run = sc.run()
     write_run(ctx.run_dir, run)
     res = run.result
-    out.update(_flat_metrics(res["metrics"]))
+    out.update(_flat_metrics(res["metrics"], text="text" in res))
     out.update(attack_seconds=res["attack_seconds"], iterations=res["iterations"],
                model_parameters=res["scenario"]["model_parameters"],
                local_updates=res["scenario"]["local_updates"])
     out["_result"] = {k: res[k] for k in ("per_sample", "labels", "thresholds", "warnings",
                                           "scenario", "versions", "git_commit", "attack_losses",
                                           "loss_history", "iterations_used", "baselines")}
+    out["_result"].update({k: res[k] for k in ("text", "attack_details") if k in res})
     if extra is not None:
         out.update(extra(run))
     return out
