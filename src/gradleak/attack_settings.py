@@ -6,6 +6,8 @@ inheritance::
 
     AttackSettings      name, labels, adaptive                    analytic
     ├─ ImprintSettings      + bins                                imprint
+    ├─ SpanSettings         + span_tolerance, rank_tolerance      token-set (text)
+    │  └─ DAGERSettings         + span_tolerance_2, max_candidates   dager (text)
     └─ SearchSettings       + restarts, layers, distance_scale
        ├─ GGLSettings           + generator, ggl_budget           ggl
        └─ ObjectiveSettings     + lr, distance, priors, ...
@@ -17,10 +19,12 @@ A settings object checks itself when built (:meth:`AttackSettings.check`: each k
 choices and minimum, then the family's rules across keys), so the values an attack holds
 (``Attack.config``) are checked once, whether they came from a config or from Python keywords.
 
-The config's ``attack`` section is :class:`AttackConfig`, the union of the built-in families (so
-every built-in key is accepted whatever the attack, as it always was, and a config's digest does
-not depend on which families exist). A plug-in attack whose settings add keys (or change a
-default) gets a section class that extends :class:`AttackConfig` with them
+The config's ``attack`` section is :class:`AttackConfig`, the union of the built-in image families
+(so every such key is accepted whatever the attack, as it always was, and a config's digest does
+not depend on which families exist). The text families (``SpanSettings``, ``DAGERSettings``) stay
+out of that union, like a plug-in's: their keys (all ``added``) are valid while ``attack.name``
+names their attack, so stored configs keep their digests. A plug-in attack whose settings add
+keys (or change a default) gets a section class that extends :class:`AttackConfig` with them
 (:func:`section_class`); its keys are valid only while ``attack.name`` names it. A plug-in may also
 ship a preset file (:func:`register_settings`), like ``configs/attacks/<name>.yaml``.
 """
@@ -111,6 +115,30 @@ def check_fields(settings: AttackSettings) -> None:
 class ImprintSettings(AttackSettings):
     bins: int = option(64, minimum=2, help="imprint: measurement bins k of the imprint module "
                        "(keep k well above N so that samples rarely share a bin)")
+
+
+@dataclass
+class SpanSettings(AttackSettings):
+    """The span test of DAGER (Petrov et al., NeurIPS 2024) on a text model's first layer."""
+
+    span_tolerance: float = option(1e-5, minimum=0.0, added=True, help="dager/token-set: a "
+                                   "token's layer-0 input is in the gradient's span when its "
+                                   "relative distance ||e - UU^T e|| / ||e|| is below this "
+                                   "(DAGER's l1_span_thresh)")
+    rank_tolerance: float | None = option(None, minimum=0.0, added=True, help="dager/token-set: "
+                                          "singular values above this times the largest count "
+                                          "in the span (null: the update's float eps; DAGER's "
+                                          "code: max(shape) x eps)")
+
+
+@dataclass
+class DAGERSettings(SpanSettings):
+    span_tolerance_2: float = option(1e-3, minimum=0.0, added=True, help="dager: the same test "
+                                     "on layer 1's inputs of a candidate sequence (DAGER's "
+                                     "l2_span_thresh)")
+    max_candidates: int = option(10000, minimum=1, added=True, help="dager: candidate "
+                                 "sequences checked per search step (live prefixes x tokens; "
+                                 "an encoder length's combinations before beam search)")
 
 
 @dataclass
@@ -223,6 +251,7 @@ _SETTINGS: dict[str, type[AttackSettings]] = {
     "analytic": AttackSettings, "imprint": ImprintSettings, "ggl": GGLSettings,
     "gias": GIASSettings, "rog": ROGSettings, "dlg": MatchingSettings, "idlg": MatchingSettings,
     "ig": MatchingSettings, "gradinversion": MatchingSettings,
+    "token-set": SpanSettings, "dager": DAGERSettings,
 }
 _PRESETS: dict[str, Path] = {}
 _HINTS = typing.get_type_hints(AttackConfig)

@@ -33,9 +33,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from gradleak import metrics
-from gradleak.attack_settings import settings_for
+from gradleak import scenario_text as text_steps
 from gradleak.attacks import build_attack, observe
 from gradleak.attacks.base import Attack, Observation, Reconstruction
+from gradleak.attacks.overlap import generator_overlap
 from gradleak.config import Config
 from gradleak.data import DATASETS, build_dataset, describe_dataset
 from gradleak.data.base import ImageDataset
@@ -53,8 +54,10 @@ from gradleak.models import (
     is_user_model,
     recorded_model_config,
 )
+from gradleak.models.text import is_text_model
 from gradleak.models.user import prepare_user_model
 from gradleak.provenance import git_commit, seed_everything, versions
+from gradleak.scenario_text import TextScore
 from gradleak.threat import ThreatModel
 from gradleak.update import SharedUpdate
 
@@ -143,26 +146,6 @@ def as_image_dataset(data: Dataset) -> ImageDataset:
     return from_torch_dataset(data)
 
 
-def generator_overlap(cfg: Config) -> list[str]:
-    """A warning when a GIA-L attack's generator was trained on the very split the victim's
-    samples are drawn from (its checkpoint records its training data): the generator may then
-    have seen the victim, which makes the attack look stronger than a real adversary's."""
-    path = getattr(cfg.attack, "generator", None)
-    if not path or "generator" not in settings_for(cfg.attack.name).names():
-        return []
-    try:
-        trained_on = torch.load(path, map_location="cpu", weights_only=True).get("data") or {}
-    except Exception:  # the attack itself reports unreadable files in one line
-        return []
-    same = all(trained_on.get(k) == getattr(cfg.data, k) for k in ("dataset", "split", "root"))
-    if not same:
-        return []
-    return [f"the generator {path!r} was trained on data.dataset={cfg.data.dataset!r} "
-            f"split={cfg.data.split!r}, the split the victim's samples come from: it may have seen "
-            "them, so the GIA-L result is optimistic; take victims from another split "
-            "(e.g. data.split=test) or train the generator on disjoint data"]
-
-
 def _threat_and_attack(cfg: Config) -> tuple[ThreatModel, Attack]:
     """The threat model and the attack; refuses (one line) an attack needing more than the
     scenario grants, before any expensive work."""
@@ -180,13 +163,30 @@ def preflight(cfg: Config, *, data: bool = False) -> None:
     where the run fetches them). Sweeps call this for every run before launching any."""
     _threat_and_attack(cfg)
     build_defense(cfg.defense)
-    if not is_user_model(cfg.model.name):
+    if text_steps.is_text_model_name(cfg.model.name):
+        pass  # built (and its files checked) with the scenario; the dataset must be text too
+    elif not is_user_model(cfg.model.name):
         MODELS.get(cfg.model.name)
     elif (file := cfg.model.name.rpartition(":")[0]).endswith(".py") and not Path(file).is_file():
         raise GradleakError(f"model.name={cfg.model.name}: file {file!r} does not exist")
     DATASETS.get(cfg.data.dataset)
     if data and not cfg.data.download:
         build_dataset(cfg.data)
+
+
+def _image_model(cfg: Config, dataset: ImageDataset,
+                 model: nn.Module | None) -> tuple[nn.Module, str | None]:
+    """The global image model: ``cfg.model``'s, or the user's module with its input statistics
+    (then also its record name ``instance:<class>``)."""
+    if model is None:
+        return build_model(cfg.model, num_classes=dataset.num_classes, channels=dataset.channels,
+                           resolution=dataset.resolution, mean=dataset.mean, std=dataset.std), None
+    if isinstance(model, Classifier):
+        return model, None
+    return prepare_user_model(  # the user's module: inputs as model.normalize says
+        model, mean=cfg.model.input_mean or dataset.mean, std=cfg.model.input_std or dataset.std,
+        normalize=cfg.model.normalize, num_classes=dataset.num_classes,
+        channels=dataset.channels, resolution=dataset.resolution), f"instance:{type(model).__name__}"
 
 
 class Scenario:
@@ -201,6 +201,7 @@ class Scenario:
         self.model, self.setup, self.threat, self.attack = model, setup, threat, attack
         self.defense = build_defense(cfg.defense)
         self.user_model: str | None = None  # "instance:<class>" when built from the user's module
+        self.text = is_text_model(model)
 
     @classmethod
     def from_config(cls, cfg: Config, *, model: nn.Module | None = None,
@@ -210,26 +211,25 @@ class Scenario:
         would build, ``victim=(images [N, C, H, W], labels [N])`` replaces the victim selection."""
         device = resolve_device(cfg.device)
         seeds = SeedStreams.from_seed(cfg.seed)
-        user_model = None
         seed_everything(cfg.seed)  # the global RNG initialises the model (server side)
         threat, attack = _threat_and_attack(cfg)
-        dataset = build_dataset(cfg.data) if data is None else as_image_dataset(data)
+        dataset = build_dataset(cfg.data) if data is None else data
+        text = text_steps.is_text_dataset(dataset)
+        text_steps.check_modalities(cfg, text_data=text,
+                         text_model=None if model is None else is_text_model(model))
+        if text:  # the model brings the tokenizer through which the client sees its text
+            model = text_steps.build_text_model_for(cfg, dataset, model)
+            dataset = dataset.tokenized(model.tokenizer, cfg.data.max_length)
+        elif data is not None:
+            dataset = as_image_dataset(dataset)
         if victim is None:
             images, labels, indices = select_victim_samples(dataset, cfg.data, seed=seeds.victim)
         else:
             images, labels, indices = victim[0], victim[1].long(), []
         setup = ClientSetup.from_config(cfg.client, num_samples=len(labels))
-        if model is None:
-            model = build_model(cfg.model, num_classes=dataset.num_classes,
-                                channels=dataset.channels, resolution=dataset.resolution,
-                                mean=dataset.mean, std=dataset.std)
-        elif not isinstance(model, Classifier):  # the user's module: inputs as model.normalize says
-            user_model = f"instance:{type(model).__name__}"
-            model = prepare_user_model(
-                model, mean=cfg.model.input_mean or dataset.mean,
-                std=cfg.model.input_std or dataset.std, normalize=cfg.model.normalize,
-                num_classes=dataset.num_classes, channels=dataset.channels,
-                resolution=dataset.resolution)
+        user_model = None
+        if not text:
+            model, user_model = _image_model(cfg, dataset, model)
         model = attack.prepare_model(model, input_shape=tuple(images.shape[1:]),
                                      num_classes=dataset.num_classes, seed=seeds.attack).to(device)
         sc = cls(cfg, dataset=dataset, images=images, labels=labels, indices=indices,
@@ -244,6 +244,8 @@ class Scenario:
         """The victim's local training on the global model (client seed stream); DP-SGD
         training with ``defense.name=dpsgd`` or ``fl.dp=true``."""
         images, labels = self.images.to(self.device), self.labels.to(self.device)
+        if self.text:  # the loss targets: class labels, or a causal LM's next tokens
+            labels = self.model.targets(images, labels)
         dp = dp_settings(self.cfg)
         if dp is not None:
             return dp_client_round(self.model, images, labels, self.setup, dp, seed=self.seeds.client)
@@ -272,10 +274,17 @@ class Scenario:
         return self.attack.run(obs, seed=self.seeds.attack, progress=progress)
 
     def score(self, recon: Reconstruction, *, images: torch.Tensor | None = None,
-              labels: torch.Tensor | None = None) -> Score:
+              labels: torch.Tensor | None = None) -> Score | TextScore:
         """Score ``recon`` against the victim's samples (or the given ground truth)."""
         truth = (self.images if images is None else images).cpu()
         true_labels = self.labels if labels is None else labels
+        if self.text:
+            return text_steps.score_text_reconstruction(
+                recon, truth, model=self.model, dataset=self.dataset,
+                indices=self.indices if images is None else [],
+                reference=text_steps.text_reference(self.dataset, list(self.indices),
+                                         size=self.cfg.metrics.baseline_pool,
+                                         seed=self.seeds.baseline), cfg=self.cfg)
         m = self.cfg.metrics
         s = metrics.score(recon.candidates, truth, lpips_net=m.lpips_net,
                           psnr_threshold=m.psnr_threshold, lpips_threshold=m.lpips_threshold,
@@ -326,6 +335,8 @@ class Scenario:
 
     def notes(self) -> list[str]:
         """Scenario-level warnings (e.g. Thm. 4.3: more data dimensions than parameters)."""
+        if self.text:
+            return text_steps.text_notes(self.model, self.images)
         notes = []
         params, data_dim = count_parameters(self.model), int(self.images.numel())
         if data_dim > params:
@@ -340,7 +351,8 @@ class Scenario:
 
     def describe(self) -> dict[str, Any]:
         """The ``scenario`` block of ``result.json``."""
-        return {"dataset": self.dataset.name, "data": describe_dataset(self.dataset),
+        data = text_steps.describe_text_data(self.dataset) if self.text else describe_dataset(self.dataset)
+        return {"dataset": self.dataset.name, "data": data,
                 "victim_indices": self.indices,
                 "protocol": self.setup.protocol, "local_updates": self.setup.local_updates,
                 "model_parameters": count_parameters(self.model),
@@ -348,15 +360,20 @@ class Scenario:
 
     def _model_record(self) -> dict[str, Any]:
         record = recorded_model_config(self.cfg.model)
+        if self.text and self.cfg.model.name != "hf":  # a user's TextModel instance
+            return record
         if self.user_model is None:
             return record
         return {"name": self.user_model, **{k: record.get(k) for k in
                                             ("normalize", "input_mean", "input_std")}}
 
-    def _result(self, recon: Reconstruction, score: Score, *, seconds: float,
+    def _result(self, recon: Reconstruction, score: Score | TextScore, *, seconds: float,
                 attack_seconds: float) -> dict[str, Any]:
         cfg = self.cfg
-        return {
+        extra = {"text": text_steps.text_record(self.model, score)} if self.text else {}
+        if recon.details:
+            extra["attack_details"] = recon.details
+        return {**extra,
             "metrics": score.metrics(),
             "labels": {"true": self.labels.tolist(), "inferred": recon.labels,
                        "source": recon.label_source},

@@ -35,8 +35,9 @@ def _fmt(value: Any) -> str:
 
 
 def _metric_cells(per_sample: dict[str, list], i: int, keys: tuple[str, ...]) -> list[str]:
-    return [_fmt(per_sample[k][i]) if k in per_sample and i < len(per_sample[k]) else "null"
-            for k in keys]
+    # A bag attack (token-set) has no per-sentence values: its lists are null.
+    return [_fmt(col[i]) if isinstance(col := per_sample.get(k), list) and i < len(col)
+            else "null" for k in keys]
 
 
 KEYS = ("rouge1", "rouge2", "semantic", "critical_recall", "leaked")
@@ -51,16 +52,25 @@ def render_markdown(result: dict[str, Any]) -> str:
              f"{result['text']['model']}, task {result['text']['task']})", "",
              "| # | original | reconstruction | " + " | ".join(KEYS) + " |",
              "|---|---|---|" + "---|" * len(KEYS)]
+    bag = result["text"].get("bag")
     for i, s in enumerate(sentences):
-        orig, rec = word_marks(s["original"], s["reconstruction"] or "")
-        o = " ".join(w if hit else f"_{w}_" for w, hit in orig)
-        r = " ".join(f"**{w}**" if hit else f"~~{w}~~" for w, hit in rec) or "(nothing)"
+        if "tokens" in s:  # a bag of tokens: which of the sentence's tokens it holds
+            o = " ".join(f"**{t.strip()}**" if hit else f"_{t.strip()}_" for t, hit in s["tokens"])
+            r = f"(bag of {len(bag or [])} tokens)"
+        else:
+            orig, rec = word_marks(s["original"], s["reconstruction"] or "")
+            o = " ".join(w if hit else f"_{w}_" for w, hit in orig)
+            r = " ".join(f"**{w}**" if hit else f"~~{w}~~" for w, hit in rec) or "(nothing)"
         cells = _metric_cells(ps, i, KEYS)
         lines.append(f"| {i} | {_md(o)} | {_md(r)} | " + " | ".join(cells) + " |")
     m = result["metrics"]
-    lines += ["", "Batch: " + ", ".join(f"{k}={_fmt(v)}" for k, v in m.items()), "",
-              "**bold**: recovered in place; ~~struck~~: not in the original; _italic_ (original): "
-              "missed."]
+    lines += ["", "Batch: " + ", ".join(f"{k}={_fmt(v)}" for k, v in m.items()), ""]
+    if bag is not None:
+        lines += ["Recovered bag: " + " ".join(f"`{t.strip() or repr(t)}`" for t in bag), "",
+                  "**bold**: the token is in the recovered bag; _italic_: missed."]
+    else:
+        lines += ["**bold**: recovered in place; ~~struck~~: not in the original; _italic_ "
+                  "(original): missed."]
     lines += [f"- warning: {w}" for w in result.get("warnings", [])]
     return "\n".join(lines) + "\n"
 
@@ -73,12 +83,18 @@ def render_html(result: dict[str, Any]) -> str:
     """``reconstruction.html``: the same table with recovered words highlighted."""
     ps = result.get("per_sample", {})
     rows = []
+    bag = result["text"].get("bag")
     for i, s in enumerate(result["text"]["sentences"]):
-        orig, rec = word_marks(s["original"], s["reconstruction"] or "")
-        o = " ".join(html.escape(w) if hit else f'<span class="lost">{html.escape(w)}</span>'
-                     for w, hit in orig)
-        r = " ".join(f'<span class="{"hit" if hit else "miss"}">{html.escape(w)}</span>'
-                     for w, hit in rec) or "<em>(nothing)</em>"
+        if "tokens" in s:
+            o = "".join(f'<span class="{"hit" if hit else "lost"}">{html.escape(t)}</span>'
+                        for t, hit in s["tokens"])
+            r = f"<em>(bag of {len(bag or [])} tokens)</em>"
+        else:
+            orig, rec = word_marks(s["original"], s["reconstruction"] or "")
+            o = " ".join(html.escape(w) if hit else f'<span class="lost">{html.escape(w)}</span>'
+                         for w, hit in orig)
+            r = " ".join(f'<span class="{"hit" if hit else "miss"}">{html.escape(w)}</span>'
+                         for w, hit in rec) or "<em>(nothing)</em>"
         cells = "".join(f'<td class="num">{html.escape(c)}</td>' for c in _metric_cells(ps, i, KEYS))
         rows.append(f"<tr><td>{i}</td><td>{o}</td><td>{r}</td>{cells}</tr>")
     head = "".join(f"<th>{k}</th>" for k in ("#", "original", "reconstruction", *KEYS))

@@ -43,7 +43,17 @@ def build_attack(cfg: AttackSettings) -> Attack:
     return cls.from_config(cfg)
 
 
-from gradleak.attacks import analytic, dlg, ggl, gias, gradinversion, inverting_gradients, rog  # noqa: E402,F401
+from gradleak.attacks import (  # noqa: E402,F401
+    analytic,
+    dager,
+    dlg,
+    ggl,
+    gias,
+    gradinversion,
+    inverting_gradients,
+    rog,
+    token_set,
+)
 
 __all__ = ["ATTACKS", "Attack", "AttackInfo", "Observation", "Reconstruction", "build_attack",
            "observe", "register_attack"]

@@ -76,9 +76,12 @@ def _load(path: str) -> tuple[Any, Any, int]:
     """(model in eval mode, tokenizer, max_seq_length), loaded once per process."""
     from transformers import AutoModel, AutoTokenizer  # heavy: only when text is scored
 
+    from gradleak.models.hf_load import quiet_transformers
+
     max_len = _pipeline(Path(path))
-    model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    with quiet_transformers():
+        model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return model.eval(), tokenizer, max_len
 
 

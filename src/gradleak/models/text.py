@@ -88,8 +88,8 @@ class TextTokenizer:
 
     def decode(self, x: torch.Tensor) -> str:
         """One encoded sequence ``[2, L]`` (or ids ``[L]``) as text, special tokens dropped."""
-        return self.hf.decode(self.token_ids(x), skip_special_tokens=True,
-                              clean_up_tokenization_spaces=True).strip()
+        # The tokenizer's own clean-up setting: WordPiece joins " ." back, BPE must not.
+        return self.hf.decode(self.token_ids(x), skip_special_tokens=True).strip()
 
     def tokens(self, x: torch.Tensor) -> list[str]:
         """The token strings of one encoded sequence, special tokens dropped."""
