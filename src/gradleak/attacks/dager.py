@@ -62,6 +62,7 @@ from gradleak.attacks.transformer_layers import (
     Architecture,
     Span,
     attention_gradient,
+    input_dimension,
     layer_inputs,
     position_candidates,
     probe,
@@ -110,15 +111,17 @@ def observed_spans(obs: Observation, arch: Architecture, cfg: SpanSettings, laye
     if delta:
         tol = (max(tol[0], FEDAVG_SPAN_TOLERANCE), max(tol[1], FEDAVG_SPAN_TOLERANCE))
     r, d = spans[0].rank, arch.width
+    reachable = input_dimension(obs.model)
     details: dict[str, Any] = {
         "family": arch.family, "kind": obs.update.kind, "rank": r, "width": d,
-        "ranks": [s.rank for s in spans], "tokens_bound": bound, "feasible": r < d,
-        "local_updates": steps, "tolerances": list(tol), "warnings": []}
-    if r >= d:
+        "input_dimension": reachable, "ranks": [s.rank for s in spans], "tokens_bound": bound,
+        "feasible": r < reachable, "local_updates": steps, "tolerances": list(tol),
+        "warnings": []}
+    if r >= reachable:
         details["warnings"].append(
-            f"the first layer's inputs span the whole width (rank {r} = d {d}; the batch may "
-            f"hold up to {bound} tokens): the span test accepts every token, so what it returns "
-            "is not evidence")
+            f"the first layer's inputs span the whole width (rank {r} of the {reachable} "
+            f"dimensions its inputs can take, d {d}; the batch may hold up to {bound} tokens): "
+            "the span test accepts every token, so what it returns is not evidence")
     if r == 0:
         details["warnings"].append("the attention gradient is zero: nothing to invert")
     if delta and obs.client is not None and obs.client.optimizer != "sgd":

@@ -249,3 +249,24 @@ def position_candidates(model: nn.Module, span: Span, position: int, tolerance: 
     ids = torch.nonzero(dist < tolerance).flatten()
     order = dist[ids].argsort()
     return ids[order].cpu(), dist[ids][order].cpu()
+
+
+def input_dimension(model: nn.Module, *, tolerance: float = 1e-5) -> int:
+    """The dimension of the space that layer 0's inputs can take at all: the rank of the inputs
+    of up to ``4 d`` (token, position) pairs spread over the vocabulary and the positions.
+
+    A LayerNorm output is ``gamma * z + beta`` with ``z`` of mean zero, so at initialisation
+    (``beta = 0``) every input lies in a ``d - 1``-dimensional subspace: a span of rank ``d - 1``
+    already holds every token, and feasibility must be judged against this, not ``d``."""
+    arch = probe(model)
+    base = arch.base
+    vocab = int(base.get_input_embeddings().weight.shape[0])
+    positions = int(getattr(base.config, "max_position_embeddings", None)
+                    or base.config.n_positions)
+    n = min(vocab, 4 * arch.width)
+    ids = torch.linspace(0, vocab - 1, n).long().to(next(model.parameters()).device)
+    rows = [first_layer_inputs(model, ids[i::positions], i)
+            for i in range(min(positions, n))]
+    x = torch.cat(rows).double()
+    s = torch.linalg.svdvals(x)
+    return int((s > tolerance * s[0]).sum()) if s.numel() and float(s[0]) > 0 else 0

@@ -1,9 +1,9 @@
 """Client-side DP-SGD (Abadi et al. 2016) for the federated clients, with opacus' RDP accountant.
 
-Each mini-batch gradient is the sum of per-sample gradients (``torch.func.vmap(grad)``), each
-clipped to L2 norm C = ``max_grad_norm``, plus N(0, (noise_multiplier * C)^2) noise, divided by
-the batch size B. Every step is recorded with sample rate B / N; a client's epsilon is read at
-``delta``.
+Each mini-batch gradient is the sum of per-sample gradients (``torch.func.vmap(grad)``; a loop for
+text models), each clipped to L2 norm C = ``max_grad_norm``, plus N(0, (noise_multiplier * C)^2)
+noise, divided by the batch size B. Every step is recorded with sample rate B / N; a client's
+epsilon is read at ``delta``.
 """
 
 from __future__ import annotations
@@ -66,6 +66,21 @@ def _check_bn(local: nn.Module, setup: ClientSetup) -> None:
                             "client.bn_mode=eval or model.norm=group/none")
 
 
+def _per_sample_gradients(local: nn.Module, sample_loss):
+    """``fn(params, x [B, ...], y [B, ...]) -> {name: [B, ...]}``: vmapped, except for text
+    models, whose Hugging Face attention masks branch on the mask's values (``padding_mask.all()``),
+    which vmap cannot trace; they take one sample at a time (same gradients, B small)."""
+    one = grad(sample_loss)
+    if getattr(local, "modality", None) != "text":
+        return vmap(one, in_dims=(None, 0, 0), randomness="different")
+
+    def looped(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor):
+        rows = [one(p, x[i], y[i]) for i in range(x.shape[0])]
+        return {n: torch.stack([r[n] for r in rows]) for n in p}
+
+    return looped
+
+
 def dp_client_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                      setup: ClientSetup, dp: DPSettings, *, seed: int,
                      accountant=None) -> SharedUpdate:
@@ -86,7 +101,7 @@ def dp_client_update(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     def sample_loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(functional_call(local, (p, buffers), (x[None],)), y[None])
 
-    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0), randomness="different")
+    per_sample = _per_sample_gradients(local, sample_loss)
     order_gen = torch.Generator().manual_seed(seed)
     noise_gen = torch.Generator().manual_seed(seed + 7)
     sigma = dp.noise_multiplier * dp.max_grad_norm
