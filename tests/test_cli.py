@@ -66,6 +66,18 @@ def test_listing_commands(capsys):
     assert "none" in capsys.readouterr().out
 
 
+def test_listings_name_the_text_entries(capsys):
+    assert main(["models"]) == 0
+    models = capsys.readouterr().out
+    assert all(f"\n{n} " in models for n in ("gpt2-tiny", "minilm", "hf"))
+    assert main(["datasets"]) == 0
+    datasets = capsys.readouterr().out
+    assert all(f"\n{n} " in datasets for n in ("wordnet", "personal", "text"))
+    assert main(["attacks"]) == 0
+    attacks = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert {a[0] for a in attacks if "text" in a} == {"dager", "token-set"}
+
+
 def test_audit_runs_a_tiny_plan(tmp_path):
     plan = tmp_path / "plan.yaml"
     plan.write_text(

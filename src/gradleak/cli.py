@@ -74,6 +74,11 @@ def cmd_list(kind: str) -> int:
             doc = (builder.__doc__ or sys.modules[builder.__module__].__doc__ or "").strip()
             print(f"{name:12} {count_parameters(model):>12,} parameters (32 px, 10 classes)  "
                   f"{doc.splitlines()[0] if doc else ''}")
+        from gradleak.models.hf import TEXT_MODELS
+
+        for name in TEXT_MODELS:  # text (Hugging Face) models; also model.name=hf:DIR
+            doc = (TEXT_MODELS.get(name).__doc__ or "").strip().splitlines()
+            print(f"{name:12} {'text model':>23}              {doc[0] if doc else ''}")
     elif kind == "datasets":
         from gradleak.data import DATASETS
 
