@@ -16,6 +16,8 @@ from gradleak.scenario import Scenario, SeedStreams
 
 TINY = ["data.resolution=16", "attack.iterations=3"]
 MLP = ["model.name=mlp", "model.hidden=[16]"]
+TEXT = ["data.dataset=personal", "data.max_length=8", "model.name=gpt2-tiny",
+        "model.hidden_size=32", "model.layers=2", "model.heads=2"]
 BN_CONV = ["model.name=convnet", "model.width=4", "model.depth=2", "model.norm=batch"]
 
 
@@ -98,7 +100,8 @@ def test_no_ground_truth_or_private_state_reaches_the_attacker(protocol, model, 
 def test_every_attack_family_sees_no_ground_truth(name, tmp_path):
     grants = ["threat.knows_labels=true", "threat.knows_data_distribution=true",
               "threat.knows_bn_statistics=true", "threat.malicious=true"]
-    cfg = load_config(None, [*TINY, *MLP, "data.num_samples=1", f"attack.name={name}", *grants])
+    setup = [*TINY, *MLP] if ATTACKS.get(name).info.modality == "image" else TEXT
+    cfg = load_config(None, [*setup, "data.num_samples=1", f"attack.name={name}", *grants])
     sc = Scenario.from_config(cfg)
     rnd = sc.client_round()
     obs = sc.observe(sc.defend(rnd.update), bn_statistics=rnd.bn_statistics)

@@ -53,6 +53,7 @@ from gradleak.models import (
     count_parameters,
     is_user_model,
     recorded_model_config,
+    unknown_model_message,
 )
 from gradleak.models.text import is_text_model
 from gradleak.models.user import prepare_user_model
@@ -161,12 +162,12 @@ def preflight(cfg: Config, *, data: bool = False) -> None:
     model (a registered name, or the user's file exists) and the dataset name. ``data=True``
     also loads the dataset once (its files must exist; skipped with ``data.download=true``,
     where the run fetches them). Sweeps call this for every run before launching any."""
-    _threat_and_attack(cfg)
+    _, attack = _threat_and_attack(cfg)
     build_defense(cfg.defense)
-    if text_steps.is_text_model_name(cfg.model.name):
-        pass  # built (and its files checked) with the scenario; the dataset must be text too
-    elif not is_user_model(cfg.model.name):
-        MODELS.get(cfg.model.name)
+    if text_steps.check_attack_model(cfg, attack.info.modality):
+        pass  # a text model: built (and its files checked) with the scenario
+    elif not is_user_model(cfg.model.name) and cfg.model.name not in MODELS:
+        raise GradleakError(unknown_model_message(cfg.model.name))
     elif (file := cfg.model.name.rpartition(":")[0]).endswith(".py") and not Path(file).is_file():
         raise GradleakError(f"model.name={cfg.model.name}: file {file!r} does not exist")
     DATASETS.get(cfg.data.dataset)
@@ -215,8 +216,8 @@ class Scenario:
         threat, attack = _threat_and_attack(cfg)
         dataset = build_dataset(cfg.data) if data is None else data
         text = text_steps.is_text_dataset(dataset)
-        text_steps.check_modalities(cfg, text_data=text,
-                         text_model=None if model is None else is_text_model(model))
+        text_steps.check_modalities(cfg, text_data=text, attack_modality=attack.info.modality,
+                                    text_model=None if model is None else is_text_model(model))
         if text:  # the model brings the tokenizer through which the client sees its text
             model = text_steps.build_text_model_for(cfg, dataset, model)
             dataset = dataset.tokenized(model.tokenizer, cfg.data.max_length)

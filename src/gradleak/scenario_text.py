@@ -46,10 +46,12 @@ def build_text_model_for(cfg: Config, dataset: Any, model: nn.Module | None) -> 
     return model
 
 
-def check_modalities(cfg: Config, *, text_data: bool, text_model: bool | None = None) -> None:
-    """One line when a text model meets image data or an image model text data, and for image
-    settings that have no meaning on text. ``text_model``: whether the user's model object is
-    one (default: what ``model.name`` names)."""
+def check_modalities(cfg: Config, *, text_data: bool, text_model: bool | None = None,
+                     attack_modality: str | None = None) -> None:
+    """One line when a text model meets image data or an image model text data, when the attack
+    (of ``attack_modality``) is for the other kind, and for image settings that have no meaning on
+    text. ``text_model``: whether the user's model object is one (default: what ``model.name``
+    names)."""
     from gradleak.models.hf import is_text_model_name
 
     if text_model is None:
@@ -62,9 +64,28 @@ def check_modalities(cfg: Config, *, text_data: bool, text_model: bool | None = 
         raise GradleakError(f"data.dataset={cfg.data.dataset} holds text but the model ("
                             f"model.name={cfg.model.name}) is an image model; use minilm, "
                             "gpt2-tiny or hf (with model.path=DIR)")
+    if attack_modality is not None and (attack_modality == "text") != text_data:
+        what = "text" if text_data else "images"
+        raise GradleakError(f"attack.name={cfg.attack.name} attacks {attack_modality} models, but "
+                            f"data.dataset={cfg.data.dataset} holds {what}; see `gradleak "
+                            "attacks` (column modality)")
     if text_data and cfg.client.augment != "none":
         raise GradleakError(f"client.augment={cfg.client.augment} is an image augmentation; "
                             "text clients train with client.augment=none")
+
+
+def check_attack_model(cfg: Config, attack_modality: str) -> bool:
+    """Whether ``model.name`` names a text model; one line when the attack is for the other kind
+    (a user's model file may be either: its check waits for the model)."""
+    from gradleak.models import is_user_model
+
+    text = is_text_model_name(cfg.model.name)
+    if text != (attack_modality == "text") and not is_user_model(cfg.model.name):
+        kind = "a text" if text else "an image"
+        raise GradleakError(f"attack.name={cfg.attack.name} attacks {attack_modality} models, but "
+                            f"model.name={cfg.model.name} is {kind} model (see `gradleak "
+                            "attacks`, column modality)")
+    return text
 
 
 @dataclass

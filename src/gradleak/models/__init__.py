@@ -41,6 +41,14 @@ SKIP_CUT_MODELS = ("resnet18", "resnet34", "resnet50", "resnet152")
 DENSE_PATTERN_MODELS = ("densenet43", "densenet53")
 
 
+def unknown_model_message(name: str) -> str:
+    """The one line for a ``model.name`` that names nothing: every kind that would be allowed."""
+    from gradleak.models.hf import TEXT_MODELS
+
+    return (f"unknown model {name!r}; allowed: image {', '.join(MODELS.names())}; text "
+            f"{', '.join(TEXT_MODELS.names())}, hf:DIR; or your file.py:NAME")
+
+
 def build_model(cfg: ModelConfig, *, num_classes: int, channels: int, resolution: int,
                 mean: tuple[float, ...], std: tuple[float, ...]) -> Classifier:
     """Build ``cfg.name`` (a registered model or the user's ``file.py:NAME`` /
@@ -57,6 +65,8 @@ def build_model(cfg: ModelConfig, *, num_classes: int, channels: int, resolution
         net = build_user_network(cfg.name, num_classes=num_classes, channels=channels,
                                  resolution=resolution)
     else:
+        if cfg.name not in MODELS:
+            raise GradleakError(unknown_model_message(cfg.name))
         if cfg.input_mean is not None or cfg.input_std is not None:
             raise GradleakError("model.input_mean / model.input_std are for your own model "
                                 f"(model.name=file.py:NAME); built-in {cfg.name!r} is trained "
