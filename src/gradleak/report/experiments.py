@@ -22,10 +22,9 @@ import yaml
 
 from gradleak.errors import GradleakError
 from gradleak.io import write_text
-from gradleak.metrics import METRICS
 from gradleak.report.numbers import mean_spread
 from gradleak.report.plots import png_data_uri, tradeoff_figure
-from gradleak.report.verdicts import judge, threshold
+from gradleak.report.verdicts import REPORTED_METRICS, judge, threshold
 from gradleak.report.verdicts import number as _num
 
 REPORT_NAME = "report.html"
@@ -114,7 +113,7 @@ def _pivot(rows: list[dict[str, Any]], table: dict[str, Any], metric: str,
     for rk, by_col in cells.items():
         body += "<tr>" + "".join(f"<td>{_e(x)}</td>" for x in rk) + "".join(
             f"<td>{_cell(by_col.get(c, []))}</td>" for c in cols) + "</tr>"
-    info = METRICS.get(metric)
+    info = REPORTED_METRICS.get(metric)
     caption = (f"<caption class='muted'>{_e(metric)} (mean ± std over seeds; {info.direction} = "
                "more leakage)</caption>" if info is not None else
                f"<caption class='muted'>{_e(metric)} (mean ± std over seeds)</caption>")

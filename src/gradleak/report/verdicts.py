@@ -33,6 +33,7 @@ from typing import Any
 from gradleak.errors import GradleakError
 from gradleak.metrics import METRICS, within_budget
 from gradleak.metrics import defends as setting_defends
+from gradleak.metrics.text import TEXT_METRICS
 from gradleak.registry import Registry
 from gradleak.report.evidence import (
     CONTRADICTED,
@@ -52,7 +53,8 @@ from gradleak.report.stats import ALPHA, MIN_SEEDS, PERMUTATION, mean_interval, 
 
 RULES: Registry = Registry("verdict rule")
 # Direction of more leakage per metric, from the metrics' own metadata (one definition).
-HIGHER_LEAKS = {name: info.higher_is_better for name, info in METRICS.items()}
+REPORTED_METRICS = {**METRICS, **TEXT_METRICS}  # image and text runs share the store and report
+HIGHER_LEAKS = {name: info.higher_is_better for name, info in REPORTED_METRICS.items()}
 NOT_SUPPORTED = CONTRADICTED  # the constant's earlier name
 TRADEOFF_TEST = "one-sided Student-t tests per setting, Bonferroni over a family's settings"
 # Re-exported: users' scripts import these from here.
@@ -83,7 +85,7 @@ def _leak_sign(metric: str) -> int:
 def threshold(rows: Sequence[dict[str, Any]], metric: str) -> float | None:
     """The leakage threshold of ``metric`` the ``rows`` were scored with (their
     ``metrics.<metric>_threshold`` when they agree), else the paper's; None if it has none."""
-    info = METRICS.get(metric)
+    info = REPORTED_METRICS.get(metric)
     if info is None or info.threshold is None:
         return None
     used = {_num(r.get(info.threshold_key)) for r in rows} - {None}
