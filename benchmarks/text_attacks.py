@@ -8,6 +8,10 @@ on the machine, and say how many cores it had.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/text_attacks.py [--batches 1 4 8 16]
         [--repeats 3] [--models gpt2-tiny minilm] [--attacks dager token-set]
+
+``--local-steps 1 2 4 8`` instead measures DAGER's FedAvg variant: the client trains U local
+steps of SGD (``client.lr``, one full batch of B sentences per step, ``client.local_epochs=U``)
+and shares the model delta; the server knows the client's configuration (level 3).
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ from gradleak.scenario import Scenario
 DATA = {"gpt2-tiny": "personal", "minilm": "wordnet"}
 
 
-def run_case(model: str, attack: str, batch: int, seed: int, max_length: int) -> dict:
+def run_case(model: str, attack: str, batch: int, seed: int, max_length: int,
+             extra: tuple[str, ...] = ()) -> dict:
     cfg = load_config(None, [f"model.name={model}", f"data.dataset={DATA[model]}",
                              f"attack.name={attack}", f"data.num_samples={batch}",
                              f"data.max_length={max_length}", "data.split=test",
-                             "data.distinct_labels=false", f"seed={seed}"])
+                             "data.distinct_labels=false", f"seed={seed}", *extra])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         started = time.perf_counter()
@@ -53,8 +58,13 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(DATA), choices=list(DATA))
     ap.add_argument("--attacks", nargs="+", default=["dager", "token-set"])
     ap.add_argument("--max-length", type=int, default=16)
+    ap.add_argument("--local-steps", type=int, nargs="+", help="FedAvg: U values (DAGER)")
+    ap.add_argument("--lr", type=float, default=0.01, help="FedAvg: the client's SGD lr")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, L = {args.max_length}")
+    if args.local_steps:
+        fedavg(args)
+        return
     print("| model | attack | B | attack s (median, min-max) | total s | ROUGE-1 | exact | "
           "token recall | feasible |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -70,6 +80,24 @@ def main() -> None:
                       f"{_median([r['exact'] for r in rows])} | "
                       f"{_median([r['token_recall'] for r in rows])} | "
                       f"{sum(bool(r['feasible']) for r in rows)}/{len(rows)} |", flush=True)
+
+
+def fedavg(args: argparse.Namespace) -> None:
+    print(f"FedAvg, SGD lr {args.lr}, one full batch per local step, server knows the client")
+    print("| model | B | U | attack s (median) | ROUGE-1 (median, min) | exact (median) |")
+    print("|---|---|---|---|---|---|")
+    for model in args.models:
+        for b in args.batches:
+            for u in args.local_steps:
+                extra = ("client.protocol=fedavg", f"client.local_epochs={u}",
+                         f"client.batch_size={b}", f"client.lr={args.lr}",
+                         "threat.knows_client_config=true")
+                rows = [run_case(model, "dager", b, seed, args.max_length, extra)
+                        for seed in range(args.repeats)]
+                r1 = [r["rouge1"] for r in rows if r["rouge1"] is not None]
+                print(f"| {model} | {b} | {u} | {_median([r['attack_s'] for r in rows])} | "
+                      f"{_median(r1)} ({min(r1) if r1 else float('nan'):.3f}) | "
+                      f"{_median([r['exact'] for r in rows])} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -85,3 +85,13 @@ def test_dager_says_when_the_tokens_fill_the_width():
     assert details["width"] == 16 and details["input_dimension"] == 15
     assert details["feasible"] is False and details["rank"] == 15
     assert any("whole width" in w for w in details["warnings"])
+
+
+def test_encoder_selection_drops_variants_of_a_closer_sentence():
+    from gradleak.attacks.dager import _distinct
+
+    scored = [([101, 5, 6, 7, 8, 102], 1e-4),   # the sentence
+              ([101, 5, 6, 9, 8, 102], 2e-4),   # one token swapped in: a variant, dropped
+              ([101, 1, 2, 3, 4, 102], 3e-4),   # another sentence of the same length
+              ([101, 5, 6, 102], 4e-4)]         # another length: never compared
+    assert [s for s, _ in _distinct(scored)] == [scored[0][0], scored[2][0], scored[3][0]]

@@ -29,7 +29,10 @@ token's layer-0 input lies in it essentially only if the token occurs there. The
      distance of its known positions with the unknown ones masked out of attention, which is a
      heuristic (no guarantee of finding the sentence). With B = 1 each ``S_p`` has one token.
 4. More passing sentences than B: the B with the smallest layer-1 distance are kept. An encoder
-   finding fewer fills up with its best rejected combinations (``details["approximate"]``).
+   first drops variants (a sequence agreeing on more than half its positions with a closer one
+   of the same length: on a pretrained encoder a token swapped in from another sentence barely
+   moves the layer-1 inputs), and when it finds fewer than B fills up with its best rejected
+   combinations (``details["approximate"]``).
 
 FedAvg (``kind="model_delta"``): the delta's direction sums the gradients of U local steps; each
 step's inputs moved slightly (the embeddings train), so the span is approximate. The rank also
@@ -230,6 +233,7 @@ def decode_encoder(model: nn.Module, spans: list[Span], tol: tuple[float, float]
                           for part in seqs.split(1024)])
         scored += [(s, float(d)) for s, d in zip(seqs.tolist(), dist, strict=True)]
     scored.sort(key=lambda s: s[1])
+    scored = _distinct(scored)
     accepted = [s for s in scored if s[1] < tol[1]]
     fill = [s for s in scored if s[1] >= tol[1]][: max(0, batch - len(accepted))]
     info.update(max_candidates_hit=hit, approximate=len(fill))
@@ -256,6 +260,19 @@ def _beam(model: nn.Module, span: Span, middle: list[list[int]], *, cls: int, se
         score = (dist * mask).sum(1) / mask.sum(1)
         beams = [grown[i] for i in score.argsort()[:width].tolist()]
     return beams
+
+
+def _distinct(scored: list[tuple[list[int], float]]) -> list[tuple[list[int], float]]:
+    """Drop each sequence that agrees, position by position, on more than half of its tokens
+    with a closer one of the same length: a variant of one sentence (a token from another
+    sentence swapped in) passes the layer-1 test nearly as well as the sentence itself on a
+    pretrained encoder, whose layer-0 output is dominated by each token's own input."""
+    kept: list[tuple[list[int], float]] = []
+    for seq, d in scored:
+        if not any(len(k) == len(seq) and sum(a == b for a, b in zip(k, seq, strict=True)) - 2
+                   > (len(seq) - 2) / 2 for k, _ in kept):
+            kept.append((seq, d))
+    return kept
 
 
 def pack(rows: list[list[int]], length: int, pad: int) -> torch.Tensor:
