@@ -12,6 +12,7 @@ sentences (by text hash) is the test split.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -23,31 +24,36 @@ from gradleak.errors import GradleakError
 SUFFIXES = (".txt", ".jsonl", ".csv")
 
 
-def _rows(path: Path, text_col: str, label_col: str | None) -> list[tuple[str, str]]:
+def _rows(path: Path, text_col: str, label_col: str | None,
+          key: str = "data.root") -> list[tuple[str, str]]:
     if not path.is_file():
-        raise GradleakError(f"data.root={path}: file does not exist (a {', '.join(SUFFIXES)} file)")
+        raise GradleakError(f"{key}={path}: file does not exist (a {', '.join(SUFFIXES)} file)")
     if path.suffix not in SUFFIXES:
-        raise GradleakError(f"data.root={path}: unsupported file type {path.suffix or '(none)'!r}; "
+        raise GradleakError(f"{key}={path}: unsupported file type {path.suffix or '(none)'!r}; "
                             f"allowed: {', '.join(SUFFIXES)}")
-    raw = path.read_text(encoding="utf-8", errors="replace")
+    try:  # strict: replacing bad bytes would silently change the user's sentences
+        raw = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise GradleakError(f"{key}={path}: not UTF-8 text (byte {e.object[e.start]:#04x} at "
+                            f"offset {e.start}); save the file as UTF-8") from None
     if path.suffix == ".txt":
         return [(line.strip(), "text") for line in raw.splitlines() if line.strip()]
     records: list[dict] = []
     if path.suffix == ".jsonl":
-        for n, line in enumerate(raw.splitlines(), 1):
+        for n, line in enumerate(raw.split("\n"), 1):  # not splitlines: U+2028 is valid JSON
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise GradleakError(f"data.root={path}: line {n} is not JSON ({e.msg})") from None
+                raise GradleakError(f"{key}={path}: line {n} is not JSON ({e.msg})") from None
             if not isinstance(obj, dict):
-                raise GradleakError(f"data.root={path}: line {n} is not a JSON object")
+                raise GradleakError(f"{key}={path}: line {n} is not a JSON object")
             records.append(obj)
     else:
-        records = list(csv.DictReader(raw.splitlines()))
+        records = list(csv.DictReader(io.StringIO(raw, newline="")))  # keeps quoted newlines
     if records and text_col not in records[0]:
-        raise GradleakError(f"data.root={path}: no column {text_col!r} (data.text_column); "
+        raise GradleakError(f"{key}={path}: no column {text_col!r} (data.text_column); "
                             f"columns found: {', '.join(map(str, records[0]))}")
     use_label = label_col is not None and bool(records) and label_col in records[0]
     return [(str(r.get(text_col) or "").strip(), str(r.get(label_col)) if use_label else "text")
@@ -60,7 +66,8 @@ def text_file(cfg: DataConfig) -> TextDataset:
     if not cfg.root:
         raise GradleakError("data.dataset=text needs data.root=FILE (.txt, .jsonl or .csv)")
     rows = _rows(Path(cfg.root), cfg.text_column, cfg.label_column)
-    test_rows = _rows(Path(cfg.test_root), cfg.text_column, cfg.label_column) if cfg.test_root else None
+    test_rows = (_rows(Path(cfg.test_root), cfg.text_column, cfg.label_column, "data.test_root")
+                 if cfg.test_root else None)
     if not rows:
         raise GradleakError(f"data.root={cfg.root}: the file holds no text")
     classes = tuple(sorted({y for _, y in rows + (test_rows or [])}))
