@@ -95,3 +95,12 @@ def test_encoder_selection_drops_variants_of_a_closer_sentence():
               ([101, 1, 2, 3, 4, 102], 3e-4),   # another sentence of the same length
               ([101, 5, 6, 102], 4e-4)]         # another length: never compared
     assert [s for s, _ in _distinct(scored)] == [scored[0][0], scored[2][0], scored[3][0]]
+
+
+def test_a_one_layer_model_is_refused_before_the_client_trains():
+    from gradleak.errors import GradleakError
+
+    with pytest.raises(GradleakError, match="second attention layer"):
+        Scenario.from_config(load_config(None, [*PERSONAL, "model.name=gpt2-tiny",
+                                                "model.hidden_size=32", "model.layers=1",
+                                                "model.heads=2", "attack.name=dager"]))

@@ -300,16 +300,26 @@ class DAGER(Attack):
     def needs(self) -> frozenset:
         return self.requires  # basic information only: the update, the model, B and L
 
-    def run(self, obs: Observation, *, seed: int, progress: bool) -> Reconstruction:
+    def prepare_model(self, model: nn.Module, *, input_shape: tuple[int, ...], num_classes: int,
+                      seed: int) -> nn.Module:
+        self._check_model(model)  # one line before the client trains, not after
+        return model
+
+    def _check_model(self, model: nn.Module) -> Architecture:
         who = f"attack {self.name!r}"
-        arch, length = check_text_observation(obs, who)
+        arch = probe(model, who=who)
         if arch.layers < 2:
             raise GradleakError(f"{who} checks sequences on the second attention layer; this "
                                 f"model has {arch.layers} layer")
-        model, tok = obs.model, obs.model.tokenizer
         if arch.family == "bert" and model.task != "classification":
             raise GradleakError(f"{who} inverts BERT classifiers and GPT-2 models; BERT with "
                                 f"model.task={model.task} is not supported")
+        return arch
+
+    def run(self, obs: Observation, *, seed: int, progress: bool) -> Reconstruction:
+        arch, length = check_text_observation(obs, f"attack {self.name!r}")
+        self._check_model(obs.model)
+        model, tok = obs.model, obs.model.tokenizer
         spans, tol, details = observed_spans(obs, arch, self.config, [0, 1], length)
         eos = arch.family == "gpt2" and tok.append_eos
         if arch.family == "gpt2":
