@@ -10,8 +10,9 @@ on the machine, and say how many cores it had.
         [--repeats 3] [--models gpt2-tiny minilm] [--attacks dager token-set]
 
 ``--local-steps 1 2 4 8`` instead measures DAGER's FedAvg variant: the client trains U local
-steps of SGD (``client.lr``, one full batch of B sentences per step, ``client.local_epochs=U``)
-and shares the model delta; the server knows the client's configuration (level 3).
+epochs of SGD (``client.lr``, ``client.local_epochs=U``; one full batch of B sentences per step,
+or ``--client-batch b`` mini-batches) and shares the model delta; the server knows the client's
+configuration (level 3).
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ def _median(values: list) -> str:
     return f"{statistics.median(vals):.3f}" if vals else "null"
 
 
+def _feasible(rows: list[dict]) -> str:
+    known = [r["feasible"] for r in rows if r["feasible"] is not None]
+    return f"{sum(known)}/{len(known)}" if known else "n/a (zero-rows rule)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8, 16])
@@ -60,6 +66,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=16)
     ap.add_argument("--local-steps", type=int, nargs="+", help="FedAvg: U values (DAGER)")
     ap.add_argument("--lr", type=float, default=0.01, help="FedAvg: the client's SGD lr")
+    ap.add_argument("--client-batch", type=int, help="FedAvg: local mini-batch size (default B)")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, L = {args.max_length}")
     if args.local_steps:
@@ -79,18 +86,19 @@ def main() -> None:
                       f"| {_median([r['rouge1'] for r in rows])} | "
                       f"{_median([r['exact'] for r in rows])} | "
                       f"{_median([r['token_recall'] for r in rows])} | "
-                      f"{sum(bool(r['feasible']) for r in rows)}/{len(rows)} |", flush=True)
+                      f"{_feasible(rows)} |", flush=True)
 
 
 def fedavg(args: argparse.Namespace) -> None:
-    print(f"FedAvg, SGD lr {args.lr}, one full batch per local step, server knows the client")
-    print("| model | B | U | attack s (median) | ROUGE-1 (median, min) | exact (median) |")
+    print(f"FedAvg, SGD lr {args.lr}, local mini-batches of {args.client_batch or 'B'}, "
+          "server knows the client")
+    print("| model | B | epochs | attack s (median) | ROUGE-1 (median, min) | exact (median) |")
     print("|---|---|---|---|---|---|")
     for model in args.models:
         for b in args.batches:
             for u in args.local_steps:
                 extra = ("client.protocol=fedavg", f"client.local_epochs={u}",
-                         f"client.batch_size={b}", f"client.lr={args.lr}",
+                         f"client.batch_size={args.client_batch or b}", f"client.lr={args.lr}",
                          "threat.knows_client_config=true")
                 rows = [run_case(model, "dager", b, seed, args.max_length, extra)
                         for seed in range(args.repeats)]

@@ -45,3 +45,9 @@ def test_metrics_are_printed_with_four_significant_digits():
     text = format_metrics({"psnr": 18.3456789, "ssim": 0.123456, "lpips": None,
                            "label_accuracy": 1.0})
     assert text == "psnr=18.35 ssim=0.1235 lpips=null label_accuracy=1"
+
+
+def test_outside_a_notebook_the_drop_in_is_the_log_friendly_bar():
+    import gradleak.progress
+
+    assert gradleak.progress.tqdm is LogFriendlyTqdm

@@ -53,5 +53,6 @@ class LogFriendlyTqdm(_std):
         super().close()
 
 
-# In a notebook keep tqdm's widget; everywhere else the log-friendly bar.
-tqdm = _auto if _auto is not _std else LogFriendlyTqdm
+# In a notebook keep tqdm's widget; everywhere else the log-friendly bar. (Outside a notebook
+# tqdm.auto is tqdm.asyncio's subclass of the plain bar, not the plain bar itself.)
+tqdm = _auto if _auto.__module__.startswith("tqdm.notebook") else LogFriendlyTqdm
