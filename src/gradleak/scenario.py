@@ -164,7 +164,7 @@ def preflight(cfg: Config, *, data: bool = False) -> None:
     where the run fetches them). Sweeps call this for every run before launching any."""
     _, attack = _threat_and_attack(cfg)
     build_defense(cfg.defense)
-    if text_steps.check_attack_model(cfg, attack.info.modality):
+    if text_steps.check_attack_model(cfg, text_steps.modality_of(attack)):
         pass  # a text model: built (and its files checked) with the scenario
     elif not is_user_model(cfg.model.name) and cfg.model.name not in MODELS:
         raise GradleakError(unknown_model_message(cfg.model.name))
@@ -216,7 +216,7 @@ class Scenario:
         threat, attack = _threat_and_attack(cfg)
         dataset = build_dataset(cfg.data) if data is None else data
         text = text_steps.is_text_dataset(dataset)
-        text_steps.check_modalities(cfg, text_data=text, attack_modality=attack.info.modality,
+        text_steps.check_modalities(cfg, text_data=text, attack_modality=text_steps.modality_of(attack),
                                     text_model=None if model is None else is_text_model(model))
         if text:  # the model brings the tokenizer through which the client sees its text
             model = text_steps.build_text_model_for(cfg, dataset, model)

@@ -74,6 +74,12 @@ def check_modalities(cfg: Config, *, text_data: bool, text_model: bool | None = 
                             "text clients train with client.augment=none")
 
 
+def modality_of(attack: object) -> str:
+    """What an attack inverts: its ``info.modality`` (a plug-in or test double without one:
+    ``image``, the built-in default)."""
+    return getattr(getattr(attack, "info", None), "modality", "image")
+
+
 def check_attack_model(cfg: Config, attack_modality: str) -> bool:
     """Whether ``model.name`` names a text model; one line when the attack is for the other kind
     (a user's model file may be either: its check waits for the model)."""

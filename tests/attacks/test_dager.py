@@ -104,3 +104,16 @@ def test_a_one_layer_model_is_refused_before_the_client_trains():
         Scenario.from_config(load_config(None, [*PERSONAL, "model.name=gpt2-tiny",
                                                 "model.hidden_size=32", "model.layers=1",
                                                 "model.heads=2", "attack.name=dager"]))
+
+
+def test_fedavg_minibatches_are_recovered_by_replaying_the_first_epoch():
+    # B = 4 sentences in two mini-batches of 2: the second is seen one SGD step after W0.
+    run = [*PERSONAL, "model.name=gpt2-tiny", "attack.name=dager", "data.num_samples=4", "seed=0",
+           "client.protocol=fedavg", "client.local_epochs=1", "client.batch_size=2",
+           "client.lr=0.01"]
+    known = Scenario.from_config(load_config(None, [*run, "threat.knows_client_config=true"])).run()
+    assert known.result["attack_details"]["replayed_steps"] == 1
+    assert known.result["metrics"]["rouge1"] == 1.0
+    blind = Scenario.from_config(load_config(None, run)).run()  # level 0: no replay possible
+    assert "replayed_steps" not in blind.result["attack_details"]
+    assert blind.result["metrics"]["exact"] < 1.0

@@ -40,7 +40,10 @@ def test_directions_match_what_the_metrics_compute():
     for name, fn in (("psnr", metrics.psnr), ("ssim", metrics.ssim), ("mse", metrics.mse)):
         closer_is_higher = float(fn(close, truth).mean()) > float(fn(far, truth).mean())
         assert METRICS[name].higher_is_better == closer_is_higher, name
-    assert {n: i.higher_is_better for n, i in METRICS.items()} == HIGHER_LEAKS
+    from gradleak.metrics.text import TEXT_METRICS
+
+    every = {**METRICS, **TEXT_METRICS}  # the reports read image and text runs alike
+    assert {n: i.higher_is_better for n, i in every.items()} == HIGHER_LEAKS
     assert METRICS["lpips"].direction == "lower" and METRICS["brr"].direction == "higher"
 
 

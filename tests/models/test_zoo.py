@@ -63,7 +63,9 @@ def test_all_zoo_models_registered_with_their_sizes():
 def test_gradleak_models_lists_every_model(capsys):
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert {line.split()[0] for line in lines} == set(MODELS.names())
+    from gradleak.models.hf import TEXT_MODELS
+
+    assert {line.split()[0] for line in lines} == set(MODELS.names()) | set(TEXT_MODELS.names())
     row = next(line for line in lines if line.startswith("resnet152 "))
     assert "58,156,618 parameters" in row
 

@@ -61,6 +61,7 @@ from torch import nn
 from gradleak.attack_settings import DAGERSettings, SpanSettings
 from gradleak.attacks import register_attack
 from gradleak.attacks.base import Attack, AttackInfo, Observation, Reconstruction
+from gradleak.attacks.dager_replay import can_replay, replay_local_steps
 from gradleak.attacks.transformer_layers import (
     Architecture,
     Span,
@@ -323,8 +324,12 @@ class DAGER(Attack):
         spans, tol, details = observed_spans(obs, arch, self.config, [0, 1], length)
         eos = arch.family == "gpt2" and tok.append_eos
         if arch.family == "gpt2":
-            rows, scores, search = decode_causal(model, spans, tol, length,
-                                                 self.config.max_candidates, eos=eos)
+            def decode(weights: nn.Module) -> tuple[list[list[int]], list[float], dict]:
+                return decode_causal(weights, spans, tol, length, self.config.max_candidates,
+                                     eos=eos)
+
+            rows, scores, search = (replay_local_steps(model, decode, obs.client, length)
+                                    if can_replay(obs, eos) else decode(model))
         else:
             rows, scores, search = decode_encoder(
                 model, spans, tol, length, self.config.max_candidates, obs.num_samples,
