@@ -40,6 +40,8 @@ counts the later steps' directions (above the float32 rounding floor of ``W_loca
 estimated from the global weights' ulp), and both tolerances become at least
 :data:`FEDAVG_SPAN_TOLERANCE`. On a tiny GPT-2 (d = 128, B = 4, lr 1e-3..1e-1, U <= 8) true
 tokens stayed within 2e-2 of the span and foreign tokens / false extensions at >= 0.12.
+With several mini-batches and the client's training known (level 3), the first epoch is
+replayed step by step (:mod:`gradleak.attacks.dager_replay`).
 Client dropout breaks exactness (the attacker evaluates without it): train text clients without.
 
 Defaults (DAGER's published code, ``args_factory.py``): ``span_tolerance`` 1e-5
