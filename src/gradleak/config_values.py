@@ -222,6 +222,17 @@ def parse_override(item: str) -> tuple[str, str]:
     return key.strip(), value
 
 
+def data_overrides(command: str, overrides: list[str]) -> list[tuple[str, str]]:
+    """``(key, value)`` of each ``data.*`` override of a command that reads only the dataset
+    keys (``train-generator``, ``train-lm``); one line for any other key."""
+    parsed = [parse_override(item) for item in overrides]
+    for key, _ in parsed:
+        if not key.startswith("data."):
+            raise GradleakError(f"{command} reads only data.* keys, got {key!r}; use the "
+                                "--steps/--batch-size/... options for training settings")
+    return parsed
+
+
 def drop_added_defaults(section: Any, tree: dict[str, Any]) -> None:
     """Keys marked ``added`` that hold their default leave the digest (see ``option``)."""
     for f in dataclasses.fields(section):

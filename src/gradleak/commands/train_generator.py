@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 
 from gradleak.argtypes import finite_float, int_at_least
-from gradleak.errors import GradleakError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -40,14 +39,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gradleak.config import load_config, parse_override
+    from gradleak.config import load_config
+    from gradleak.config_values import data_overrides
     from gradleak.generative.train import GeneratorTraining, train_generator
 
-    for item in args.overrides:
-        key, _ = parse_override(item)
-        if not key.startswith("data."):
-            raise GradleakError(f"train-generator reads only data.* keys, got {key!r}; use the "
-                                "--steps/--batch-size/... options for training settings")
+    data_overrides("train-generator", args.overrides)
     data = load_config(args.config, args.overrides).data
     from gradleak.scenario import resolve_device
 

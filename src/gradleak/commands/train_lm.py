@@ -49,13 +49,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gradleak.config import load_config, parse_override
+    from gradleak.config import load_config
+    from gradleak.config_values import data_overrides
 
-    for item in args.overrides:
-        key, _ = parse_override(item)
-        if not key.startswith("data."):
-            raise GradleakError(f"train-lm reads only data.* keys, got {key!r}; use the "
-                                "--steps/--hidden-size/... options for training settings")
+    for key, _ in data_overrides("train-lm", args.overrides):
         if key in _OWN_OPTIONS:
             hint = (f"use {_OWN_OPTIONS[key]}" if _OWN_OPTIONS[key] else
                     "it always trains on the train split and evaluates on the test split")
