@@ -13,20 +13,23 @@ inheritance::
        └─ ObjectiveSettings     + lr, distance, priors, ...
           ├─ GIASSettings           + generator, latent/generator iterations, generator_lr   gias
           └─ MatchingSettings       + iterations, init, box, engine options   dlg idlg ig gradinversion
-             └─ ROGSettings             + rog_scale, postprocess      rog
+             ├─ ROGSettings             + rog_scale, postprocess      rog
+             └─ EmbeddingSettings       + vocabulary, LAMP's prior and discrete step   tag lamp (text)
 
 A settings object checks itself when built (:meth:`AttackSettings.check`: each key's type,
 choices and minimum, then the family's rules across keys), so the values an attack holds
 (``Attack.config``) are checked once, whether they came from a config or from Python keywords.
 
-The config's ``attack`` section is :class:`AttackConfig`, the union of the built-in image families
-(so every such key is accepted whatever the attack, as it always was, and a config's digest does
-not depend on which families exist). The text families (``SpanSettings``, ``DAGERSettings``) stay
-out of that union, like a plug-in's: their keys (all ``added``) are valid while ``attack.name``
-names their attack, so stored configs keep their digests. A plug-in attack whose settings add
-keys (or change a default) gets a section class that extends :class:`AttackConfig` with them
-(:func:`section_class`); its keys are valid only while ``attack.name`` names it. A plug-in may also
-ship a preset file (:func:`register_settings`), like ``configs/attacks/<name>.yaml``.
+The config's ``attack`` section is :class:`AttackConfig`, the union of the built-in image
+families (so every such key is accepted whatever the attack, as it always was, and a config's
+digest does not depend on which families exist). The text families (``SpanSettings``,
+``DAGERSettings``, ``EmbeddingSettings``) stay out of that union, like a plug-in's: their keys
+(all ``added``) are valid while ``attack.name`` names their attack, so stored configs keep their
+digests. A plug-in attack whose settings add keys (or change a default) gets a section class
+that extends :class:`AttackConfig` with them (:func:`section_class`); its keys are valid only
+while ``attack.name`` names it. A plug-in may also ship a preset file
+(:func:`register_settings`), like ``configs/attacks/<name>.yaml``.
+
 """
 
 from __future__ import annotations
@@ -226,6 +229,49 @@ class MatchingSettings(ObjectiveSettings):
 
 
 @dataclass
+class EmbeddingSettings(MatchingSettings):
+    """TAG and LAMP: the GIA-O engine on a text model's input embeddings
+    (:mod:`gradleak.attacks.text_matching`)."""
+
+    distance: str = option("l1l2", choices=("cosine", "l2", "l1l2"), added=True, help="gradient "
+                           "distance; l1l2: squared L2 plus l1_weight x L1 (TAG)")
+    l1_weight: float = option(0.01, minimum=0.0, added=True, help="distance=l1l2: weight of the "
+                              "L1 term (LAMP's TAG reimplementation: 0.01)")
+    vocabulary: str = option("all", choices=("all", "bag"), added=True, help="tag/lamp: read "
+                             "tokens out of the whole vocabulary, or of the token-set attack's "
+                             "bag (LAMP's --use_embedding)")
+    init_candidates: int = option(1, minimum=1, added=True, help="tag/lamp: random starts scored "
+                                  "by gradient distance per restart, then as many permutations of "
+                                  "the best (LAMP: 500)")
+    norm_weight: float = option(0.0, minimum=0.0, added=True, help="lamp: weight of the "
+                                "embedding-norm regulariser (mean norm - vocabulary mean norm)^2")
+    lm_weight: float = option(0.0, minimum=0.0, added=True, help="lamp: weight of the language "
+                              "model prior's log-perplexity in the discrete step")
+    lm_prior: str | None = option(None, added=True, help="lamp: the prior, a `gradleak train-lm` "
+                                  "directory (a causal LM with its tokenizer)")
+    swap_every: int = option(75, minimum=1, added=True, help="lamp: iterations between "
+                             "discrete steps")
+    swap_burnin: float = option(0.1, minimum=0.0, added=True, help="lamp: fraction of the run "
+                                "before the first discrete step")
+    swap_candidates: int = option(0, minimum=0, added=True, help="lamp: reorderings scored per "
+                                  "sentence in a discrete step (0: no discrete step; LAMP: 200)")
+    lr_scale: float | None = option(None, minimum=0.0, added=True, help="tag/lamp: factor on "
+                                    "attack.lr and on init=normal's N(0, 1) (null: the model's "
+                                    "mean embedding norm / 1.4, BERT-base's, which the published "
+                                    "settings were tuned at)")
+    lr_step: int = option(50, minimum=1, added=True, help="tag/lamp: iterations per lr decay "
+                          "step (with lr_gamma < 1)")
+    lr_gamma: float = option(1.0, minimum=0.0, added=True, help="tag/lamp: lr factor every "
+                             "lr_step iterations (LAMP: 0.89; 1: no step decay)")
+
+    def check(self) -> None:
+        super().check()
+        if self.swap_burnin > 1:
+            raise GradleakError(f"bad value {self.swap_burnin} for attack.swap_burnin: a fraction "
+                                "of the run, in [0, 1]")
+
+
+@dataclass
 class ROGSettings(MatchingSettings):
     rog_scale: int = option(4, minimum=1, help="rog: the optimised image is H/scale x W/scale")
     postprocess: str | None = option(None, help="rog: post-processing network file (TorchScript)")
@@ -251,7 +297,8 @@ _SETTINGS: dict[str, type[AttackSettings]] = {
     "analytic": AttackSettings, "imprint": ImprintSettings, "ggl": GGLSettings,
     "gias": GIASSettings, "rog": ROGSettings, "dlg": MatchingSettings, "idlg": MatchingSettings,
     "ig": MatchingSettings, "gradinversion": MatchingSettings,
-    "token-set": SpanSettings, "dager": DAGERSettings,
+    "token-set": SpanSettings, "dager": DAGERSettings, "tag": EmbeddingSettings,
+    "lamp": EmbeddingSettings,
 }
 _PRESETS: dict[str, Path] = {}
 _HINTS = typing.get_type_hints(AttackConfig)

@@ -51,7 +51,9 @@ from gradleak.attacks import (  # noqa: E402,F401
     gias,
     gradinversion,
     inverting_gradients,
+    lamp,
     rog,
+    tag,
     token_set,
 )
 

@@ -49,6 +49,8 @@ def unsupported(ctx: RunContext) -> str | None:
                (ctx.hooks.transform is not None, "the adaptive transform"),
                (s.group > 1, "group consistency"), (s.learn_labels, "learned labels"),
                (s.optimizer != "adam", f"optimizer={s.optimizer}"),
+               (s.distance not in PLAIN_DISTANCES, f"distance={s.distance}"),
+               (getattr(model, "modality", None) == "text", "a text model"),
                (any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
                     for m in model.modules()), "train-mode BatchNorm")]
     found = [why for bad, why in reasons if bad]

@@ -3,19 +3,22 @@
 Each takes two equal-length lists of tensors (dummy and observed, layer by layer) and returns a
 scalar tensor that is differentiable in the first list.
 
-Both are written as fused autograd functions: the forward pass reduces each layer with one BLAS
-dot product and the backward pass writes each layer's gradient in one or two passes. The plain
-autograd version spends most of an attack iteration in element-wise temporaries on large layers
-(on the MLP's 1.5 M-weight first layer an attack iteration went from 21 ms to 12 ms; see
-``benchmarks/attack_speed.py``). The gradient is first order only: the GIA-O engine never
-differentiates a distance twice, and the backward refuses a second differentiation instead of
-returning a silently wrong one. If an observed tensor requires grad, the plain autograd
-formula is used.
+The cosine and L2 distances are fused autograd functions: the forward pass reduces each layer
+with one BLAS dot product and the backward pass writes each layer's gradient in one or two
+passes. The plain autograd version spends most of an attack iteration in element-wise
+temporaries on large layers (on the MLP's 1.5 M-weight first layer an attack iteration went from
+21 ms to 12 ms; see ``benchmarks/attack_speed.py``). The gradient is first order only: the GIA-O
+engine never differentiates a distance twice, and the backward refuses a second differentiation
+instead of returning a silently wrong one. If an observed tensor requires grad, the plain
+autograd formula is used.
+
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -151,7 +154,29 @@ def l2_distance(dummy: Sequence[torch.Tensor], observed: Sequence[torch.Tensor],
     return _L2.apply(w, len(dummy), *dummy, *observed)
 
 
-DISTANCES = {"cosine": cosine_distance, "l2": l2_distance}
+def l1l2_distance(dummy: Sequence[torch.Tensor], observed: Sequence[torch.Tensor],
+                  weights: Sequence[float] | None = None, *, l1: float = 0.01) -> torch.Tensor:
+    """Squared L2 plus ``l1`` x L1 over layers (TAG, Deng et al., EMNLP Findings 2021; the L1
+    weight 0.01 of LAMP's reimplementation, ``--tag_factor``)."""
+    _check(dummy, observed)
+    w = list(_weights(len(dummy), weights))
+    total = dummy[0].new_zeros(())
+    for wi, d, o in zip(w, dummy, observed, strict=True):
+        d = d.dense() if isinstance(d, LowRankGradient) else d
+        diff = d - o
+        total = total + wi * (diff.pow(2).sum() + l1 * diff.abs().sum())
+    return total
+
+
+DISTANCES = {"cosine": cosine_distance, "l2": l2_distance, "l1l2": l1l2_distance}
+
+
+def distance_for(settings: Any) -> Callable[..., torch.Tensor]:
+    """The ``attack.distance`` function of ``settings``, its own weights bound (``l1_weight``)."""
+    name = settings.distance
+    if name == "l1l2":
+        return functools.partial(l1l2_distance, l1=getattr(settings, "l1_weight", 0.01))
+    return DISTANCES[name]
 
 # Plain autograd formulas (twice differentiable, torch.func-compatible): the functional and
 # compiled objective (gradleak.attacks.functional) uses these.

@@ -26,7 +26,7 @@ from torch import nn
 from gradleak.attack_settings import MatchingSettings
 from gradleak.attacks import functional
 from gradleak.attacks.base import Attack, Observation, Reconstruction
-from gradleak.attacks.losses import DISTANCES
+from gradleak.attacks.losses import distance_for
 from gradleak.attacks.lowrank import factorable, factored_gradients
 from gradleak.attacks.matching import MatchingSetup, matching_setup, resolve_labels, select_layers
 from gradleak.attacks.priors import BatchNormStatistics, l2_norm, total_variation
@@ -129,6 +129,13 @@ class GradientMatchingAttack(Attack):
             return None
         return self._milestones() if self.engine.lr_decay else []
 
+    def project(self, images: torch.Tensor) -> torch.Tensor:
+        """A restart's candidate images: the iterate clamped to the [0, 1] box."""
+        return images.clamp(0, 1)
+
+    def post_step(self, it: int, restart: Restart) -> None:
+        """Nothing after a step here (text attacks fix special tokens, LAMP reorders)."""
+
     # -- the loop --------------------------------------------------------------------------------
 
     def matching_setup(self, obs: Observation) -> MatchingSetup:
@@ -169,7 +176,7 @@ class GradientMatchingAttack(Attack):
     def gradient_distance(self, dummy: Sequence[torch.Tensor],
                           target: Sequence[torch.Tensor]) -> torch.Tensor:
         """The ``attack.distance`` between a dummy update and the target (a scalar tensor)."""
-        return DISTANCES[self.engine.distance](dummy, target)
+        return distance_for(self.engine)(dummy, target)
 
     def stop_rule(self) -> StopRule | None:
         """A fresh stopping rule for one restart (None with ``attack.stop`` and
@@ -183,11 +190,7 @@ class GradientMatchingAttack(Attack):
 
     def run(self, obs: Observation, *, seed: int, progress: bool) -> Reconstruction:
         s, setup = self.engine, self.matching_setup(obs)
-        if s.learn_labels:
-            fixed_labels, source = None, "optimised"
-        else:
-            fixed_labels, source = resolve_labels(obs, s.labels)
-            fixed_labels = fixed_labels.to(setup.device)
+        fixed_labels, source = self.labels_for(obs, setup)
         bn_prior = self._bn_prior(setup.model, obs) if s.bn > 0 else None
         ctx = self.context(setup, obs, fixed_labels, bn_prior)
         generator = torch.Generator().manual_seed(seed)
@@ -200,6 +203,14 @@ class GradientMatchingAttack(Attack):
             if bn_prior is not None:
                 bn_prior.remove()
         return self._reconstruction(found, used, source, ctx.history)
+
+    def labels_for(self, obs: Observation, setup: MatchingSetup) -> tuple[torch.Tensor | None, str]:
+        """The labels the run uses and their source: None with ``learn_labels`` (DLG optimises
+        them), else the granted or inferred ones (``attack.labels``)."""
+        if self.engine.learn_labels:
+            return None, "optimised"
+        labels, source = resolve_labels(obs, self.engine.labels)
+        return labels.to(setup.device), source
 
     def _restarts(self, ctx: RunContext, generator: torch.Generator, bar
                   ) -> tuple[list[Candidate], list[int]]:

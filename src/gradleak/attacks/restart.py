@@ -19,7 +19,7 @@ from torch import nn
 
 from gradleak.attack_settings import MatchingSettings
 from gradleak.attacks.base import Observation
-from gradleak.attacks.losses import DISTANCES
+from gradleak.attacks.losses import distance_for
 from gradleak.attacks.matching import MatchingSetup
 from gradleak.attacks.priors import BatchNormStatistics, group_consistency
 from gradleak.attacks.simulate import batch_order
@@ -57,6 +57,13 @@ class Hooks(Protocol):
 
     def plateau_milestones(self) -> list[int] | None:
         """The decay milestones a plateau may bring forward (None: a fixed schedule)."""
+
+    def project(self, images: torch.Tensor) -> torch.Tensor:
+        """The candidate a restart hands back for ``images`` (the box clamp; text: the nearest
+        tokens' embeddings)."""
+
+    def post_step(self, it: int, restart: Restart) -> None:
+        """Called after step ``it`` (LAMP's discrete step, fixed special tokens)."""
 
 
 def members(variable: torch.Tensor, group: int) -> list[torch.Tensor]:
@@ -105,7 +112,7 @@ class Restart:
     def __init__(self, ctx: RunContext, generator: torch.Generator) -> None:
         obs, device, group = ctx.obs, ctx.setup.device, ctx.settings.group
         self.ctx, self.settings, self.hooks = ctx, ctx.settings, ctx.hooks
-        self.distance = DISTANCES[ctx.settings.distance]
+        self.distance = distance_for(ctx.settings)
         # One restart optimises `group` members jointly; a lone member is drawn exactly as
         # before groups existed, so group=1 results are unchanged.
         draws = [ctx.hooks.initial(obs, ctx.setup.model, generator) for _ in range(group)]
@@ -124,7 +131,7 @@ class Restart:
         """A restart holding ``variable`` (drawn elsewhere, e.g. by the batched path)."""
         restart = cls.__new__(cls)
         restart.ctx, restart.settings, restart.hooks = ctx, ctx.settings, ctx.hooks
-        restart.distance = DISTANCES[ctx.settings.distance]
+        restart.distance = distance_for(ctx.settings)
         restart.free, restart.order, restart.consensus = [variable], None, None
         restart.best = BestIterate(enabled=ctx.settings.keep == "best")
         restart.gradient = None
@@ -172,6 +179,7 @@ class Restart:
             if s.group > 1 and it > 0 and it % s.group_every == 0:
                 self.consensus = self.free[0].detach().mean(0)
             match = step(it)
+            hooks.post_step(it, self)
             if hooks.on_iterate is not None:
                 hooks.on_iterate(it, self.free[0].detach())
             ended = stop is not None and (stop.out_of_time() or (stop.plateau(match)
@@ -235,7 +243,7 @@ class Restart:
         """
         with torch.no_grad():
             raw = self.hooks.images(free[0])
-            images = raw.clamp(0, 1)
+            images = self.hooks.project(raw)
         labels = self.labels_of(free).detach()
         if known is not None and torch.equal(raw, images):
             return images, labels, known
