@@ -95,6 +95,14 @@ class ModelConfig:
     hidden_size: int = _opt(256, minimum=8, added=True, help="gpt2-tiny: embedding width d")
     layers: int = _opt(2, minimum=1, added=True, help="gpt2-tiny: transformer blocks")
     heads: int = _opt(4, minimum=1, added=True, help="gpt2-tiny: attention heads (divide d)")
+    frozen: list[str] = _opt([], added=True, help="parameter-name prefixes the client does not "
+                             "train or share ('embeddings': a text model's word embedding)")
+    lora_rank: int = _opt(0, minimum=0, added=True, help="text models: LoRA adapters of this rank "
+                          "(peft); the client trains and shares only them (0: full fine-tuning)")
+    lora_alpha: float = _opt(16.0, minimum=0.0, added=True, help="LoRA scale numerator (the "
+                             "adapter is scaled by alpha / rank)")
+    lora_targets: list[str] = _opt([], added=True, help="LoRA target module names (default: "
+                                   "GPT-2 c_attn; BERT query, value)")
 
 
 @dataclass

@@ -337,9 +337,7 @@ class Scenario:
     def notes(self) -> list[str]:
         """Scenario-level warnings (e.g. Thm. 4.3: more data dimensions than parameters)."""
         if self.text:
-            from gradleak.attacks.lm_prior import prior_overlap
-
-            return text_steps.text_notes(self.model, self.images) + prior_overlap(self.cfg)
+            return text_steps.text_notes(self.model, self.images, self.cfg)
         notes = []
         params, data_dim = count_parameters(self.model), int(self.images.numel())
         if data_dim > params:

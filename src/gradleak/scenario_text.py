@@ -206,15 +206,19 @@ def describe_text_data(dataset: Any) -> dict[str, Any]:
             "transform": getattr(dataset.source, "transform_note", None)}
 
 
-def text_notes(model: TextModel, images: torch.Tensor) -> list[str]:
+def text_notes(model: TextModel, images: torch.Tensor, cfg: Config | None = None) -> list[str]:
     """Scenario warnings for text: more real tokens than the embedding width (the span of the
-    first layer's inputs is then the whole space: DAGER's span test accepts every token)."""
+    first layer's inputs is then the whole space: DAGER's span test accepts every token), and a
+    LAMP prior trained on the victims' split."""
+    from gradleak.attacks.lm_prior import prior_overlap
+
+    notes = prior_overlap(cfg) if cfg is not None else []
     tokens = int(images[:, 1].sum())
     if tokens >= model.hidden_size:
-        return [f"the batch holds {tokens} real tokens, at least the embedding width "
+        return notes + [f"the batch holds {tokens} real tokens, at least the embedding width "
                 f"{model.hidden_size}: the inputs may span the whole space, so span-based attacks "
                 "(dager) cannot single out the batch's tokens"]
-    return []
+    return notes
 
 
 def text_record(model: TextModel, score: TextScore) -> dict[str, Any]:

@@ -72,9 +72,19 @@ class TokenSet(Attack):
                 details["reason"] = (f"{len(rows)} non-zero embedding rows, more than the "
                                      f"{bound} tokens the batch holds: the rows are not sparse")
                 rows = None
+        if embedding is None:
+            details["warnings"].append("the word embedding is not in the update (frozen, or "
+                                       "LoRA): no embedding-row leak")
+        attention = all(n in obs.update.tensors for n in arch.projection_names(0))
         if rows is not None:
             details["rule"] = "zero-rows"
             ids = sorted(int(i) for i in rows)
+        elif not attention:
+            details["rule"] = "none"
+            details["reason"] = ("neither the word embedding nor layer 0's attention projections "
+                                 "are in the update (frozen or adapted by LoRA): the bag of "
+                                 "tokens is not readable from it")
+            ids = []
         else:
             details["rule"] = "span"
             ids = self._span_tokens(obs, arch, length, details)

@@ -82,6 +82,8 @@ def probe(model: nn.Module, *, who: str = "this attack") -> Architecture:
     from transformers import BertModel, GPT2Model
 
     hf = model.hf
+    if hasattr(hf, "get_base_model"):  # a peft (LoRA) wrapper
+        hf = hf.get_base_model()
     found = [(family, base) for family, cls, attr in (("gpt2", GPT2Model, "transformer"),
                                                       ("bert", BertModel, "bert"))
              if isinstance(base := hf if isinstance(hf, cls) else getattr(hf, attr, None), cls)]
@@ -119,7 +121,9 @@ def attention_gradient(arch: Architecture, tensors: dict[str, torch.Tensor], k: 
 def _tensor(tensors: dict[str, torch.Tensor], name: str) -> torch.Tensor:
     if name not in tensors:
         raise GradleakError(f"the update has no tensor {name!r} (the attention projection the "
-                            "text attacks read); was the model frozen there or renamed?")
+                            "span attacks read): the client froze it or trained it through LoRA "
+                            "adapters; DAGER needs the full projection's gradient (try tag or "
+                            "lamp, which match any shared tensors)")
     return tensors[name].detach()
 
 

@@ -81,6 +81,14 @@ def build_model(cfg: ModelConfig, *, num_classes: int, channels: int, resolution
         _uniform_init(model)
     if cfg.checkpoint:
         load_checkpoint(model, cfg.checkpoint)
+    if cfg.lora_rank > 0 or cfg.lora_targets:
+        raise GradleakError(f"model.lora_rank / lora_targets are for text models, not "
+                            f"model.name={cfg.name!r}; share part of an image model with "
+                            "model.frozen=[PREFIX, ...]")
+    if cfg.frozen:
+        from gradleak.models.partial import freeze
+
+        freeze(model, cfg.frozen)
     return model
 
 

@@ -61,11 +61,27 @@ def resolve_task(cfg: ModelConfig, natural: str, *, allowed: tuple[str, ...]) ->
 
 
 def build_text_model(cfg: ModelConfig, *, num_classes: int, seed: int) -> TextModel:
-    """The text model ``cfg.name`` names, its new weights (heads, a random init) from ``seed``."""
+    """The text model ``cfg.name`` names, its new weights (heads, a random init) from ``seed``;
+    with LoRA adapters (``model.lora_rank``) and frozen parameters (``model.frozen``) applied
+    (:mod:`gradleak.models.partial`)."""
     if cfg.name.startswith(HF_PREFIX):
-        return hf_directory(cfg, num_classes=num_classes, seed=seed,
-                            path=cfg.name[len(HF_PREFIX):])
-    return TEXT_MODELS.get(cfg.name)(cfg, num_classes=num_classes, seed=seed)
+        model = hf_directory(cfg, num_classes=num_classes, seed=seed,
+                             path=cfg.name[len(HF_PREFIX):])
+    else:
+        model = TEXT_MODELS.get(cfg.name)(cfg, num_classes=num_classes, seed=seed)
+    if cfg.lora_rank > 0:
+        from gradleak.models.partial import add_lora
+
+        model.hf = add_lora(model.hf, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                            targets=cfg.lora_targets, seed=seed)
+        model.source += f" + LoRA r={cfg.lora_rank}"
+    elif cfg.lora_targets:
+        raise GradleakError("model.lora_targets needs model.lora_rank > 0")
+    if cfg.frozen:
+        from gradleak.models.partial import freeze
+
+        freeze(model, cfg.frozen)
+    return model
 
 
 def check_max_length(model: TextModel, max_length: int) -> None:

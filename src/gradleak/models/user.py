@@ -28,7 +28,7 @@ from gradleak.models.base import Classifier
 
 BUILD_ARGS = ("num_classes", "channels", "resolution")
 # Model keys a user model honours; the architecture switches of the built-in models do not apply.
-USER_MODEL_KEYS = ("name", "init", "checkpoint", "normalize", "input_mean", "input_std")
+USER_MODEL_KEYS = ("name", "init", "checkpoint", "normalize", "input_mean", "input_std", "frozen")
 _FORMS = "expected model.name=path/to/file.py:NAME or package.module:NAME"
 
 
