@@ -75,7 +75,7 @@ def test_listings_name_the_text_entries(capsys):
     assert all(f"\n{n} " in datasets for n in ("wordnet", "personal", "text"))
     assert main(["attacks"]) == 0
     attacks = [line.split() for line in capsys.readouterr().out.splitlines()]
-    assert {a[0] for a in attacks if "text" in a} == {"dager", "token-set"}
+    assert {a[0] for a in attacks if "text" in a} == {"dager", "lamp", "tag", "token-set"}
 
 
 def test_audit_runs_a_tiny_plan(tmp_path):

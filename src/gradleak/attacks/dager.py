@@ -53,6 +53,7 @@ block).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from typing import Any
@@ -64,6 +65,7 @@ from gradleak.attack_settings import DAGERSettings, SpanSettings
 from gradleak.attacks import register_attack
 from gradleak.attacks.base import Attack, AttackInfo, Observation, Reconstruction
 from gradleak.attacks.dager_replay import can_replay, replay_local_steps
+from gradleak.attacks.lora_span import adapter_gradient
 from gradleak.attacks.transformer_layers import (
     Architecture,
     Span,
@@ -105,10 +107,17 @@ def observed_spans(obs: Observation, arch: Architecture, cfg: SpanSettings, laye
     steps = obs.client.local_updates if obs.client is not None else None
     bound = obs.num_samples * length
     cap = bound * steps if delta and steps else (None if delta else bound)
-    spans = []
+    spans, adapted = [], {}
+    eps = torch.finfo(next(iter(direction.values())).dtype).eps
     for k in layers:
+        adapter = (None if arch.projection_names(k)[0] in direction
+                   else adapter_gradient(obs.model, arch, direction, k))
+        if adapter is not None:  # LoRA: the span of A x_t in R^r (gradleak.attacks.lora_span)
+            span = span_of(adapter[0].cpu(), tolerance=cfg.rank_tolerance, eps=eps, cap=cap)
+            spans.append(dataclasses.replace(span, projection=adapter[1].cpu()))
+            adapted[k] = int(adapter[1].shape[0])
+            continue
         g = attention_gradient(arch, direction, k)
-        eps = torch.finfo(direction[arch.projection_names(k)[0]].dtype).eps
         floor = rounding_floor(obs.model, arch, k, g.shape) if delta else 0.0
         spans.append(span_of(g.cpu(), tolerance=cfg.rank_tolerance, eps=eps, floor=floor, cap=cap))
     tol = (cfg.span_tolerance, getattr(cfg, "span_tolerance_2", cfg.span_tolerance))
@@ -118,11 +127,19 @@ def observed_spans(obs: Observation, arch: Architecture, cfg: SpanSettings, laye
         tol = (max(tol[0], FEDAVG_SPAN_TOLERANCE), max(tol[1], FEDAVG_SPAN_TOLERANCE))
     r, d = spans[0].rank, arch.width
     reachable = input_dimension(obs.model)
+    if 0 in adapted:
+        reachable = min(reachable, adapted[0])
     details: dict[str, Any] = {
         "family": arch.family, "kind": obs.update.kind, "rank": r, "width": d,
         "input_dimension": reachable, "ranks": [s.rank for s in spans], "tokens_bound": bound,
         "feasible": r < reachable, "local_updates": steps, "tolerances": list(tol),
         "warnings": []}
+    if adapted:
+        details["lora"] = {"layers": sorted(adapted), "ranks": [adapted[k] for k in sorted(adapted)]}
+        details["warnings"].append(
+            f"LoRA update: the span test runs on the inputs projected by the adapters' A (rank "
+            f"{adapted.get(0, '?')} at layer 0); it singles out tokens only while the batch holds "
+            "fewer (token, position) pairs than that rank")
     if r >= reachable:
         details["warnings"].append(
             f"the first layer's inputs span the whole width (rank {r} of the {reachable} "

@@ -30,6 +30,7 @@ from gradleak.attack_settings import SpanSettings
 from gradleak.attacks import register_attack
 from gradleak.attacks.base import Attack, AttackInfo, Observation, Reconstruction
 from gradleak.attacks.dager import check_text_observation, observed_spans
+from gradleak.attacks.lora_span import adapter_names
 from gradleak.attacks.transformer_layers import position_candidates
 
 ROW_TOLERANCE = 1e-7
@@ -75,7 +76,8 @@ class TokenSet(Attack):
         if embedding is None:
             details["warnings"].append("the word embedding is not in the update (frozen, or "
                                        "LoRA): no embedding-row leak")
-        attention = all(n in obs.update.tensors for n in arch.projection_names(0))
+        attention = (all(n in obs.update.tensors for n in arch.projection_names(0))
+                     or adapter_names(arch, obs.update.tensors, 0) is not None)
         if rows is not None:
             details["rule"] = "zero-rows"
             ids = sorted(int(i) for i in rows)
@@ -88,6 +90,10 @@ class TokenSet(Attack):
         else:
             details["rule"] = "span"
             ids = self._span_tokens(obs, arch, length, details)
+            if not details["feasible"]:  # every token passes: the bag says nothing
+                details["reason"] = ("the span test is infeasible here (it accepts every "
+                                     f"token): no bag is read, instead of all {len(ids)} tokens")
+                ids = []
         details["found"] = len(ids)
         images = torch.stack([torch.tensor(ids, dtype=torch.long),
                               torch.ones(len(ids), dtype=torch.long)])[None]

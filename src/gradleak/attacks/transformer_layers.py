@@ -183,11 +183,14 @@ def layer_inputs(model: nn.Module, x: torch.Tensor, k: int, *, chunk: int = CHUN
 @dataclass(frozen=True)
 class Span:
     """An orthonormal basis ``[d, r]`` (float64) of a gradient's column space; ``singular``: the
-    gradient's singular values (largest first); ``threshold``: the cut that gave rank ``r``."""
+    gradient's singular values (largest first); ``threshold``: the cut that gave rank ``r``;
+    ``projection``: ``[d, d_in]`` where the span lives in a projected space (a LoRA adapter's
+    ``A``, :mod:`gradleak.attacks.lora_span`): layer inputs are mapped by it before the test."""
 
     basis: torch.Tensor
     singular: torch.Tensor
     threshold: float
+    projection: torch.Tensor | None = None
 
     @property
     def rank(self) -> int:
@@ -237,6 +240,8 @@ def span_distance(span: Span, vectors: torch.Tensor, *, chunk: int = 8192) -> to
     out = []
     for part in vectors.split(chunk):
         v = part.to(basis.device, torch.float64)
+        if span.projection is not None:
+            v = v @ span.projection.T
         residual = v - (v @ basis) @ basis.T
         out.append(residual.norm(dim=1) / v.norm(dim=1).clamp_min(1e-300))
     return torch.cat(out) if out else vectors.new_zeros(0, dtype=torch.float64)

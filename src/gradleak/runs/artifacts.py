@@ -1,6 +1,8 @@
 """Artifacts a sweep builds once and shares between runs, cached under ``<out>/cache``.
 
 * generators for GIA-L (``prepare: {name: {data: {...}, steps: N, ...}}`` in an experiment),
+* language-model priors for LAMP (``prepare: {name: {kind: language_model, data: {...},
+  steps: N, ...}}``: ``gradleak train-lm``'s settings; the value is the model directory),
 * federated training runs whose per-round checkpoints a training-stage study attacks.
 
 Each artifact lives in a folder named by the hash of what defines it and is built under an
@@ -75,6 +77,45 @@ def ensure_generator(name: str, spec: dict[str, Any], cache: Path, *,
             train_generator(data, folder, settings, progress=False, device=device)
             write_json(done, {"spec": spec})
     return path
+
+
+_LM_KEYS = {"kind", "data", "steps", "batch_size", "max_length", "lr", "warmup", "hidden_size",
+            "layers", "heads", "seed"}
+"""A language-model prior's keys: ``kind`` and `gradleak train-lm`'s settings."""
+
+
+def ensure_prepared(name: str, spec: dict[str, Any], cache: Path, *,
+                    resolution: int | None = None, device: str = "cpu") -> Path:
+    """The artifact a ``prepare`` entry describes: a generator (default) or, with
+    ``kind: language_model``, a ``train-lm`` directory."""
+    kind = spec.get("kind", "generator") if isinstance(spec, dict) else None
+    if kind == "language_model":
+        return ensure_language_model(name, spec, cache)
+    if kind != "generator":
+        raise GradleakError(f"prepare.{name}: bad kind {kind!r}; allowed: generator, language_model")
+    return ensure_generator(name, {k: v for k, v in spec.items() if k != "kind"}, cache,
+                            resolution=resolution, device=device)
+
+
+def ensure_language_model(name: str, spec: dict[str, Any], cache: Path) -> Path:
+    """Train (or reuse) the ``gpt2-tiny`` causal LM ``spec`` describes (LAMP's prior); returns
+    its directory. Trained on CPU: the draws and the result do not depend on the run's device."""
+    from gradleak.config import load_config
+    from gradleak.models.train_lm import LMTraining, train_lm
+
+    unknown = set(spec) - _LM_KEYS
+    if unknown:
+        raise GradleakError(f"prepare.{name}: unknown keys {sorted(unknown)}; allowed: "
+                            f"{', '.join(sorted(_LM_KEYS))}")
+    data = load_config(base={"data": spec.get("data") or {"dataset": "wordnet-examples"}}).data
+    settings = LMTraining(**{k: v for k, v in spec.items() if k not in ("kind", "data")})
+    folder = cache / "language_models" / f"{name}-{_key(spec)}"
+    with locked(folder.with_suffix(".lock")):
+        done = folder / "done.json"
+        if not done.is_file():
+            train_lm(data, folder, settings, progress=False)
+            write_json(done, {"spec": spec})
+    return folder
 
 
 def federated_key(cfg_dict: dict[str, Any]) -> str:

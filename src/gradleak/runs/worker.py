@@ -32,7 +32,7 @@ def execute(run: dict[str, Any], out: str, *, profile: str, threads: int = 1,
     import torch
 
     from gradleak.io import write_json
-    from gradleak.runs.artifacts import ensure_generator
+    from gradleak.runs.artifacts import ensure_prepared
     from gradleak.runs.spec import RunSpec
 
     torch.set_num_threads(max(1, threads))
@@ -48,7 +48,7 @@ def execute(run: dict[str, Any], out: str, *, profile: str, threads: int = 1,
         row.update(config_columns(unresolved))
         row.update({f"run.{k}": v for k, v in spec.options.items()})
         resolution = unresolved.data.resolution
-        resolved = {n: str(ensure_generator(n, p, ctx.cache, resolution=resolution,
+        resolved = {n: str(ensure_prepared(n, p, ctx.cache, resolution=resolution,
                                             device=unresolved.device))
                     for n, p in sorted(spec.prepare.items())}
         cfg = spec.config(resolve=resolved)
