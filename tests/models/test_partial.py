@@ -37,11 +37,18 @@ def test_peft_starts_b_at_zero_so_the_first_rounds_a_gradient_is_zero(lora_token
     assert any(float(v.abs().max()) > 0.0 for n, v in t.items() if ".lora_B." in n)
 
 
-def test_token_set_reads_nothing_when_embeddings_and_attention_are_not_shared(lora_token_set):
+def test_token_set_reads_no_bag_through_a_lora_rank_below_the_tokens(lora_token_set):
     details = lora_token_set.result["attack_details"]
+    assert details["rule"] == "span" and not details["feasible"] and details["found"] == 0
+    assert "infeasible" in details["reason"]
+    assert any("no embedding-row leak" in w for w in details["warnings"])
+
+
+def test_token_set_reads_nothing_without_embedding_or_layer0_attention():
+    out = run("model.lora_rank=4", "model.lora_targets=[c_fc]", "attack.name=token-set")
+    details = out.result["attack_details"]
     assert details["rule"] == "none" and details["found"] == 0
     assert "not readable" in details["reason"]
-    assert any("no embedding-row leak" in w for w in details["warnings"])
 
 
 def test_frozen_embeddings_remove_the_row_leak_but_not_the_span_leak():
@@ -53,9 +60,22 @@ def test_frozen_embeddings_remove_the_row_leak_but_not_the_span_leak():
     assert out.result["metrics"]["token_recall"] == 1.0  # layer 0's attention still gives them
 
 
-def test_dager_on_a_lora_update_is_refused_in_one_line():
+def test_dager_reads_a_sentence_through_lora_adapters_of_rank_above_its_tokens():
+    out = run("model.lora_rank=16", "attack.name=dager")
+    assert torch.equal(out.matched, out.truth)  # exact, from dL/dB = dY (A X)^T alone
+    details = out.result["attack_details"]
+    assert details["lora"] == {"layers": [0, 1], "ranks": [16, 16]} and details["feasible"]
+
+
+def test_dager_through_a_lora_rank_below_the_tokens_is_infeasible_and_says_so():
+    details = run("model.lora_rank=4", "attack.name=dager").result["attack_details"]
+    assert not details["feasible"]
+    assert any("LoRA update" in w for w in details["warnings"])
+
+
+def test_dager_without_the_attention_gradient_is_refused_in_one_line():
     with pytest.raises(GradleakError, match="LoRA"):
-        run("model.lora_rank=4", "attack.name=dager")
+        run("model.lora_rank=4", "model.lora_targets=[c_fc]", "attack.name=dager")
 
 
 def test_frozen_image_layers_leave_the_update():
