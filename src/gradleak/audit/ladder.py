@@ -37,6 +37,8 @@ NOT_RUN = {
     "fedavg": "not run: only meaningful for FedAvg (client.protocol=fedavg), where the client "
               "trains several local steps",
     "batchnorm": "not run: the model has no BatchNorm layer",
+    "lm_prior": "not run: needs a language-model prior (gradleak train-lm --out DIR on auxiliary "
+                "text, then attack.lm_prior=DIR)",
 }
 
 
@@ -64,6 +66,16 @@ class Ladder:
     labels: dict[str, str]
     verdict: dict[str, Any]
     recommend: dict[str, Any]
+    text_levels: list[Level] = field(default_factory=list)
+
+    def for_setup(self, setup: Setup) -> Ladder:
+        """The ladder for ``setup``: for a text model its ``text_levels`` and each budget's
+        ``text_attack`` keys (the image ladder otherwise)."""
+        if not setup.text:
+            return self
+        budgets = {n: {**b, "attack": b.get("text_attack", b.get("attack"))}
+                   for n, b in self.budgets.items()}
+        return replace(self, levels=list(self.text_levels), budgets=budgets)
 
     def budget(self, name: str | None) -> dict[str, Any]:
         """The named budget (one-line error when unknown)."""
@@ -77,13 +89,17 @@ class Ladder:
 def load_ladder() -> Ladder:
     """``configs/audit_ladder.yaml`` as a :class:`Ladder`."""
     data = yaml.safe_load(resources.files("gradleak").joinpath(LADDER).read_text())
-    levels = [Level(level=int(x["level"]), name=x["name"], title=x["title"], server=x["server"],
-                    set=dict(x.get("set") or {}), needs=x.get("needs"),
-                    labels=x.get("labels", "inferred"), fedavg_set=dict(x.get("fedavg_set") or {}))
-              for x in data["levels"]]
-    return Ladder(levels=levels, budgets=data["budgets"], default_budget=data["default_budget"],
-                  labels=data["labels"], verdict=data.get("verdict") or {},
-                  recommend=data.get("recommend") or {})
+
+    def levels(key: str) -> list[Level]:
+        return [Level(level=int(x["level"]), name=x["name"], title=x["title"],
+                      server=x["server"], set=dict(x.get("set") or {}), needs=x.get("needs"),
+                      labels=x.get("labels", "inferred"),
+                      fedavg_set=dict(x.get("fedavg_set") or {})) for x in data.get(key) or []]
+
+    return Ladder(levels=levels("levels"), budgets=data["budgets"],
+                  default_budget=data["default_budget"], labels=data["labels"],
+                  verdict=data.get("verdict") or {}, recommend=data.get("recommend") or {},
+                  text_levels=levels("text_levels"))
 
 
 @dataclass
@@ -99,6 +115,7 @@ class Setup:
     layers: list[tuple[str, int]] = field(default_factory=list)  # (module name, parameters)
     dataset: Any = None  # the victims' dataset, for drawing trials
     victims_fixed: bool = False  # data.indices given: every trial attacks the same samples
+    text: bool = False  # a text model on text data: the ladder's text levels
 
     def trials_note(self) -> str:
         """One line on what the runs are independent draws of."""
@@ -115,6 +132,10 @@ class Setup:
     @property
     def generator(self) -> str | None:
         return self.user_attack.get("attack.generator")
+
+    @property
+    def lm_prior(self) -> str | None:
+        return self.user_attack.get("attack.lm_prior")
 
 
 def user_keys(config_file: str | None, overrides: list[str]) -> dict[str, Any]:
@@ -140,11 +161,17 @@ def read_setup(config_file: str | None, overrides: list[str]) -> Setup:
                   user_attack={k: v for k, v in given.items()
                                if k.startswith("attack.") and k != "attack.name"},
                   user_fl={k: v for k, v in given.items() if k.startswith("fl.")})
-    probe = load_config(base=unflatten(_base(cfg)), trusted_base=True)  # no attack's needs
+    from gradleak.scenario_text import is_text_model_name
+
+    base = _base(cfg)
+    if is_text_model_name(cfg.model.name):  # probed with an attack of the model's kind
+        base["attack.name"] = "token-set"
+    probe = load_config(base=unflatten(base), trusted_base=True)  # no attack's needs
     sc = Scenario.from_config(probe)
     setup.num_samples = int(len(sc.labels))
     setup.dataset = sc.dataset
     setup.victims_fixed = cfg.data.indices is not None
+    setup.text = bool(sc.text)
     setup.has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in sc.model.modules())
     setup.has_linear = any(isinstance(m, nn.Linear) for m in sc.model.modules())
     setup.layers = [(name, sum(p.numel() for p in m.parameters(recurse=False)))
@@ -167,6 +194,8 @@ def skipped(level: Level, setup: Setup) -> str | None:
         return NOT_RUN["fedavg"]
     if level.needs == "batchnorm" and not setup.has_bn:
         return NOT_RUN["batchnorm"]
+    if level.needs == "lm_prior" and not setup.lm_prior:
+        return NOT_RUN["lm_prior"]
     return None
 
 
@@ -176,7 +205,7 @@ def level_config(ladder: Ladder, level: Level, setup: Setup, budget: dict[str, A
     defense point or ``attack.layers``)."""
     items = _base(setup.cfg)
     items.update(flatten({"attack": budget.get("attack") or {}}))
-    items.update(setup.user_attack)
+    items.update(_keys_of(setup.user_attack, level.set.get("attack.name")))
     items.update(level.set)
     if setup.fedavg:
         items.update(level.fedavg_set)
@@ -190,6 +219,19 @@ def level_config(ladder: Ladder, level: Level, setup: Setup, budget: dict[str, A
         return load_config(base=unflatten(items), trusted_base=True)  # the user's own input
     except GradleakError as exc:
         raise GradleakError(f"audit level {level.name}: {exc}") from None
+
+
+def _keys_of(keys: dict[str, Any], attack: str | None) -> dict[str, Any]:
+    """The user's ``attack.*`` keys that the level's attack has (a text ladder mixes families:
+    ``attack.lm_prior`` is LAMP's, not DAGER's)."""
+    import dataclasses
+
+    from gradleak.attack_settings import section_class
+
+    if attack is None:
+        return dict(keys)
+    names = {f.name for f in dataclasses.fields(section_class(attack))}
+    return {k: v for k, v in keys.items() if k.split(".", 1)[1] in names}
 
 
 @dataclass(frozen=True)

@@ -150,7 +150,12 @@ def level_entry(level: Level, setup: Setup, runs: list[RunSpec], rows: dict[str,
     if level.labels != "known" and not setup.has_linear:
         decided["reason"] += f"; {LABELS_GRANTED}"
     best = best_sample(found)
-    if best is not None:
+    if best is not None and "rouge1" in best:  # text: the sentences are the evidence
+        per = ((rows.get(best["run_id"]) or {}).get("result") or {}).get("per_sample") or {}
+        best |= {"image": None, "reconstruction_grid": None, "baselines": {"reference": {
+            m: (per.get(f"baseline_{m}") or [None] * (best["sample"] + 1))[best["sample"]]
+            for m in ("rouge1", "semantic")}}}
+    elif best is not None:
         best |= save_best(out, level.name, best) | {"baselines": sample_baselines(
             rows.get(best["run_id"]) or {}, best["sample"])}
     return entry | decided | {"best": best}
@@ -182,9 +187,9 @@ def save_best(out: Path, name: str, best: dict[str, Any]) -> dict[str, Any]:
 def audit_setup(options: AuditOptions, log: Log = lambda _m: None) -> dict[str, Any]:
     """Run the audit of ``options``' setup; write and return ``verdict.json``'s content (the
     report is :func:`gradleak.report.audit_verdict.render_verdict` of it)."""
-    ladder = load_ladder()
-    budget = ladder.budget(options.budget)
     setup = read_setup(options.config, options.overrides)
+    ladder = load_ladder().for_setup(setup)
+    budget = ladder.budget(options.budget)
     rule = options.rule(ladder, budget)
     trials = draw_trials(setup, rule.max_runs)
     if len(trials) < rule.max_runs:
@@ -257,12 +262,17 @@ def summarise(levels: list[dict[str, Any]], setup: Setup, options: AuditOptions,
                   "augment": cfg.client.augment, "batchnorm": setup.has_bn,
                   "lr": cfg.client.lr, "momentum": cfg.client.momentum,
                   "batch_size": cfg.client.batch_size,
-                  "local_epochs": cfg.client.local_epochs},
+                  "local_epochs": cfg.client.local_epochs,
+                  "modality": "text" if setup.text else "image",
+                  **({"max_length": cfg.data.max_length, "lora_rank": cfg.model.lora_rank,
+                      "frozen": list(cfg.model.frozen)} if setup.text else {})},
         "budget": {"name": options.budget or "default", "attack": budget.get("attack"),
                    "effective": attack,
                    "seeds": seeds, "round_size": rule.round_size, "max_seeds": rule.max_runs},
         "rule": vars(rule),
-        "thresholds": {"psnr": cfg.metrics.psnr_threshold, "lpips": cfg.metrics.lpips_threshold},
+        "thresholds": ({"rouge1": cfg.metrics.rouge_threshold,
+                        "semantic": cfg.metrics.semantic_threshold} if setup.text else
+                       {"psnr": cfg.metrics.psnr_threshold, "lpips": cfg.metrics.lpips_threshold}),
     }
 
 

@@ -91,6 +91,10 @@ class RunEvidence:
     lr_decay: bool = False  # the step schedule: judge convergence before its last decay
     victims: list[int] = field(default_factory=list)
     parts: list[RunEvidence] = field(default_factory=list)  # merged runs (:func:`merge`)
+    # text runs: per sentence ROUGE-1 and semantic similarity (psnr/lpips stay empty)
+    rouge1: list[float | None] | None = None
+    semantic: list[float | None] | None = None
+    texts: dict[str, list[str]] = field(default_factory=dict)  # original / reconstruction
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> RunEvidence:
@@ -99,7 +103,12 @@ class RunEvidence:
         per = res.get("per_sample") or {}
         victims = ((res.get("scenario") or {}).get("victim_indices")
                    or _as_list(row.get("data.indices")))
+        text = "rouge1" in per and "psnr" not in per
         return cls(seed=int(row["seed"]), psnr=list(per.get("psnr") or []),
+                   rouge1=list(per["rouge1"]) if text else None,
+                   semantic=per.get("semantic") if text else None,
+                   texts={k: list(per.get(k) or []) for k in ("original", "reconstruction")}
+                   if text else {},
                    lpips=per.get("lpips"), thresholds=res.get("thresholds") or {},
                    iterations=int(row.get("iterations") or 0),
                    iterations_used=list(res.get("iterations_used") or []),
@@ -110,7 +119,10 @@ class RunEvidence:
 
     def flags(self) -> list[tuple[bool, bool | None]]:
         """Per sample ``(at_risk, leaked)``: at risk passes either threshold (description);
-        leaked is the stored criterion, None when it could not be decided (no LPIPS)."""
+        leaked is the stored criterion, None when it could not be decided (no LPIPS; for text,
+        no semantic score or reference pool)."""
+        if self.rouge1 is not None:
+            return self._text_flags()
         psnr_t = self.thresholds.get("psnr", METRICS["psnr"].threshold)
         lpips_t = self.thresholds.get("lpips", METRICS["lpips"].threshold)
         out = []
@@ -119,6 +131,19 @@ class RunEvidence:
             by_lpips = self.lpips is not None and METRICS["lpips"].passes(self.lpips[i], lpips_t)
             lk = None if self.leaked is None or self.lpips is None else bool(self.leaked[i])
             out.append((by_psnr or by_lpips, lk))
+        return out
+
+    def _text_flags(self) -> list[tuple[bool, bool | None]]:
+        from gradleak.metrics.text import TEXT_METRICS
+
+        rt = self.thresholds.get("rouge1", TEXT_METRICS["rouge1"].threshold)
+        st = self.thresholds.get("semantic", TEXT_METRICS["semantic"].threshold)
+        out = []
+        for i, r in enumerate(self.rouge1 or []):
+            s = self.semantic[i] if self.semantic else None
+            at_risk = (r is not None and r >= rt) or (s is not None and s >= st)
+            lk = None if self.leaked is None or self.leaked[i] is None else bool(self.leaked[i])
+            out.append((at_risk, lk))
         return out
 
     @property
@@ -319,9 +344,19 @@ def combine(verdicts: list[str]) -> str:
 
 
 def best_sample(runs: list[RunEvidence]) -> dict[str, Any] | None:
-    """The closest reconstruction of a level: lowest LPIPS (highest PSNR without LPIPS)."""
+    """The closest reconstruction of a level: lowest LPIPS (highest PSNR without LPIPS); for
+    text the highest ROUGE-1, with both sentences."""
     found = None
     for r in runs:
+        for i, rouge in enumerate(r.rouge1 or []):
+            key = (-(rouge if rouge is not None else -1.0),)
+            if found is None or key < found[0]:
+                found = (key, {"run_id": r.run_id, "seed": r.seed, "sample": i, "rouge1": rouge,
+                               "semantic": r.semantic[i] if r.semantic else None,
+                               "original": _at(r.texts.get("original"), i),
+                               "reconstruction": _at(r.texts.get("reconstruction"), i)})
+        if r.rouge1 is not None:
+            continue
         for i, p in enumerate(r.psnr):
             lp = None if r.lpips is None else r.lpips[i]
             key = (lp if lp is not None else math.inf, -p)
@@ -329,3 +364,7 @@ def best_sample(runs: list[RunEvidence]) -> dict[str, Any] | None:
                 found = (key, {"run_id": r.run_id, "seed": r.seed, "sample": i, "psnr": p,
                                "lpips": lp})
     return None if found is None else found[1]
+
+
+def _at(values: list[Any] | None, i: int) -> Any:
+    return values[i] if values and i < len(values) else None

@@ -29,6 +29,10 @@ def describe_dataset(ds: ImageDataset) -> dict[str, Any]:
     the images (``transform``: crop, resize, scaling) and which part it is (``split``: e.g. a
     held-out part when the user's data had no test split). Loaders set ``transform_note`` and
     ``split_note``; loaders without them record ``null``."""
+    if getattr(ds, "modality", None) == "text":
+        return {"name": ds.name, "size": len(ds), "classes": ds.num_classes, "modality": "text",
+                "max_length": getattr(ds, "max_length", None),
+                "split": getattr(ds, "split_note", None)}
     return {
         "name": getattr(ds, "name", type(ds).__name__),
         "size": len(ds),

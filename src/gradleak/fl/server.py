@@ -129,16 +129,21 @@ def local_setup(cfg: ClientConfig, num_samples: int) -> ClientSetup:
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, bn_mode: str = "eval",
              batch_size: int = 256) -> float:
-    """Top-1 accuracy of ``model`` on ``images [N, C, H, W]`` (no dropout; BN in ``bn_mode``)."""
+    """Top-1 accuracy of ``model`` on ``images [N, C, H, W]`` (no dropout; BN in ``bn_mode``);
+    for a causal LM (logits ``[N, V, L-1]``, targets ``[N, L-1]``) the next-token accuracy over
+    the real tokens (targets ``-100`` are padding)."""
     if len(labels) == 0:
         return float("nan")
     set_bn_mode(model, bn_mode, dropout=False)
     device = next(model.parameters()).device
-    correct = 0
+    correct = count = 0
     with torch.no_grad():
         for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True):
-            correct += int((model(x.to(device)).argmax(-1) == y.to(device)).sum())
-    return correct / len(labels)
+            y = y.to(device)
+            real = y != -100
+            correct += int(((model(x.to(device)).argmax(1) == y) & real).sum())
+            count += int(real.sum())
+    return correct / count if count else float("nan")
 
 
 def dataset_tensors(dataset: ImageDataset,
@@ -320,6 +325,14 @@ def run_federated(cfg: Config, *, checkpoint_dir: str | Path | None = None,
     device = torch.device(cfg.device)
     train = build_dataset(replace(cfg.data, split="train"))
     test = build_dataset(replace(cfg.data, split="test"))
+    text_model = None
+    if getattr(train, "modality", None) == "text":  # seen through the model's tokenizer
+        from gradleak.models.hf import build_text_model
+        from gradleak.models.text import TextTargets
+
+        text_model = build_text_model(cfg.model, num_classes=train.num_classes, seed=cfg.seed)
+        train, test = (TextTargets(d.tokenized(text_model.tokenizer, cfg.data.max_length),
+                                   text_model) for d in (train, test))
     n_victim = cfg.fl.victim_samples or cfg.data.num_samples
     victim_cfg = replace(cfg.data, split="train", num_samples=n_victim)
     _, _, victim_indices = select_victim_samples(train, victim_cfg, seed=cfg.seed)
@@ -329,8 +342,9 @@ def run_federated(cfg: Config, *, checkpoint_dir: str | Path | None = None,
     if cfg.fl.test_samples is not None and cfg.fl.test_samples < len(test):
         g = torch.Generator().manual_seed(cfg.seed)
         test_indices = sorted(torch.randperm(len(test), generator=g)[:cfg.fl.test_samples].tolist())
-    model = build_model(cfg.model, num_classes=train.num_classes, channels=train.channels,
-                        resolution=train.resolution, mean=train.mean, std=train.std).to(device)
+    model = (text_model if text_model is not None else build_model(
+        cfg.model, num_classes=train.num_classes, channels=train.channels,
+        resolution=train.resolution, mean=train.mean, std=train.std)).to(device)
     result = train_federated(model, train, parts, client=cfg.client, fl=cfg.fl,
                              defense=defense or build_defense(cfg.defense), test=test,
                              test_indices=test_indices, seed=cfg.seed,

@@ -161,3 +161,30 @@ def check_text_batch(x: torch.Tensor) -> None:
 
 def is_text_model(model: nn.Module) -> bool:
     return getattr(model, "modality", None) == "text"
+
+
+class TextTargets:
+    """A tokenized text dataset whose ``tensors`` give the model's loss targets
+    (:meth:`TextModel.targets`: class labels, or a causal LM's next tokens) instead of the class
+    labels, so that federated training and evaluation treat it like an image dataset."""
+
+    modality = "text"
+
+    def __init__(self, dataset: Any, model: TextModel) -> None:
+        self.dataset, self.model = dataset, model
+        self.name, self.num_classes = dataset.name, dataset.num_classes
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, key: str) -> Any:  # classes, max_length, texts, ...: the dataset's
+        if key == "dataset":
+            raise AttributeError(key)
+        return getattr(self.dataset, key)
+
+    def targets(self) -> list[int]:
+        return self.dataset.targets()
+
+    def tensors(self, indices: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x, labels = self.dataset.tensors(indices)
+        return x, self.model.targets(x, labels)

@@ -41,7 +41,9 @@ def level_rows(verdict: dict[str, Any]) -> list[list[str]]:
                      f"{lv.get('runs_leaked', 0)} of {runs}" if runs else "-", _bound(lv),
                      _share(lv.get("leaked_share")), _share(lv.get("at_risk_share")),
                      f"{runs} x {per}",
-                     f"{_num(best.get('lpips'))} / {_num(best.get('psnr'))}",
+                     (f"{_num(best.get('rouge1'))} / {_num(best.get('semantic'))}"
+                      if "rouge1" in best else
+                      f"{_num(best.get('lpips'))} / {_num(best.get('psnr'))}"),
                      (lv.get("reason") or "") + (f"; {lv['suggest']}" if lv.get("suggest") else "")])
     return rows
 
@@ -104,19 +106,17 @@ def markdown(verdict: dict[str, Any]) -> str:
              f"{verdict['summary']}."
              + (f" Malicious reference (not part of the verdict): {mal}." if mal else ""), "",
              f"What this shows: {verdict.get('claim', verdict['summary'])}.", "",
-             *setup_lines(verdict),
-             f"A sample is *leaked* when PSNR >= {t['psnr']} dB and LPIPS <= {t['lpips']} (paper "
-             "App. C) AND it beats every update-free baseline (its flat mean colour, the data's "
-             "mean image, the nearest other sample) and is identified among distractors; *at "
-             "risk* (either threshold) is description only. A run leaks when one of its samples "
+             *setup_lines(verdict), criterion(t) + " A run leaks when one of its samples "
              "leaks; the verdict is over runs"
              + (f" ({trials['note']})" if trials.get("note") else "") + ". Rule: docs/audit.md.",
              "",
-             "| " + " | ".join(LEVEL_HEAD) + " |", "|" + "---|" * len(LEVEL_HEAD)]
+             "| " + " | ".join(head(t)) + " |", "|" + "---|" * len(LEVEL_HEAD)]
     lines += ["| " + " | ".join(row) + " |" for row in level_rows(verdict)]
     lines += ["", *recommendation_lines(verdict)]
     for lv in verdict["levels"]:
         best = lv.get("best") or {}
+        if best.get("original") is not None:
+            lines += [f"## {lv['title']}", "", *sentence_lines(best), ""]
         if best.get("image"):
             lines += [f"## {lv['title']}", "", f"![{lv['name']}]({best['image']})", "",
                       f"Best sample (seed {best['seed']}): original (left), reconstruction "
@@ -125,12 +125,49 @@ def markdown(verdict: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def criterion(t: dict[str, Any]) -> str:
+    """The leak criterion in force, one sentence (images or text)."""
+    if "rouge1" in t:
+        return (f"A sentence is *leaked* when ROUGE-1 >= {t['rouge1']} and semantic similarity "
+                f">= {t['semantic']} AND it beats the closest update-free sentence of a reference "
+                "pool from the same distribution; *at risk* (either threshold) is description "
+                "only.")
+    return (f"A sample is *leaked* when PSNR >= {t['psnr']} dB and LPIPS <= {t['lpips']} (paper "
+            "App. C) AND it beats every update-free baseline (its flat mean colour, the data's "
+            "mean image, the nearest other sample) and is identified among distractors; *at "
+            "risk* (either threshold) is description only.")
+
+
+def head(t: dict[str, Any]) -> list[str]:
+    """The levels table's header (its best-sample column names the modality's metrics)."""
+    return [*LEVEL_HEAD[:-2], "best ROUGE-1 / semantic" if "rouge1" in t else LEVEL_HEAD[-2],
+            LEVEL_HEAD[-1]]
+
+
+def sentence_lines(best: dict[str, Any]) -> list[str]:
+    """A text level's best sentence beside its original, the words recovered in place (in
+    order, :func:`gradleak.text_view.word_marks`) in bold."""
+    from gradleak.text_view import word_marks
+
+    words, _ = word_marks(str(best["original"]), str(best.get("reconstruction") or ""))
+    marked = " ".join(f"**{w}**" if hit else w for w, hit in words)
+    ref = (best.get("baselines") or {}).get("reference") or {}
+    return [f"Best sentence (seed {best['seed']}), ROUGE-1 {_num(best.get('rouge1'))}, semantic "
+            f"{_num(best.get('semantic'))}; the closest update-free sentence scores ROUGE-1 "
+            f"{_num(ref.get('rouge1'))}, semantic {_num(ref.get('semantic'))}.", "",
+            f"- original (recovered words in bold): {marked}",
+            f"- reconstruction: {best.get('reconstruction')}"]
+
+
 def setup_lines(verdict: dict[str, Any]) -> list[str]:
     """What was audited, in one paragraph."""
     st, bd = verdict.get("setup") or {}, verdict.get("budget") or {}
     attack = bd.get("effective") or bd.get("attack") or {}
     keys = ("model", "dataset", "resolution", "num_samples", "protocol", "optimizer", "lr",
             "momentum", "batch_size", "local_epochs", "augment", "batchnorm")
+    if st.get("modality") == "text":
+        keys = ("model", "dataset", "max_length", "num_samples", "protocol", "optimizer", "lr",
+                "momentum", "batch_size", "local_epochs", "lora_rank", "frozen")
     audited = ", ".join(f"{k} {st[k]}" for k in keys if st.get(k) is not None)
     return [f"Audited: {audited}. Budget {bd.get('name')}: {attack.get('iterations')} iterations x "
             f"{attack.get('restarts', 1)} restarts, rounds of {bd.get('round_size', '?')} runs up "
