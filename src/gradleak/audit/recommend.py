@@ -197,7 +197,10 @@ def recommend(ladder: Ladder, setup: Setup, budget: dict[str, Any], trials: list
     cost = COST_ACCURACY if options.train else COST_DISTORTION
     picked = pick_defense(found.points, max_drop=max_drop, cost=cost)
     known = [a for a in found.accuracy.get("none", []) if a is not None]
-    layer_rows = layer_verdicts(ladder, setup, budget, trials, by_name[top["name"]], rule, sweep)
+    # attack.layers restricts what a matching attack matches; the span attacks (text) read the
+    # attention gradients whatever it says, so per-layer runs would measure nothing there.
+    layer_rows = ([] if setup.text else
+                  layer_verdicts(ladder, setup, budget, trials, by_name[top["name"]], rule, sweep))
     return {"recommendation": picked | {
                 "attack": top["name"],
                 "attackers": sorted({a for e in found.points for a in e["attackers"]}),
@@ -208,7 +211,7 @@ def recommend(ladder: Ladder, setup: Setup, budget: dict[str, Any], trials: list
                             "leaked), then the passing settings confirmed cheapest first with the "
                             "full sequential rule",
                 "monotonic_breaks": monotonic_breaks(found.points), "settings": found.points},
-            "vulnerable_layers": {
+            "vulnerable_layers": None if setup.text else {
                 "attack": top["name"], "layers": layer_rows,
                 "suffices": [r["layer"] for r in layer_rows if r["verdict"] == LEAKS],
                 "defend_only_these": PER_LAYER_NOTE}}
