@@ -91,8 +91,9 @@ class TokenSet(Attack):
             details["rule"] = "span"
             ids = self._span_tokens(obs, arch, length, details)
             if not details["feasible"]:  # every token passes: the bag says nothing
-                details["reason"] = ("the span test is infeasible here (it accepts every "
-                                     f"token): no bag is read, instead of all {len(ids)} tokens")
+                why = ("the span test is infeasible here (it accepts every token): no bag is "
+                       f"read, instead of all {len(ids)} tokens")
+                details["reason"] = f"{details['reason']}; {why}" if "reason" in details else why
                 ids = []
         details["found"] = len(ids)
         images = torch.stack([torch.tensor(ids, dtype=torch.long),
