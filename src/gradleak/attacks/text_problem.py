@@ -51,6 +51,11 @@ class TextProblem:
     mean_norm: float
     length_rule: str
     warnings: list[str] = field(default_factory=list)
+    unit: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # The unit-norm table, once: readout runs every step (a causal LM's targets).
+        self.unit = self.table / self.table.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
     @property
     def free(self) -> tuple[int, int]:
@@ -62,9 +67,8 @@ class TextProblem:
     def readout(self, embeds: torch.Tensor) -> torch.Tensor:
         """The token ids ``[N, L]`` of embeddings ``[N, L, d]``: nearest allowed token by cosine
         at free positions, the fixed ids, padding from ``length`` on."""
-        unit = self.table / self.table.norm(dim=1, keepdim=True).clamp_min(1e-12)
         e = embeds.detach()
-        sim = (e / e.norm(dim=-1, keepdim=True).clamp_min(1e-12)) @ unit.T
+        sim = (e / e.norm(dim=-1, keepdim=True).clamp_min(1e-12)) @ self.unit.T
         sim = sim.masked_fill(~self.allowed, -torch.inf)
         ids = sim.argmax(-1)
         for pos, tid in self.fixed.items():
