@@ -82,7 +82,9 @@ def test_audit_matches_gradleak_attack_and_leaves_aggregation_unchanged(tmp_path
     plain = FedAvg(fraction_evaluate=0.0).aggregate_train(1, replies)
     for k in plain[0]:
         assert np.array_equal(wrapped[0][k].numpy(), plain[0][k].numpy())
-    assert dict(wrapped[1]) == dict(plain[1])
+    ours = {k: v for k, v in dict(wrapped[1]).items() if not k.startswith("gradleak-")}
+    assert ours == dict(plain[1])  # the strategy's metrics as they were, plus the audit's summary
+    assert wrapped[1]["gradleak-audited"] == 1 and wrapped[1]["gradleak-leak-rate"] == 1.0
 
     (record,) = strategy.records
     assert record["client"] == "node101" and record["num_samples"] == 1

@@ -44,6 +44,7 @@ from gradleak.flower.leakage import (
     with_bn_statistics,
 )
 from gradleak.flower.outputs import AuditWriter
+from gradleak.flower.text import sentences, text_model_of, text_shape
 
 GroundTruth = Callable[[int, Message], tuple[torch.Tensor, torch.Tensor] | None]
 ClientFilter = int | Collection[int] | Callable[[Message], bool] | None
@@ -64,6 +65,39 @@ def strategy_weight_key(strategy: Strategy) -> str:
     return "num-examples"
 
 
+def headline(score: Any) -> str:
+    """The score's one-number summary for a log line: PSNR for images, ROUGE-1 for text."""
+    if hasattr(score, "psnr"):
+        return f"psnr {score.psnr:.2f} dB"
+    rouge = score.values.get("rouge1")
+    return "rouge-1 n/a" if rouge is None else f"rouge-1 {rouge:.2f}"
+
+
+def round_metrics(records: Sequence[dict[str, Any]]) -> dict[str, float | int]:
+    """A round's audit as Flower metrics: ``gradleak-audited`` (updates attacked),
+    ``gradleak-failed``, ``gradleak-attack-loss`` (mean final gradient loss), and with a ground
+    truth ``gradleak-leak-rate`` (mean share of samples leaked), ``gradleak-leaked-updates``
+    (updates with a leaked sample), ``gradleak-psnr`` or ``gradleak-rouge1`` (means). Empty when
+    nothing was audited."""
+    if not records:
+        return {}
+    ok = [r for r in records if "error" not in r]
+    out: dict[str, float | int] = {"gradleak-audited": len(ok),
+                                   "gradleak-failed": len(records) - len(ok)}
+    losses = [r["attack_loss"] for r in ok if isinstance(r.get("attack_loss"), float)]
+    if losses:
+        out["gradleak-attack-loss"] = sum(losses) / len(losses)
+    rates = [r["leak_rate"] for r in ok if r.get("leak_rate") is not None]
+    if rates:
+        out["gradleak-leak-rate"] = sum(rates) / len(rates)
+        out["gradleak-leaked-updates"] = sum(1 for v in rates if v > 0)
+    for key in ("psnr", "rouge1"):
+        values = [r[key] for r in ok if isinstance(r.get(key), (int, float))]
+        if values:
+            out[f"gradleak-{key}"] = float(sum(values) / len(values))
+    return out
+
+
 class LeakageAuditStrategy(Strategy):
     """Audit the updates of chosen clients every ``every`` rounds (rounds 1, 1 + every, ...).
 
@@ -81,25 +115,35 @@ class LeakageAuditStrategy(Strategy):
     """
 
     def __init__(self, strategy: Strategy, *, model_fn: Callable[[], nn.Module],
-                 input_shape: Sequence[int], attack: str = "ig", budget: int | None = None,
-                 every: int = 1, clients: ClientFilter = None, out: str = "gradleak-flower-audit",
-                 config: ConfigSpec = None, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, ground_truth: GroundTruth | None = None,
-                 secure_aggregation: bool = False, weighted_by_key: str | None = None,
-                 bn_statistics: bool = True) -> None:
+                 input_shape: Sequence[int] | None = None, attack: str = "ig",
+                 budget: int | None = None, every: int = 1, clients: ClientFilter = None,
+                 out: str = "gradleak-flower-audit", config: ConfigSpec = None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 ground_truth: GroundTruth | None = None, secure_aggregation: bool = False,
+                 weighted_by_key: str | None = None, bn_statistics: bool = True,
+                 reference_texts: Sequence[str] | None = None) -> None:
         super().__init__()
         if not isinstance(every, int) or every < 1:
             raise GradleakError(f"bad value {every!r} for every: an integer >= 1 (audit every k-th round)")
         if isinstance(clients, int) and (isinstance(clients, bool) or clients < 1):
             raise GradleakError(f"bad value {clients!r} for clients: an int >= 1, node ids, a "
                                 "predicate or None")
-        if len(input_shape) != 3:
-            raise GradleakError(f"bad value {tuple(input_shape)!r} for input_shape: (C, H, W)")
-        self.strategy, self.model_fn, self.input_shape = strategy, model_fn, tuple(input_shape)
+        self.cfg = probe_config(attack, budget, config, base=AUDIT_DEFAULTS)
+        self.text = text_model_of(model_fn)
+        if self.text is not None:  # token batches (2, L); no BN in a transformer
+            self.input_shape: tuple[int, ...] = text_shape(self.text, self.cfg, input_shape)
+            bn_statistics = False
+        elif input_shape is None or len(input_shape) != 3:
+            shown = None if input_shape is None else tuple(input_shape)
+            raise GradleakError(f"bad value {shown!r} for input_shape: (C, H, W) of the model's "
+                                "images")
+        else:
+            self.input_shape = tuple(input_shape)
+        self.reference_texts = list(reference_texts or [])
+        self.strategy, self.model_fn = strategy, model_fn
         self.every, self.clients, self.ground_truth = every, clients, ground_truth
         self.mean, self.std, self.secure_aggregation = mean, std, secure_aggregation
         self.weighted_by_key = weighted_by_key or strategy_weight_key(strategy)
-        self.cfg = probe_config(attack, budget, config, base=AUDIT_DEFAULTS)
         self.bn_cfg = (with_bn_statistics(self.cfg, explicit_weight="attack.bn" in
                                           configured_keys(config)) if bn_statistics else None)
         if self.cfg.threat.knows_labels and ground_truth is None:
@@ -132,15 +176,22 @@ class LeakageAuditStrategy(Strategy):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The wrapped strategy's aggregate; its metrics gain the round's audit summary
+        (:func:`round_metrics`, ``gradleak-*`` keys) where Flower's history and dashboards look."""
         replies = list(replies)
         self._log_guard_reports(server_round, replies)
+        before = len(self.records)
         if self.due(server_round) and server_round in self._global:
             if self.secure_aggregation:
                 self._audit_aggregate(server_round, replies)
             else:
                 for reply in self._selected(replies):
                     self._audit_reply(server_round, reply)
-        return self.strategy.aggregate_train(server_round, replies)
+        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        summary = round_metrics(self.records[before:])
+        if summary:
+            metrics = MetricRecord({**(dict(metrics) if metrics is not None else {}), **summary})
+        return arrays, metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -210,7 +261,7 @@ class LeakageAuditStrategy(Strategy):
         bn = (model.bn_statistics(self.cfg, incoming, outgoing, num_samples=n,
                                   input_shape=self.input_shape) if self.bn_cfg else None)
         return attack_update(self.cfg, model, update, input_shape=self.input_shape, truth=truth,
-                             bn=bn, bn_cfg=self.bn_cfg)
+                             bn=bn, bn_cfg=self.bn_cfg, reference=self.reference_texts)
 
     def _guarded(self, server_round: int, who: str, run: Callable[[], tuple[Measurement, Any]], *,
                  sees: str) -> None:
@@ -225,11 +276,16 @@ class LeakageAuditStrategy(Strategy):
             self.records.append(result)
             return
         result = self._result(server_round, who, m, sees=sees)
-        self.writer.put(server_round=server_round, who=who, result=result, seconds=m.seconds,
-                        recon=m.score.matched if m.score else m.recon.images,
-                        truth=None if truth is None else truth[0])
+        recon = m.score.matched if m.score else m.recon.images
+        original = None if truth is None else truth[0]
+        if self.text is not None:  # sentences, not pictures
+            self.writer.put(server_round=server_round, who=who, result=result, seconds=m.seconds,
+                            text=sentences(self.text, recon, original))
+        else:
+            self.writer.put(server_round=server_round, who=who, result=result, seconds=m.seconds,
+                            recon=recon, truth=original)
         self.records.append(result)
-        scored = "" if m.score is None else f", psnr {m.score.psnr:.2f} dB, leak rate {m.leak_rate}"
+        scored = "" if m.score is None else f", {headline(m.score)}, leak rate {m.leak_rate}"
         log(INFO, "gradleak audit round %d %s: %s, attack loss %.4g%s", server_round, who, sees,
             m.loss, scored)
 

@@ -35,7 +35,10 @@ from gradleak.errors import GradleakError
 from gradleak.fl.client import ClientSetup
 from gradleak.flower.arrays import to_tensors
 from gradleak.flower.bn import BNStatistics, reply_bn_statistics
+from gradleak.flower.text import load_arrays as load_text_arrays
+from gradleak.flower.text import placeholder_batch, text_scenario
 from gradleak.models.base import Classifier
+from gradleak.models.text import is_text_model
 from gradleak.models.user import prepare_user_model
 from gradleak.scenario import Scenario, Score
 from gradleak.threat import Knowledge, ThreatModel
@@ -121,6 +124,11 @@ class GlobalModel:
              mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> GlobalModel:
         with private_rng():  # building the app's model must not move the app's random state
             net = model_fn()
+        if is_text_model(net):  # a TextModel: token ids in, the arrays may be a trainable subset
+            if mean is not None or std is not None:
+                raise GradleakError("model_fn builds a text model: mean/std are image settings")
+            load_text_arrays(net, arrays)
+            return cls(net, "")
         try:
             net.load_state_dict(to_tensors(arrays))
         except RuntimeError as exc:
@@ -161,6 +169,8 @@ class GlobalModel:
                                    steps_hint=setup.local_updates)
 
     def num_classes(self, input_shape: Sequence[int]) -> int:
+        if is_text_model(self.module):
+            return self.module.num_classes
         was_training = self.module.training
         self.module.eval()
         with torch.no_grad():
@@ -170,8 +180,13 @@ class GlobalModel:
 
 
 def scenario_for(cfg: Config, model: GlobalModel, images: torch.Tensor, labels: torch.Tensor,
-                 *, num_classes: int | None = None) -> Scenario:
-    """A Scenario on the app's model and the given samples ``images [N, C, H, W]`` in [0, 1]."""
+                 *, num_classes: int | None = None, reference: Sequence[str] | None = None,
+                 known: bool = True) -> Scenario:
+    """A Scenario on the app's model and the given samples ``images [N, C, H, W]`` in [0, 1]
+    (a text model: token batches ``[N, 2, L]``, ``reference`` the server's public sentences,
+    ``known`` whether the samples are real or placeholders)."""
+    if is_text_model(model.module):
+        return text_scenario(cfg, model.module, images, labels, reference=reference, known=known)
     num_classes = num_classes or model.num_classes(images.shape[1:])
     dataset = TensorImageDataset("flower-client", images, labels,
                                  tuple(str(c) for c in range(num_classes)))
@@ -208,28 +223,35 @@ class Measurement:
 def attack_update(cfg: Config, model: GlobalModel, update: SharedUpdate, *,
                   input_shape: Sequence[int], truth: tuple[torch.Tensor, torch.Tensor] | None,
                   num_classes: int | None = None, bn: BNStatistics | None = None,
-                  bn_cfg: tuple[Config, float] | None = None) -> Measurement:
+                  bn_cfg: tuple[Config, float] | None = None,
+                  reference: Sequence[str] | None = None) -> Measurement:
     """Reconstruct ``update`` as the configured server would; score it if ``truth`` is given.
 
     Without the truth, the samples are unknown: the Scenario gets zero images of the data
     dimension (basic server knowledge) as shape carriers, and labels are never passed on (the
     caller refuses ``threat.knows_labels`` without a truth). ``bn``: the BN statistics the reply
-    revealed; when granted, the attack runs with ``bn_cfg`` (:func:`with_bn_statistics`) and them."""
+    revealed; when granted, the attack runs with ``bn_cfg`` (:func:`with_bn_statistics`) and them.
+    A text model: ``input_shape`` is ``(2, L)``, ``truth`` token batches, ``reference`` the
+    server's public sentences for the leak criterion's baseline (:mod:`gradleak.flower.text`)."""
     started = time.perf_counter()
     stats, weight = None, 0.0
     if bn is not None and bn.granted and bn_cfg is not None:
         (cfg, weight), stats = bn_cfg, bn.statistics
     shared = model.parameter_update(update)
     n = shared.num_samples
+    text = is_text_model(model.module)
     if truth is None:
-        images, labels = torch.zeros(n, *input_shape), torch.zeros(n, dtype=torch.long)
+        images = placeholder_batch(n, input_shape) if text else torch.zeros(n, *input_shape)
+        labels = torch.zeros(n, dtype=torch.long)
     else:
-        images, labels = truth[0].float().cpu(), truth[1].long().cpu()
+        images, labels = truth[0].cpu(), truth[1].long().cpu()
+        images = images.long() if text else images.float()
         if images.shape[0] != n:
             raise GradleakError(f"the ground truth holds {images.shape[0]} samples but the update "
                                 f"declares num-examples={n}")
     with private_rng():
-        sc = scenario_for(cfg, model, images, labels, num_classes=num_classes)
+        sc = scenario_for(cfg, model, images, labels, num_classes=num_classes,
+                          reference=reference, known=truth is not None)
         obs = sc.observe(shared, labels=labels, bn_statistics=stats)
         recon = sc.reconstruct(obs)
         score = None if truth is None else sc.score(recon, images=images, labels=labels)

@@ -22,6 +22,10 @@ from gradleak.runs.store import ResultStore
 EXPERIMENT = "flower-audit"
 
 
+def save_sentences(path: Path, text: str) -> None:
+    atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
+
+
 def save_reconstruction(path: Path, recon: torch.Tensor, truth: torch.Tensor | None) -> None:
     """Truth above reconstruction when the truth is known, else the reconstruction alone."""
     if truth is not None:
@@ -51,10 +55,11 @@ class AuditWriter:
     def put(self, *, server_round: int, who: str, result: dict[str, Any], status: str = "ok",
             error: str | None = None, seconds: float = 0.0, kind: str = "flower-audit",
             columns: dict[str, Any] | None = None,
-            recon: torch.Tensor | None = None, truth: torch.Tensor | None = None) -> None:
-        """Write the image (if any), then the row that points to it. ``kind``: ``flower-audit``
-        (the server's own attack) or ``flower-guard`` (what a client's guard reported);
-        ``columns``: extra queryable columns."""
+            recon: torch.Tensor | None = None, truth: torch.Tensor | None = None,
+            text: str | None = None) -> None:
+        """Write the image (if any) or the sentences (``text``, a text model's reconstruction),
+        then the row that points to it. ``kind``: ``flower-audit`` (the server's own attack) or
+        ``flower-guard`` (what a client's guard reported); ``columns``: extra queryable columns."""
         row = row_header(run_id=f"{EXPERIMENT}/{self.run}/round{server_round:04d}/{who}",
                          experiment=EXPERIMENT, kind=kind, variant=who, seed=self.cfg.seed,
                          labels={"round": server_round, "client": who})
@@ -65,8 +70,12 @@ class AuditWriter:
             path = self.image_path(server_round, who)
             save_reconstruction(path, recon, truth)
             row["image"] = str(path.relative_to(self.out))
+        if text is not None:
+            path = self.image_path(server_round, who).with_suffix(".txt")
+            save_sentences(path, text)
+            row["text_file"] = str(path.relative_to(self.out))
         for key in ("attack_loss", "num_samples", "psnr", "ssim", "lpips", "brr", "leak_rate",
-                    "label_accuracy"):
+                    "label_accuracy", "rouge1", "rouge2", "token_accuracy", "semantic"):
             if result.get(key) is not None:
                 row[key] = result[key]
         row.update(columns or {})
