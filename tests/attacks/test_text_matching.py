@@ -165,3 +165,18 @@ def test_l1l2_distance_is_squared_l2_plus_weighted_l1():
     assert float(l1l2_distance(a, b, l1=0.1)) == pytest.approx((1 + 4 + 0.25) + 0.1 * (1 + 2 + 0.5))
     settings = load_config(None, ["attack.name=tag", "attack.l1_weight=0"]).attack
     assert float(distance_for(settings)(a, b)) == pytest.approx(5.25)
+
+
+@pytest.mark.parametrize("defense", [["defense.name=topk", "defense.sparsity=0.9"],
+                                     ["defense.name=clip_norm", "defense.clip_norm=0.01"]])
+def test_the_adaptive_mode_transforms_exactly_the_matched_tensors(defense):
+    # Regression: the surrogate once covered the word embedding too (27 dummy vs 28 observed).
+    sc = Scenario.from_config(load_config(None, [*SHORT, *GPT2, "attack.name=tag",
+                                                 "attack.iterations=3", "attack.adaptive=true",
+                                                 *defense]))
+    obs = sc.observe(sc.defend(sc.client_round().update))
+    sc.attack.adapt(sc.cfg.defense, obs.update, obs.model)
+    setup = sc.attack.matching_setup(obs)
+    dummy = [torch.ones_like(p) for p in setup.params]
+    assert len(sc.attack.transform(dummy)) == len(setup.params)
+    assert sc.reconstruct(obs).images.shape == sc.images.shape

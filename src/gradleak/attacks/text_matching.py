@@ -36,16 +36,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from gradleak.attack_settings import EmbeddingSettings
 from gradleak.attacks.base import Observation, Reconstruction
-from gradleak.attacks.matching import MatchingSetup, matching_setup, resolve_labels
+from gradleak.attacks.matching import MatchingSetup, matching_setup, resolve_labels, select_layers
 from gradleak.attacks.optimization import GradientMatchingAttack
 from gradleak.attacks.priors import BatchNormStatistics
 from gradleak.attacks.restart import Candidate, Restart, RunContext, rank
 from gradleak.attacks.text_problem import TextProblem, text_problem, word_embedding_name
 from gradleak.errors import GradleakError
 from gradleak.models.text import TextModel, is_text_model
+from gradleak.update import SharedUpdate
 
 
 def eager_attention(model: TextModel) -> None:
@@ -111,6 +113,17 @@ class EmbeddingMatchingAttack(GradientMatchingAttack):
         setup.target = [direction[setup.all_names[i]].to(setup.device) for i in chosen]
         self._problem = text_problem(obs, setup.model, bag=self._bag(obs))
         return setup
+
+    def adapt(self, defense: Any, observed: SharedUpdate, model: nn.Module) -> None:
+        """The adaptive attacker on the tensors this attack matches: the defense's surrogate
+        over every matched parameter, the word embedding left out as in :meth:`matching_setup`
+        (a top-k mask or norm over a tensor the dummy gradient does not have would misalign)."""
+        from gradleak.attacks.adaptive import transform_for
+
+        names = [n for n, _ in model.named_parameters() if n in observed.tensors]
+        skip = word_embedding_name(model)
+        chosen = [names[i] for i in select_layers(names, self.engine.layers) if names[i] != skip]
+        self.transform = transform_for(defense, observed, chosen)
 
     def _bag(self, obs: Observation) -> list[int] | None:
         if self.engine.vocabulary == "all":
