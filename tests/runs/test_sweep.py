@@ -263,6 +263,33 @@ def test_privacy_utility_kind_and_accuracy_drop(tmp_path):
         100 * (by["none"]["final_accuracy"] - by["sign"]["final_accuracy"]), abs=1e-3)
 
 
+def test_privacy_utility_kind_on_a_causal_lm_scores_text_and_perplexity(tmp_path):
+    pytest.importorskip("transformers")
+    from gradleak.report.experiments import derive
+
+    spec = {"title": "pu-text", "kind": "privacy_utility", "tests": "t", "insight": "i",
+            "base": {"data.dataset": "personal", "data.max_length": 8, "model.name": "gpt2-tiny",
+                     "model.hidden_size": 32, "model.layers": 2, "model.heads": 2,
+                     "attack.name": "dager", "client.protocol": "fedsgd", "fl.clients": 3,
+                     "fl.fraction": 1.0, "fl.rounds": 1, "fl.victim_samples": 1,
+                     "fl.test_samples": 8, "data.distinct_labels": False},
+            "variants": {"none": {"defense.name": "none"},
+                         "sign": {"defense.name": "signsgd"}}, "seeds": [0]}
+    plan = make_plan(write_spec(tmp_path, spec, "pu-text"), "quick")
+    result = run_sweep(plan, tmp_path / "sweep", progress=False)
+    assert len(result.ok) == 2, result.failed
+    with ResultStore(tmp_path / "sweep") as store:
+        rows = store.rows()
+    derive(rows)
+    by = {r["variant"]: r for r in rows}
+    assert by["none"]["rouge1"] == 1.0 and by["none"]["leak_rate"] is not None  # DAGER, exact
+    assert by["none"]["final_perplexity"] > 1 and by["none"]["perplexity_increase"] == 0
+    assert by["sign"]["perplexity_increase"] == pytest.approx(
+        100 * (by["sign"]["final_perplexity"] / by["none"]["final_perplexity"] - 1), abs=1e-3)
+    texts = list((tmp_path / "sweep" / "runs").glob("*/reconstruction.txt"))
+    assert len(texts) == 2 and "original:" in texts[0].read_text()
+
+
 def test_experiment_cli_list_and_bad_executor(tmp_path, capsys):
     from gradleak.cli import main
 

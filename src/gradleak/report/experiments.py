@@ -73,13 +73,19 @@ def _cell(values: list[float]) -> str:
 
 
 def derive(rows: list[dict[str, Any]]) -> None:
-    """Add ``accuracy_drop`` (points vs the undefended run with the same seed) where possible."""
+    """Add ``accuracy_drop`` (points vs the undefended run with the same seed) and, for causal
+    LMs, ``perplexity_increase`` (percent vs that run's held-out perplexity) where possible."""
     base = {r["seed"]: r["final_accuracy"] for r in rows
             if r.get("defense.name") == "none" and _num(r.get("final_accuracy")) is not None}
+    ppl = {r["seed"]: r["final_perplexity"] for r in rows
+           if r.get("defense.name") == "none" and _num(r.get("final_perplexity"))}
     for r in rows:
         acc = _num(r.get("final_accuracy"))
         if acc is not None and r["seed"] in base:
             r["accuracy_drop"] = round(100.0 * (base[r["seed"]] - acc), 3)
+        value = _num(r.get("final_perplexity"))
+        if value is not None and r["seed"] in ppl:
+            r["perplexity_increase"] = round(100.0 * (value / ppl[r["seed"]] - 1.0), 3)
 
 
 def _label(row: dict[str, Any], key: str, names: dict[str, dict[str, str]]) -> str:

@@ -143,22 +143,51 @@ def attack_observed(cfg: Any, run: Any, *, progress: bool = False) -> tuple[Any,
     res = run.result
     model = copy.deepcopy(run.model)
     model.load_state_dict(res.attack_state)
-    images, labels = dataset_tensors(run.train, res.observed_indices)
-    sc = Scenario.from_config(cfg, model=model, data=run.train, victim=(images, labels))
+    if getattr(run.train, "modality", None) == "text":  # TextTargets over the tokenized sentences
+        tokenized = run.train.dataset
+        images, labels = tokenized.tensors(res.observed_indices)  # ids and class labels
+        sc = Scenario.from_config(cfg, model=model, data=tokenized.source, victim=(images, labels))
+        # The victims are these rows of the dataset: the reference pool must not hold them.
+        sc.indices = list(res.observed_indices)
+    else:
+        images, labels = dataset_tensors(run.train, res.observed_indices)
+        sc = Scenario.from_config(cfg, model=model, data=run.train, victim=(images, labels))
     obs = sc.observe(res.observed, setup=res.observed_setup)
     return sc.score(sc.reconstruct(obs, progress=progress)), images
+
+
+def text_utility(run: Any, cfg: Any) -> dict[str, Any]:
+    """A causal LM's held-out utility beside its next-token accuracy: ``final_perplexity`` of
+    the trained global model on the whole test split (``{}`` for other models)."""
+    from gradleak.models.train_lm import perplexity
+
+    if getattr(run.train, "modality", None) != "text" or run.model.task != "causal_lm":
+        return {}
+    value, tokens = perplexity(run.model, list(run.test.dataset.source.texts), cfg.data.max_length)
+    return {"final_perplexity": value, "perplexity_tokens": tokens}
+
+
+def _save_reconstruction(path: Path, score: Any, truth: Any) -> None:
+    from gradleak.images import save_comparison
+    from gradleak.io import write_text
+
+    if hasattr(score, "psnr"):
+        save_comparison(path.with_suffix(".png"), truth, score.matched)
+        return
+    lines = [f"original:       {o}\nreconstruction: {r}" for o, r in
+             zip(score.per_sample["original"], score.per_sample["reconstruction"], strict=True)]
+    write_text(path.with_suffix(".txt"), "\n".join(lines) + "\n")
 
 
 @register_kind("privacy_utility")
 def run_privacy_utility(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> dict[str, Any]:
     from gradleak.data import describe_dataset
     from gradleak.fl.server import run_federated
-    from gradleak.images import save_comparison
 
     if options.get("attack", True) is False:  # utility only: the final accuracy of the training
         fed = run_federated(cfg)
         limit = cfg.fl.test_samples
-        return {"final_accuracy": fed.result.final_accuracy,
+        return {"final_accuracy": fed.result.final_accuracy, **text_utility(fed, cfg),
                 "test_data": describe_dataset(fed.test)["split"],
                 "test_samples": len(fed.test) if limit is None else min(limit, len(fed.test)),
                 "_result": {"accuracy": list(fed.result.accuracy)}}
@@ -168,10 +197,10 @@ def run_privacy_utility(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> d
     started = time.perf_counter()
     score, truth = attack_observed(cfg, fed)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    save_comparison(ctx.run_dir / "reconstruction.png", truth, score.matched)
+    _save_reconstruction(ctx.run_dir / "reconstruction", score, truth)
     res = fed.result
     eps = list(res.epsilon.values())
-    out = _flat_metrics(score.metrics())
+    out = _flat_metrics(score.metrics(), text=not hasattr(score, "psnr"))
     out.update(final_accuracy=res.final_accuracy, victim_epsilon=res.victim_epsilon,
                max_epsilon=max(eps) if eps else None, attack_round=res.attack_round,
                observed_samples=res.observed.num_samples,
@@ -179,7 +208,7 @@ def run_privacy_utility(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> d
                leaked=(None if score.per_sample["leaked"] is None
                        else int(any(score.per_sample["leaked"]))),
                test_data=describe_dataset(fed.test)["split"], fl_seconds=round(fl_seconds, 3),
-               attack_seconds=round(time.perf_counter() - started, 3))
+               attack_seconds=round(time.perf_counter() - started, 3), **text_utility(fed, cfg))
     out["_result"] = {"per_sample": score.per_sample, "warnings": score.warnings,
                       "accuracy": list(res.accuracy)}
     return out
