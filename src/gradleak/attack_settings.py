@@ -208,12 +208,20 @@ class MatchingSettings(ObjectiveSettings):
     group_weight: float = option(0.01, minimum=0.0, help="weight of the group-consistency prior")
     group_every: int = option(100, minimum=1, help="iterations between consensus updates (the "
                               "first at this iteration: members start independent)")
-    stop: bool = option(False, help="GIA-O: end a restart once its gradient loss stops improving "
-                        "(a plateau first brings the next lr decay forward; see stop_window)")
-    stop_tolerance: float = option(1e-3, minimum=0.0, help="attack.stop: a plateau is a relative "
-                                   "improvement of the best gradient loss <= this over stop_window")
+    stop: bool = option(False, help="GIA-O: end a restart once it stops improving (a plateau "
+                        "first brings the next lr decay forward; see stop_test, stop_window)")
+    stop_tolerance: float = option(1e-3, minimum=0.0, help="attack.stop: settled test: a plateau "
+                                   "is a gain of the best gradient loss over stop_window <= this "
+                                   "times the restart's first loss, with an image that moved "
+                                   "at most one step (or this, relative); loss test: a relative "
+                                   "gain <= this")
     stop_window: int = option(100, minimum=1, help="attack.stop: iterations per plateau test; "
-                              "never stops before this many iterations")
+                              "the settled test compares two windows, so never stops before "
+                              "twice this many iterations (loss test: this many)")
+    stop_test: str = option("settled", choices=("settled", "loss"), added=True, help="attack.stop: "
+                            "settled: loss gain small against the first loss and the image no "
+                            "longer moving, window by window; loss: the relative gain of the best "
+                            "loss over a sliding window alone (the rule before issue 25)")
     max_seconds: float | None = option(None, minimum=0.0, help="GIA-O: wall-clock budget of the "
                                        "attack, split evenly over its restarts (null: none)")
     compile: bool = option(False, help="GIA-O: torch.compile the functional objective (falls "

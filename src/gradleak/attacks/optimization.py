@@ -186,7 +186,7 @@ class GradientMatchingAttack(Attack):
             return None
         seconds = None if s.max_seconds is None else s.max_seconds / s.restarts
         tolerance = s.stop_tolerance if s.stop else -math.inf  # time limit only
-        return StopRule(tolerance, s.stop_window, seconds)
+        return StopRule(tolerance, s.stop_window, seconds, test=s.stop_test)
 
     def run(self, obs: Observation, *, seed: int, progress: bool) -> Reconstruction:
         s, setup = self.engine, self.matching_setup(obs)
@@ -225,6 +225,7 @@ class GradientMatchingAttack(Attack):
             if plan.gradient is not None:
                 restart.gradient = plan.gradient
             used.append(restart.run(bar, self.stop_rule()))
+            ctx.history.extend(restart.recorded())
             found += restart.candidates()
         return found, used
 

@@ -125,6 +125,16 @@ class Restart:
         self.consensus: torch.Tensor | None = None
         self.best = BestIterate(enabled=ctx.settings.keep == "best")
         self.gradient: Gradient | None = None  # the functional objective, where planned
+        self._progress()
+
+    def _progress(self) -> None:
+        """Where the restart stands: what lets :meth:`advance` resume it (racing)."""
+        self.step: AdamStep | LbfgsStep | None = None  # built on the first advance
+        self.stop: StopRule | None = None
+        self.used, self.finished = 0, False
+        self.lowest = math.inf  # the lowest gradient loss seen (what racing ranks by)
+        self.history: list[float] = []  # every 10th iteration's loss and the last one's
+        self.last = math.nan
 
     @classmethod
     def around(cls, ctx: RunContext, variable: torch.Tensor) -> Restart:
@@ -135,6 +145,7 @@ class Restart:
         restart.free, restart.order, restart.consensus = [variable], None, None
         restart.best = BestIterate(enabled=ctx.settings.keep == "best")
         restart.gradient = None
+        restart._progress()
         return restart
 
     def labels_of(self, free: list[torch.Tensor]) -> torch.Tensor:
@@ -163,6 +174,8 @@ class Restart:
         s = self.settings
 
         def seen(match: float) -> None:
+            if match < self.lowest:
+                self.lowest = match
             self.best.see(match, self.free)
 
         if s.optimizer == "lbfgs":
@@ -173,24 +186,48 @@ class Restart:
 
     def run(self, bar, stop: StopRule | None) -> int:
         """Optimise for ``attack.iterations`` steps or until ``stop`` ends it; the steps used."""
-        s, hooks, history = self.settings, self.hooks, self.ctx.history
-        step, last = self.stepper(), s.iterations - 1
-        for it in range(s.iterations):
-            if s.group > 1 and it > 0 and it % s.group_every == 0:
-                self.consensus = self.free[0].detach().mean(0)
-            match = step(it)
-            hooks.post_step(it, self)
-            if hooks.on_iterate is not None:
-                hooks.on_iterate(it, self.free[0].detach())
-            ended = stop is not None and (stop.out_of_time() or (stop.plateau(match)
-                                                                 and not self._decayed(step, stop, it)))
-            if it % 10 == 0 or it == last or ended:
-                history.append(match)
-                bar.set_postfix(grad_loss=f"{match:.4f}")
-            bar.update(1)
-            if ended:
-                return it + 1
-        return s.iterations
+        self.stop = stop
+        self.advance(bar, self.settings.iterations)
+        return self.used
+
+    def advance(self, bar, until: int) -> bool:
+        """Optimise on from where the restart stands (its optimiser, lr schedule, stopping rule
+        and best iterate carry over) up to iteration ``until``, or until :attr:`stop` ends it;
+        True once the restart is finished (stopped, or at ``attack.iterations``)."""
+        s, hooks, stop = self.settings, self.hooks, self.stop
+        if self.step is None:
+            self.step = self.stepper()
+        step, until = self.step, min(until, s.iterations)
+        if stop is not None:
+            stop.resume()
+        try:
+            for it in range(self.used, until):
+                if s.group > 1 and it > 0 and it % s.group_every == 0:
+                    self.consensus = self.free[0].detach().mean(0)
+                match = step(it)
+                hooks.post_step(it, self)
+                if hooks.on_iterate is not None:
+                    hooks.on_iterate(it, self.free[0].detach())
+                self.used, self.last = it + 1, match
+                self.finished = stop is not None and (
+                    stop.out_of_time()
+                    or (stop.plateau(match, self.free[0]) and not self._decayed(step, stop, it)))
+                if it % 10 == 0:
+                    self.history.append(match)
+                    bar.set_postfix(grad_loss=f"{match:.4f}")
+                bar.update(1)
+                if self.finished:
+                    break
+        finally:
+            if stop is not None:
+                stop.pause()
+        self.finished = self.finished or self.used >= s.iterations
+        return self.finished
+
+    def recorded(self) -> list[float]:
+        """The loss history the run reports: every 10th iteration's and the last one's."""
+        tail = [self.last] if self.used and (self.used - 1) % 10 else []
+        return self.history + tail
 
     @staticmethod
     def _decayed(step: AdamStep | LbfgsStep, stop: StopRule, it: int) -> bool:
