@@ -59,3 +59,41 @@ def test_the_verdict_schema_is_the_image_audits(text_audit, tmp_path):
     text_ran = [lv for lv in text["levels"] if lv["verdict"] != "not run"]
     assert {k for lv in text_ran for k in lv} == {k for lv in ran for k in lv}
     assert set(text["budget"]) == set(image["budget"]) and set(text["rule"]) == set(image["rule"])
+
+
+def test_lora_configurations_are_searched_below_the_clients_own_rank():
+    from types import SimpleNamespace
+
+    from gradleak.audit.search import LORA, defense_keys, lora_points
+
+    assert [p.value for p in lora_points([4, 64, 16], 0)] == [64, 16, 4]  # weakest first
+    assert [p.value for p in lora_points([64, 16, 4], 16)] == [4]
+    assert lora_points([64, 16, 4], 4) == []
+    (point,) = lora_points([8], 0)
+    assert point.defense == LORA and point.key == "lora-rank=8"
+    setup = SimpleNamespace(fedavg=False)
+    assert defense_keys(point, setup) == {"defense.name": "none", "model.lora_rank": 8}
+
+
+def test_the_ladder_lists_lora_ranks_for_text_and_an_audit_accepts_them():
+    from gradleak.audit.ladder import load_ladder
+    from gradleak.config import load_config
+
+    rec = load_ladder().recommend
+    assert rec["lora_ranks"] == [64, 16, 4] and rec["grids"]["quick"]["lora"] == [16, 4]
+    cfg = load_config(None, [*TEXT, "model.lora_rank=16"])  # each rank is a valid model config
+    assert cfg.model.lora_rank == 16
+
+
+def test_a_user_attack_key_no_level_uses_is_refused_not_dropped():
+    from types import SimpleNamespace
+
+    from gradleak.audit.ladder import check_user_attack_keys, load_ladder
+    from gradleak.errors import GradleakError
+
+    ladder = load_ladder().for_setup(SimpleNamespace(text=True))
+    check_user_attack_keys(ladder, SimpleNamespace(user_attack={"attack.rank_tolerance": 0.1,
+                                                                "attack.lm_weight": 0.2}))
+    with pytest.raises(GradleakError, match="attack.bogus is a setting of none of this audit's "
+                                            "attacks"):
+        check_user_attack_keys(ladder, SimpleNamespace(user_attack={"attack.bogus": 1}))

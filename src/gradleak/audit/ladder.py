@@ -234,6 +234,24 @@ def _keys_of(keys: dict[str, Any], attack: str | None) -> dict[str, Any]:
     return {k: v for k, v in keys.items() if k.split(".", 1)[1] in names}
 
 
+def check_user_attack_keys(ladder: Ladder, setup: Setup) -> None:
+    """One line when a user ``attack.*`` key is a setting of no attack of the ladder: every level
+    would drop it (:func:`_keys_of`), so the audit would silently ignore what the user asked."""
+    import dataclasses
+
+    from gradleak.attack_settings import section_class
+
+    attacks = [lv.set.get("attack.name") for lv in ladder.levels]
+    if not setup.user_attack or any(a is None for a in attacks):
+        return
+    names = {f.name for a in dict.fromkeys(attacks) for f in dataclasses.fields(section_class(a))}
+    for key in setup.user_attack:
+        if key.split(".", 1)[1] not in names:
+            raise GradleakError(f"{key} is a setting of none of this audit's attacks "
+                                f"({', '.join(dict.fromkeys(attacks))}): every level would "
+                                "ignore it; drop it (see `gradleak attacks`)")
+
+
 @dataclass(frozen=True)
 class Trial:
     """One independent trial: a scenario seed and its victim samples (None: ``data.indices``)."""

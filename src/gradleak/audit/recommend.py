@@ -16,6 +16,9 @@ lightly).
   ``recommend.confirmations``), so the chosen setting's "does not leak" is measured, never
   inferred; a grid where a weaker setting does not leak but a stronger one leaks is reported as
   non-monotonic.
+* **Text models** also search LoRA configurations (``recommend.lora_ranks``, or a budget's
+  ``grids.lora``; ranks below the client's own): the client trains and shares only rank-r
+  adapters (``model.lora_rank``), judged and costed like a defense setting (key ``lora-rank=r``).
 * **Utility cost**: the accuracy drop over paired FL trainings (:mod:`gradleak.audit.utility`),
   with its interval and the test split's resolution; with ``--no-train`` the update's relative
   distortion ``||D(u) - u|| / ||u||`` (mean over runs) instead. Under FedAvg signSGD is sent as
@@ -37,12 +40,14 @@ from gradleak.audit.ladder import Ladder, Level, Setup, Trial, level_config
 from gradleak.audit.scenarios import run_spec
 from gradleak.audit.search import (  # noqa: F401 (adaptive_for, Bisection: public here too)
     EXPERIMENT,
+    LORA,
     Bisection,
     Found,
     Search,
     Sweep,
     adaptive_for,
     bisections,
+    lora_points,
 )
 from gradleak.audit.utility import paired_cost
 from gradleak.audit.verdict import LEAKS, SAFE, VerdictRule, evidence, level_verdict
@@ -185,8 +190,11 @@ def recommend(ladder: Ladder, setup: Setup, budget: dict[str, Any], trials: list
     by_name = {lv.name: lv for lv in ladder.levels}
     leaking = [by_name[lv["name"]] for lv in levels if lv["verdict"] == LEAKS and lv["level"] < 5]
     rec = ladder.recommend
-    grids = (rec.get("grids") or {}).get(options.budget or ladder.default_budget) or {}
+    grids = dict((rec.get("grids") or {}).get(options.budget or ladder.default_budget) or {})
+    ranks = grids.pop(LORA, rec.get("lora_ranks") or [])
     grid = build_grid(rec.get("defenses") or (), grids)
+    if setup.text:  # a language model's client may also share only LoRA adapters
+        grid += lora_points(list(ranks), int(setup.cfg.model.lora_rank))
     max_drop = (options.max_accuracy_drop if options.max_accuracy_drop is not None
                 else float(rec.get("max_accuracy_drop", 2.0)))
     srch = Search(ladder, setup, budget, trials, leaking, rule, sweep, train=options.train)

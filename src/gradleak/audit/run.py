@@ -26,6 +26,7 @@ from gradleak.audit.ladder import (
     Level,
     Setup,
     Trial,
+    check_user_attack_keys,
     draw_trials,
     level_config,
     load_ladder,
@@ -189,6 +190,7 @@ def audit_setup(options: AuditOptions, log: Log = lambda _m: None) -> dict[str, 
     report is :func:`gradleak.report.audit_verdict.render_verdict` of it)."""
     setup = read_setup(options.config, options.overrides)
     ladder = load_ladder().for_setup(setup)
+    check_user_attack_keys(ladder, setup)
     budget = ladder.budget(options.budget)
     rule = options.rule(ladder, budget)
     trials = draw_trials(setup, rule.max_runs)

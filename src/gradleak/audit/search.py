@@ -41,9 +41,22 @@ def adaptive_for(attack_name: str, defense: str) -> bool:
     return ATTACKS.get(attack_name).adapt is not Attack.adapt
 
 
+LORA = "lora"  # a text model's partial-update setting (model.lora_rank), searched as a defense
+
+
+def lora_points(ranks: list[int], current: int) -> list[GridPoint]:
+    """LoRA configurations for a text client (``model.lora_rank``, ranks from the weakest
+    privacy to the strongest: large to small), only ranks below the one it already uses."""
+    chosen = sorted({int(r) for r in ranks if current <= 0 or int(r) < current}, reverse=True)
+    return [GridPoint(LORA, "rank", r) for r in chosen]
+
+
 def defense_keys(point: GridPoint, setup: Setup) -> dict[str, Any]:
     """The config keys of one setting. Under FedAvg signSGD sends ``mean|v| * sign(v)``: the
-    server applies updates with step 1, so bare signs would wreck training by construction."""
+    server applies updates with step 1, so bare signs would wreck training by construction.
+    A LoRA point trains and shares only rank-``value`` adapters, undefended."""
+    if point.defense == LORA:
+        return {"defense.name": "none", "model.lora_rank": point.value}
     keys: dict[str, Any] = {"defense.name": point.defense}
     if point.param is not None:
         keys[f"defense.{point.param}"] = point.value
