@@ -56,7 +56,7 @@ LEGACY_DEFAULTS = {
     "postprocess": None,
 }
 # Keys added since, marked ``added`` (at their default they stay out of the config digest).
-ADDED_DEFAULTS = {"stop_test": "settled"}
+ADDED_DEFAULTS = {"stop_test": "settled", "race": False, "race_keep": 0.5, "race_first": None}
 
 
 @pytest.fixture(scope="module")

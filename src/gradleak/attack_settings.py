@@ -223,7 +223,20 @@ class MatchingSettings(ObjectiveSettings):
                             "longer moving, window by window; loss: the relative gain of the best "
                             "loss over a sliding window alone (the rule before issue 25)")
     max_seconds: float | None = option(None, minimum=0.0, help="GIA-O: wall-clock budget of the "
-                                       "attack, split evenly over its restarts (null: none)")
+                                       "attack, split evenly over its restarts (null: none; with "
+                                       "race, an eliminated restart's unspent share passes to "
+                                       "the restarts still running)")
+    race: bool = option(False, added=True, help="GIA-O: race the restarts (successive halving): "
+                        "run all for a short first round (race_first), keep the best race_keep "
+                        "fraction by their lowest gradient loss, continue those for a round twice "
+                        "as long, and so on; survivors reach attack.iterations and rank first. "
+                        "Eliminated restarts stay candidates with the iterate they had, so WSRR "
+                        "counts them as they stood when eliminated (see gradleak.attacks.race)")
+    race_keep: float = option(0.5, added=True, help="attack.race: fraction of the restarts kept "
+                              "per round, in (0, 1] (at least one; 1: none is eliminated)")
+    race_first: int | None = option(None, minimum=1, added=True, help="attack.race: the first "
+                                    "round's iterations (null: attack.iterations // 8); round k "
+                                    "ends at race_first x 2^(k-1), the last at attack.iterations")
     compile: bool = option(False, help="GIA-O: torch.compile the functional objective (falls "
                            "back to the autograd path with a warning where it cannot)")
     batch_restarts: str = option("auto", choices=("auto", "on", "off"),

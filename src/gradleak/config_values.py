@@ -136,6 +136,7 @@ RULES: dict[str, Rule] = {
     "client.lr": (lambda v: v > 0, "a finite number > 0"),
     "attack.lr": (lambda v: v > 0, "a finite number > 0"),
     "attack.generator_lr": (lambda v: v > 0, "a finite number > 0"),
+    "attack.race_keep": (lambda v: 0.0 < v <= 1.0, "a fraction in (0, 1]"),
     "defense.sparsity": (lambda v: 0.0 <= v <= 1.0, "a fraction in [0, 1]"),
     "defense.bits": (lambda v: v <= 32, "an integer in [1, 32]"),
     "metrics.psnr_threshold": (lambda v: 0.0 <= v <= 200.0, "a PSNR in [0, 200] dB"),

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, grad_and_value, vmap
 
+from gradleak.attacks import race
 from gradleak.attacks.losses import PLAIN_DISTANCES
 from gradleak.attacks.restart import Candidate, Restart, RunContext
 from gradleak.attacks.steps import AdamStep, Gradient
@@ -156,35 +157,76 @@ def _no_objective() -> tuple[torch.Tensor, torch.Tensor]:
 def batched_restarts(ctx: RunContext, generator: torch.Generator, bar,
                      plan: Plan) -> tuple[list[Candidate], list[int]]:
     """All restarts as one ``[R, N, ...]`` problem. Adam is element-wise, so one Adam over the
-    stack is R independent ones; the starts are drawn in the sequential path's order."""
+    stack is R independent ones; the starts are drawn in the sequential path's order. With
+    ``attack.race`` the stack runs round by round and is narrowed to the survivors after each
+    cut (their Adam moments and lr schedule carried over); the record goes to ``ctx.race``."""
     s, hooks = ctx.settings, ctx.hooks
     count = s.restarts
     draws = [hooks.initial(ctx.obs, ctx.setup.model, generator) for _ in range(count)]
     variable = torch.stack(draws).to(ctx.setup.device).requires_grad_(True)
-    best = [Restart.around(ctx, variable[r].detach()).best for r in range(count)]
-    histories: list[list[float]] = [[] for _ in range(count)]
+    runs = [Restart.around(ctx, variable[r].detach()) for r in range(count)]
+    active = list(range(count))  # the restarts in the stack, in stack order
 
     def seen(matches: torch.Tensor) -> None:
-        if s.keep == "best":
-            for r, m in enumerate(matches.tolist()):
-                if m < best[r].loss:
-                    best[r].loss, best[r].free = m, [variable[r].detach().clone()]
+        for row, m in enumerate(matches.tolist()):
+            run = runs[active[row]]
+            run.lowest = min(run.lowest, m)
+            if s.keep == "best" and m < run.best.loss:
+                run.best.loss, run.best.free = m, [variable[row].detach().clone()]
 
-    step = AdamStep([variable], _no_objective, seen, lr=s.lr, signed=s.signed, box=s.box,
-                    schedule=hooks.lr_schedule, gradient=plan.gradient)
-    for it in range(s.iterations):
-        matches = step(it)
-        if hooks.on_iterate is not None:
-            hooks.on_iterate(it, variable.detach())
-        if it % 10 == 0 or it == s.iterations - 1:
-            for r, m in enumerate(matches.tolist()):
-                histories[r].append(m)
-            bar.set_postfix(grad_loss=f"{min(matches.tolist()):.4f}")
-        bar.update(count)
-    found = []
-    for r in range(count):
-        restart = Restart.around(ctx, variable[r].detach())
-        restart.best = best[r]
-        found += restart.candidates()
-        ctx.history.extend(histories[r])
-    return found, [s.iterations] * count
+    def adam(free: torch.Tensor) -> AdamStep:
+        return AdamStep([free], _no_objective, seen, lr=s.lr, signed=s.signed, box=s.box,
+                        schedule=hooks.lr_schedule, gradient=plan.gradient)
+
+    step, done = adam(variable), 0
+    for end in race.round_ends(s) if s.race else [s.iterations]:
+        for it in range(done, end):
+            matches = step(it).tolist()
+            if hooks.on_iterate is not None:
+                hooks.on_iterate(it, variable.detach())
+            for row, m in enumerate(matches):
+                run = runs[active[row]]
+                run.used, run.last = it + 1, m
+                if it % 10 == 0:
+                    run.history.append(m)
+            if it % 10 == 0:
+                bar.set_postfix(grad_loss=f"{min(matches):.4f}")
+            bar.update(len(active))
+        done = end
+        if end < s.iterations:
+            survivors = race.kept(active, [runs[r].lowest for r in active], s.race_keep)
+            if len(survivors) < len(active):
+                for row, r in enumerate(active):  # the eliminated keep the iterate they reached
+                    runs[r].free = [variable[row].detach().clone()]
+                rows = [active.index(r) for r in survivors]
+                variable, step = _narrowed(variable, step, rows, adam)
+                active = survivors
+    for row, r in enumerate(active):
+        runs[r].free = [variable[row].detach()]
+    found, owner = [], []
+    for r, run in enumerate(runs):
+        mine = run.candidates()
+        found += mine
+        owner += [r] * len(mine)
+        ctx.history.extend(run.recorded())
+    if s.race:
+        ctx.race = race.RaceRecord(rounds=race.round_ends(s), survivors=active, restart_of=owner)
+    return found, [run.used for run in runs]
+
+
+def _narrowed(variable: torch.Tensor, step: AdamStep, rows: list[int],
+              adam: Callable[[torch.Tensor], AdamStep]) -> tuple[torch.Tensor, AdamStep]:
+    """The stack and its Adam restricted to ``rows``: the moments (and every other per-restart
+    state) sliced, the step count, lr and schedule position carried over."""
+    index = torch.tensor(rows, device=variable.device)
+    narrow = variable.detach()[index].clone().requires_grad_(True)
+    fresh = adam(narrow)
+    state = step.opt.state[variable]
+    fresh.opt.state[narrow] = {k: (v[index].clone() if torch.is_tensor(v) and v.ndim > 0 else
+                                   v.clone() if torch.is_tensor(v) else v)
+                               for k, v in state.items()}
+    for new, old in zip(fresh.opt.param_groups, step.opt.param_groups, strict=True):
+        new["lr"] = old["lr"]
+    if step.scheduler is not None:
+        fresh.scheduler.load_state_dict(step.scheduler.state_dict())
+    return narrow, fresh

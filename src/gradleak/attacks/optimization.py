@@ -30,6 +30,7 @@ from gradleak.attacks.losses import distance_for
 from gradleak.attacks.lowrank import factorable, factored_gradients
 from gradleak.attacks.matching import MatchingSetup, matching_setup, resolve_labels, select_layers
 from gradleak.attacks.priors import BatchNormStatistics, l2_norm, total_variation
+from gradleak.attacks.race import RaceRecord, raced_restarts
 from gradleak.attacks.restart import Candidate, Restart, RunContext, rank
 from gradleak.attacks.simulate import simulated_delta
 from gradleak.attacks.steps import StopRule
@@ -202,7 +203,7 @@ class GradientMatchingAttack(Attack):
             bar.close()
             if bn_prior is not None:
                 bn_prior.remove()
-        return self._reconstruction(found, used, source, ctx.history)
+        return self._reconstruction(found, used, source, ctx.history, ctx.race)
 
     def labels_for(self, obs: Observation, setup: MatchingSetup) -> tuple[torch.Tensor | None, str]:
         """The labels the run uses and their source: None with ``learn_labels`` (DLG optimises
@@ -215,10 +216,19 @@ class GradientMatchingAttack(Attack):
     def _restarts(self, ctx: RunContext, generator: torch.Generator, bar
                   ) -> tuple[list[Candidate], list[int]]:
         """Every restart's candidates and the iterations each used: one batched problem where
-        :func:`functional.batched_restarts` applies, else the restarts one after another."""
+        :func:`functional.batched_restarts` applies, else the restarts one after another, or,
+        with ``attack.race``, round by round (:mod:`gradleak.attacks.race`)."""
         plan = functional.plan(ctx)
         if plan.batched:
             return functional.batched_restarts(ctx, generator, bar, plan)
+        if ctx.settings.race:
+            restarts = [Restart(ctx, generator) for _ in range(ctx.settings.restarts)]
+            for restart in restarts:
+                restart.gradient = plan.gradient
+            found, used, history, ctx.race = raced_restarts(restarts, bar, ctx.settings,
+                                                            self.stop_rule)
+            ctx.history.extend(history)
+            return found, used
         found, used = [], []
         for _ in range(ctx.settings.restarts):
             restart = Restart(ctx, generator)
@@ -230,15 +240,18 @@ class GradientMatchingAttack(Attack):
         return found, used
 
     def _reconstruction(self, found: list[Candidate], used: list[int], source: str,
-                        history: list[float]) -> Reconstruction:
-        ranking = rank(found)
+                        history: list[float], race: RaceRecord | None = None) -> Reconstruction:
+        """The candidates ranked (a race's survivors first) as a :class:`Reconstruction`; a
+        race's record in ``details["race"]``."""
+        ranking = rank(found, None if race is None else race.tiers)
         stacked = torch.stack([found[i][0].cpu() for i in ranking])
         labels = found[ranking[0]][1]
         labels = labels.argmax(-1) if labels.ndim == 2 else labels
+        details = {} if race is None else {"race": race.details(ranking)}
         return Reconstruction(images=stacked[0], candidates=stacked,
                               losses=[found[i][2] for i in ranking], labels=labels.tolist(),
                               iterations=self.engine.iterations, label_source=source,
-                              history=history, iterations_used=used)
+                              history=history, iterations_used=used, details=details)
 
     def _bn_prior(self, model: nn.Module, obs: Observation) -> BatchNormStatistics:
         if self.engine.bn_source == "client":

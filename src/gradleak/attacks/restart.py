@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ from gradleak.attacks.matching import MatchingSetup
 from gradleak.attacks.priors import BatchNormStatistics, group_consistency
 from gradleak.attacks.simulate import batch_order
 from gradleak.attacks.steps import AdamStep, Gradient, LbfgsStep, StopRule
+
+if TYPE_CHECKING:
+    from gradleak.attacks.race import RaceRecord
 
 Candidate = tuple[torch.Tensor, torch.Tensor, float]  # images, labels, gradient loss
 
@@ -84,6 +87,7 @@ class RunContext:
     fixed_labels: torch.Tensor | None  # None: labels are optimised (DLG)
     bn_prior: BatchNormStatistics | None
     history: list[float] = field(default_factory=list)
+    race: RaceRecord | None = None  # set by a raced run (attack.race)
 
 
 @dataclass
@@ -289,7 +293,10 @@ class Restart:
         return images, labels, float(loss.detach())
 
 
-def rank(found: list[Candidate]) -> list[int]:
-    """Candidate indices by gradient loss, lowest first, NaN last."""
-    return sorted(range(len(found)), key=lambda i: (math.isnan(found[i][2]), found[i][2]))
+def rank(found: list[Candidate], tiers: list[int] | None = None) -> list[int]:
+    """Candidate indices by gradient loss, lowest first, NaN last; with ``tiers`` (racing: 0
+    for a survivor's candidate, 1 for an eliminated restart's) lower tiers first."""
+    tier = tiers or [0] * len(found)
+    return sorted(range(len(found)),
+                  key=lambda i: (tier[i], math.isnan(found[i][2]), found[i][2]))
 

@@ -43,6 +43,7 @@ from gradleak.attacks.base import Observation, Reconstruction
 from gradleak.attacks.matching import MatchingSetup, matching_setup, resolve_labels, select_layers
 from gradleak.attacks.optimization import GradientMatchingAttack
 from gradleak.attacks.priors import BatchNormStatistics
+from gradleak.attacks.race import RaceRecord
 from gradleak.attacks.restart import Candidate, Restart, RunContext, rank
 from gradleak.attacks.text_problem import TextProblem, text_problem, word_embedding_name
 from gradleak.errors import GradleakError
@@ -239,12 +240,14 @@ class EmbeddingMatchingAttack(GradientMatchingAttack):
         self.problem.fix(restart.free[0])
 
     def _reconstruction(self, found: list[Candidate], used: list[int], source: str,
-                        history: list[float]) -> Reconstruction:
-        p, ranking = self.problem, rank(found)
+                        history: list[float], race: RaceRecord | None = None) -> Reconstruction:
+        p, ranking = self.problem, rank(found, None if race is None else race.tiers)
         batches = torch.stack([p.batch(found[i][0]) for i in ranking])
         labels = found[ranking[0]][1]
         details = {"length": p.length, "length_rule": p.length_rule, "fixed": p.fixed,
                    "vocabulary": int(p.allowed.sum()), "warnings": list(p.warnings)}
+        if race is not None:
+            details["race"] = race.details(ranking)
         return Reconstruction(images=batches[0], candidates=batches,
                               losses=[found[i][2] for i in ranking], labels=labels.tolist(),
                               iterations=self.engine.iterations, label_source=source,
