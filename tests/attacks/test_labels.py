@@ -49,3 +49,21 @@ def test_rules_refuse_what_they_cannot_do():
         infer_labels("yin", model, direction, 11)
     with pytest.raises(GradleakError, match="unknown label rule"):
         infer_labels("oracle", model, direction, 1)
+
+
+def test_idlg_reads_the_bias_when_the_features_can_be_negative():
+    # tanh features summing to < 0 (a BERT classifier's pooled output can): the true class row
+    # of dL/dW then has a positive sum and every other row a negative one, so the weight rule
+    # picks a wrong class; the bias gradient p - y is negative at the true class only.
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+    with torch.no_grad():
+        net[0].weight.fill_(0.0)
+        net[0].bias.fill_(-2.0)  # every feature tanh(-2) < 0
+    x, y = torch.randn(1, 2), torch.tensor([1])
+    loss = torch.nn.functional.cross_entropy(net(x), y)
+    names = [n for n, _ in net.named_parameters()]
+    direction = dict(zip(names, torch.autograd.grad(loss, list(net.parameters())), strict=True))
+    assert infer_labels("idlg", net, direction, 1) == [1]
+    no_bias = {k: v for k, v in direction.items() if k != "2.bias"}
+    assert infer_labels("idlg", net, no_bias, 1) != [1]  # the weight rule alone is fooled

@@ -104,12 +104,16 @@ def counts_to_labels(estimates: torch.Tensor | np.ndarray, count: int) -> list[i
 @LABEL_RULES.register("idlg")
 def idlg_labels(ctx: LabelContext) -> list[int]:
     """iDLG (Zhao et al. 2020): for one sample with non-negative last-layer inputs, only the true
-    class row has a negative sum."""
+    class row has a negative sum. With a shared bias the rule reads its gradient instead,
+    ``b_c = p_c - y_c``: only the true class is negative whatever the inputs' signs (a BERT
+    classifier's tanh-pooled features break the weight rule: measured on MiniLM, 1 of 2 right)."""
     if ctx.count != 1:
         raise GradleakError(
             f"attack.labels=idlg infers the label of one sample, but data.num_samples={ctx.count}; "
             "use attack.labels=yin for a batch with distinct labels, or llg/geng/ilrg"
         )
+    if ctx.bias is not None:
+        return [int(ctx.bias.argmin())]
     return [int(ctx.weight.sum(dim=1).argmin())]
 
 
