@@ -64,3 +64,16 @@ def test_bisection_finds_the_weakest_safe_setting(first_safe):
         probed.append(p.value)
         b.record([0.6, 0.7, 0.8, 0.9, 0.95].index(p.value) >= first_safe)
     assert b.lo == first_safe and len(probed) <= 3
+
+
+def test_a_training_that_does_not_learn_resolves_no_cost():
+    from gradleak.audit.recommend import LEARN_MARGIN, learning_check
+
+    # 10 classes: chance is 10 %; 14 % is within the margin, so every drop is noise.
+    why = learning_check([0.14, 0.13, 0.15], [0.10, 0.09, 0.11], 10)
+    assert why.startswith("not resolved: the undefended training does not learn (accuracy 14.0 %")
+    assert learning_check([0.60, 0.62], [0.10, 0.10], 10) is None
+    # A causal LM: chance (1 / vocabulary) is ~0, the untrained model's accuracy is the floor.
+    assert learning_check([0.12], [0.11], 8192) is not None
+    assert learning_check([0.12 + LEARN_MARGIN / 100 + 0.01], [0.11], 8192) is None
+    assert learning_check([], [], 10) is None

@@ -106,6 +106,27 @@ def pick_defense(points: list[dict[str, Any]], *, max_drop: float | None,
     return {"status": "none qualifies", "choice": None, "best_available": best, "reason": why}
 
 
+LEARN_MARGIN = 5.0  # points above chance (or the untrained model) for a training that learns
+
+
+def learning_check(final: list[float], initial: list[float | None],
+                   num_classes: int) -> str | None:
+    """Why accuracy costs cannot rank defenses (None: they can): the undefended trainings end
+    within :data:`LEARN_MARGIN` points of chance (``1 / num_classes``) or of the untrained
+    model's accuracy, so every drop measured against them is noise."""
+    if not final:
+        return None
+    acc = sum(final) / len(final)
+    start = [a for a in initial if a is not None]
+    floor = max(1.0 / max(1, num_classes), sum(start) / len(start) if start else 0.0)
+    if 100.0 * (acc - floor) >= LEARN_MARGIN:
+        return None
+    return (f"not resolved: the undefended training does not learn (accuracy {100 * acc:.1f} %, "
+            f"against {100 * floor:.1f} % by chance or before training): accuracy drops against "
+            "it are noise, so no setting is picked by them; train longer (the ladder's "
+            "recommend.fl keys, or fl.rounds=...) or use --no-train (the update's distortion)")
+
+
 def largest_layers(layers: list[tuple[str, int]], count: int) -> list[str]:
     """The ``count`` layers with the most parameters, in the model's order."""
     chosen = {name for name, _ in sorted(layers, key=lambda x: -x[1])[:max(0, count)]}
@@ -205,6 +226,11 @@ def recommend(ladder: Ladder, setup: Setup, budget: dict[str, Any], trials: list
     cost = COST_ACCURACY if options.train else COST_DISTORTION
     picked = pick_defense(found.points, max_drop=max_drop, cost=cost)
     known = [a for a in found.accuracy.get("none", []) if a is not None]
+    why = learning_check(known, found.initial.get("none", []),
+                         int(getattr(setup.dataset, "num_classes", 0) or 0)) if options.train else None
+    if why is not None:
+        picked = {"status": "not resolved", "choice": None,
+                  "best_available": picked.get("best_available"), "reason": why}
     # attack.layers restricts what a matching attack matches; the span attacks (text) read the
     # attention gradients whatever it says, so per-layer runs would measure nothing there.
     layer_rows = ([] if setup.text else

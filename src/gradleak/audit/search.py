@@ -217,6 +217,7 @@ class Found:
     points: list[dict[str, Any]]
     accuracy: dict[str, list[float | None]]
     test_samples: dict[str, int | None]
+    initial: dict[str, list[float | None]] = field(default_factory=dict)  # round-0 accuracies
 
 
 @dataclass
@@ -303,7 +304,15 @@ class Search:
                         else None for r in specs] for k, specs in self.utility.items()}
         tests = {k: next((self.rows[r.run_id].get("test_samples") for r in specs
                           if r.run_id in self.rows), None) for k, specs in self.utility.items()}
+        initial = {k: [_first_accuracy(self.rows.get(r.run_id)) for r in specs]
+                   for k, specs in self.utility.items()}
         rank = {p.key: i for i, p in enumerate(grid)}
         points = sorted((p.result for p in self.probes.values() if p.result),
                         key=lambda e: rank[e["key"]])
-        return Found(points, accuracy, tests)
+        return Found(points, accuracy, tests, initial)
+
+
+def _first_accuracy(row: dict[str, Any] | None) -> float | None:
+    """A utility run's test accuracy before training (round 0), when it was stored."""
+    acc = ((row or {}).get("result") or {}).get("accuracy") or []
+    return acc[0] if acc and isinstance(acc[0], (int, float)) else None
