@@ -51,6 +51,8 @@ class DataConfig:
                                  "folder tree or a .npz file) when it is not under data.root")
     holdout: float = _opt(0.2, minimum=0.0, help="imagefolder/npz without a test split: share of "
                           "each class held out as the test split, never used for training")
+    channels: int | None = _opt(None, choices=(1, 3), added=True, help="image channels the model "
+                                "takes: 1 (RGB to luminance), 3 (grey repeated); null: as stored")
     max_length: int = _opt(32, minimum=2, added=True, help="text: tokens per sequence after the "
                            "model's tokenizer (padded / truncated; at most the model's maximum)")
     text_column: str = _opt("text", added=True, help="text .jsonl/.csv: the column holding the text")
@@ -234,9 +236,6 @@ class Config:
             tree["defense"].pop(key)  # so stores recorded before the twins keep resuming
         blob = json.dumps(tree, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
-
-
-# --- setting and validating keys -------------------------------------------------------------
 
 
 def _section_fields(obj: Any) -> dict[str, dataclasses.Field]:

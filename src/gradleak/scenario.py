@@ -39,7 +39,7 @@ from gradleak.attacks.base import Attack, Observation, Reconstruction
 from gradleak.attacks.overlap import generator_overlap
 from gradleak.config import Config
 from gradleak.data import DATASETS, build_dataset, describe_dataset
-from gradleak.data.base import ImageDataset
+from gradleak.data.base import ImageDataset, with_channels
 from gradleak.data.sampling import select_victim_samples
 from gradleak.defenses import build_defense
 from gradleak.errors import GradleakError
@@ -222,7 +222,7 @@ class Scenario:
             model = text_steps.build_text_model_for(cfg, dataset, model)
             dataset = dataset.tokenized(model.tokenizer, cfg.data.max_length)
         elif data is not None:
-            dataset = as_image_dataset(dataset)
+            dataset = with_channels(as_image_dataset(dataset), cfg.data.channels)
         if victim is None:
             images, labels, indices = select_victim_samples(dataset, cfg.data, seed=seeds.victim)
         else:

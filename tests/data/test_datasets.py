@@ -265,7 +265,11 @@ def test_imagefolder_without_split_and_grey_input(tmp_path):
     Image.new("L", (12, 12), 128).save(path)
     ds = build_dataset(DataConfig(dataset="imagefolder", root=str(tmp_path), resolution=4))
     img, label = ds[0]
-    assert ds.classes == ("one",) and img.shape == (3, 4, 4) and label == 0
+    # Grey files stay grey (data.channels=null: as stored); data.channels=3 repeats them.
+    assert ds.classes == ("one",) and img.shape == (1, 4, 4) and label == 0
+    ds = build_dataset(DataConfig(dataset="imagefolder", root=str(tmp_path), resolution=4,
+                                  channels=3))
+    assert ds[0][0].shape == (3, 4, 4)
 
 
 def test_imagefolder_missing_and_empty(tmp_path):

@@ -6,7 +6,9 @@ Each case runs ``gradleak.cli.main`` in-process; ``{tmp}`` in an argument is the
 from __future__ import annotations
 
 import sqlite3
+import zipfile
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,6 +42,7 @@ def _files(tmp) -> None:
     sweep = tmp / "corrupt"
     sweep.mkdir()
     (sweep / "results.sqlite").write_bytes(b"definitely not sqlite" * 100)
+    _data_files(tmp)
     foreign = tmp / "foreign"
     foreign.mkdir()
     db = sqlite3.connect(foreign / "results.sqlite")
@@ -48,7 +51,34 @@ def _files(tmp) -> None:
     db.close()
 
 
+def _data_files(tmp) -> None:
+    """Bad .npz files and ImageFolder trees (issue 26)."""
+    with zipfile.ZipFile(tmp / "noheader.npz", "w") as z:  # members without a .npy header
+        z.writestr("x.npy", b"garbage")
+        z.writestr("y.npy", b"garbage")
+    x = np.zeros((4, 8, 8), dtype=np.uint8)
+    np.savez(tmp / "objclasses.npz", x=x, y=np.arange(4) % 2,
+             classes=np.array(["a", 1], dtype=object))
+    np.savez(tmp / "million.npz", x=x, y=np.array([0, 1, 2, 1_000_000]))
+    np.savez(tmp / "unnamed.npz", x=x, y=np.array([0, 1, 2, 20_000]))
+    np.savez(tmp / "wraps.npz", x=x, y=np.array([0, 1, 2, 2**64 - 1], dtype=np.uint64))
+    from PIL import Image
+
+    for split, classes in (("train", ("a", "b")), ("test", ("a", "c"))):
+        for c in classes:
+            (tmp / "trees" / split / c).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(tmp / "trees" / split / c / "0.png")
+
+
+NPZ = [*ATTACK, "data.dataset=npz"]
 CASES = [
+    # data files (issue 26): no .npy header, pickled classes, absurd or wrapping labels
+    (NPZ + ["data.root={tmp}/noheader.npz"], "no .npy header"),
+    (NPZ + ["data.root={tmp}/objclasses.npz"], "object arrays are not loaded"),
+    (NPZ + ["data.root={tmp}/million.npz"], "label 1000000; labels are class indices 0..65534"),
+    (NPZ + ["data.root={tmp}/unnamed.npz"], "beyond 10000 classes name them"),
+    (NPZ + ["data.root={tmp}/wraps.npz"], "label 18446744073709551615"),
+    (ATTACK + ["data.dataset=imagefolder", "data.root={tmp}/trees"], "differ"),
     # attack / config: values that used to pass validation or crash later
     (ATTACK + ["attack.lr=nan"], "attack.lr"),
     (ATTACK + ["client.lr=inf"], "client.lr"),

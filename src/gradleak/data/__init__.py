@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from gradleak.config import DataConfig
-from gradleak.data.base import ImageDataset, TensorImageDataset
+from gradleak.data.base import ImageDataset, TensorImageDataset, with_channels
 from gradleak.registry import Registry
 
 DATASETS: Registry = Registry("dataset")
@@ -20,15 +20,18 @@ def register_dataset(name: str):
 
 
 def build_dataset(cfg: DataConfig) -> ImageDataset:
-    """Build the dataset named by ``cfg.dataset`` (see ``DATASETS.names()``)."""
-    return DATASETS.get(cfg.dataset)(cfg)
+    """Build the dataset named by ``cfg.dataset`` (see ``DATASETS.names()``), its images with
+    ``cfg.channels`` channels (loaders that decode files do that themselves; the rest are
+    converted here)."""
+    return with_channels(DATASETS.get(cfg.dataset)(cfg), cfg.channels)
 
 
 def describe_dataset(ds: ImageDataset) -> dict[str, Any]:
     """What a result records about the data: size, shape, classes, and what the loader did to
     the images (``transform``: crop, resize, scaling) and which part it is (``split``: e.g. a
-    held-out part when the user's data had no test split). Loaders set ``transform_note`` and
-    ``split_note``; loaders without them record ``null``."""
+    held-out part when the user's data had no test split), and the per-channel ``normalization``
+    (mean/std) the model standardises with unless ``model.input_mean``/``input_std`` replace it.
+    Loaders set ``transform_note`` and ``split_note``; loaders without them record ``null``."""
     if getattr(ds, "modality", None) == "text":
         return {"name": ds.name, "size": len(ds), "classes": ds.num_classes, "modality": "text",
                 "max_length": getattr(ds, "max_length", None),
@@ -39,6 +42,8 @@ def describe_dataset(ds: ImageDataset) -> dict[str, Any]:
         "classes": len(ds.classes),
         "channels": ds.channels,
         "resolution": ds.resolution,
+        "normalization": {"mean": [round(float(v), 6) for v in ds.mean],
+                          "std": [round(float(v), 6) for v in ds.std]},
         "transform": getattr(ds, "transform_note", None),
         "split": getattr(ds, "split_note", None),
     }

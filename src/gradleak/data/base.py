@@ -7,6 +7,11 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import Dataset
 
+from gradleak.errors import GradleakError
+
+# ITU-R 601-2 luma weights: PIL's "L" conversion, so every loader turns RGB grey the same way.
+LUMA = (0.299, 0.587, 0.114)
+
 
 class ImageDataset(Dataset):
     """A labelled image dataset with images as float tensors in [0, 1].
@@ -98,3 +103,71 @@ class TensorImageDataset(ImageDataset):
     def tensors(self, indices: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.as_tensor(_index_list(self, indices), dtype=torch.long)
         return self.images[t], self.labels[t]  # copies: callers may not alias the dataset
+
+
+def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """``[..., C, H, W]`` images with ``channels`` channels: grey repeated to RGB, RGB to luminance."""
+    have = images.shape[-3]
+    if have == channels:
+        return images
+    if have == 1 and channels == 3:
+        return images.repeat_interleave(3, dim=-3)
+    if have == 3 and channels == 1:
+        w = torch.tensor(LUMA, dtype=images.dtype, device=images.device).view(3, 1, 1)
+        return (images * w).sum(dim=-3, keepdim=True).clamp_(0, 1)
+    raise GradleakError(f"cannot give {have}-channel images as data.channels={channels}; "
+                        "allowed: 1 or 3 (from 1- or 3-channel images)")
+
+
+def convert_statistics(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
+    """Per-channel mean (or std) of images converted by :func:`convert_channels`. A luminance
+    std is the luma-weighted sum: exact when the channels move together, an upper bound else."""
+    if len(values) == channels:
+        return tuple(values)
+    if channels == 3:
+        return tuple(values) * 3
+    return (sum(w * v for w, v in zip(LUMA, values, strict=True)),)
+
+
+class ChannelView(ImageDataset):
+    """``base`` with its images given as ``channels`` channels (``data.channels``), its mean/std
+    converted to fit; every other attribute is the base dataset's."""
+
+    def __init__(self, base: ImageDataset, channels: int) -> None:
+        self.base = base
+        self.name, self.classes, self.resolution = base.name, base.classes, base.resolution
+        self.channels = channels
+        self.mean = convert_statistics(tuple(base.mean), channels)
+        self.std = convert_statistics(tuple(base.std), channels)
+        self.class_is_source = base.class_is_source
+        how = "repeated to 3 channels" if channels == 3 else "converted to luminance (PIL L weights)"
+        note = getattr(base, "transform_note", None)
+        self.transform_note = f"{note + '; ' if note else ''}{how} (data.channels={channels})"
+
+    def __getattr__(self, key: str):  # per_class, split_note, preferred_indices, ...
+        if key == "base":
+            raise AttributeError(key)
+        return getattr(self.base, key)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.base[index]
+        return convert_channels(image, self.channels), label
+
+    def targets(self) -> list[int]:
+        return self.base.targets()
+
+    def tensors(self, indices: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self.base.tensors(indices)
+        return convert_channels(images, self.channels), labels
+
+
+def with_channels(dataset: ImageDataset, channels: int | None) -> ImageDataset:
+    """``dataset`` as ``channels`` channels (``data.channels``; ``None``: as it is)."""
+    if channels is None or getattr(dataset, "modality", None) == "text":
+        return dataset
+    if dataset.channels == channels:
+        return dataset
+    return ChannelView(dataset, channels)

@@ -17,7 +17,7 @@ import torch
 
 from gradleak.config import DataConfig
 from gradleak.data import register_dataset
-from gradleak.data.base import ImageDataset
+from gradleak.data.base import ImageDataset, convert_channels
 from gradleak.data.cifar import resize_batch
 from gradleak.data.holdout import holdout_indices, holdout_note
 from gradleak.errors import GradleakError
@@ -25,6 +25,10 @@ from gradleak.errors import GradleakError
 _EXPECTED = ("expected arrays x (images [N,H,W,C], [N,C,H,W] or [N,H,W]; uint8 0-255 or "
              "float 0-1) and y (N integer labels)")
 _STAT_SAMPLES = 4096  # images used to estimate the per-channel mean/std
+# Label bounds: a label is a class index, and one stray huge label would build a model with that
+# many outputs. Beyond MAX_UNNAMED classes the file must name them in its ``classes`` array.
+MAX_LABEL = 65_535
+MAX_UNNAMED = 10_000
 
 
 def _to_nchw(x: np.ndarray, where: str) -> tuple[np.ndarray, str]:
@@ -72,6 +76,9 @@ def _labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
         raise GradleakError(f"{where}: y must hold integer class labels, got dtype {y.dtype}")
     if n and y.min() < 0:
         raise GradleakError(f"{where}: y holds negative label {int(y.min())}; labels are 0..K-1")
+    if n and int(y.max()) >= MAX_LABEL:  # checked before the cast: a uint64 would wrap negative
+        raise GradleakError(f"{where}: y holds label {int(y.max())}; labels are class indices "
+                            f"0..{MAX_LABEL - 1}")
     return y.astype(np.int64)
 
 
@@ -80,11 +87,11 @@ class NpzDataset(ImageDataset):
 
     def __init__(self, x: np.ndarray, y: np.ndarray, *, scale: str, classes: tuple[str, ...],
                  resolution: int, mean: tuple[float, ...], std: tuple[float, ...],
-                 transform_note: str, split_note: str) -> None:
+                 transform_note: str, split_note: str, channels: int) -> None:
         self.name = "npz"
         self._x, self._y, self._scale = x, y, scale
         self.classes = classes
-        self.channels = x.shape[1]
+        self.channels = channels  # data.channels, else as stored; converted per item
         self.resolution = resolution
         self.mean, self.std = mean, std
         self.transform_note, self.split_note = transform_note, split_note
@@ -96,7 +103,7 @@ class NpzDataset(ImageDataset):
         t = torch.from_numpy(np.ascontiguousarray(items)).float()
         if self._scale == "uint8":
             t = t.div_(255.0)
-        return resize_batch(t, self.resolution)
+        return resize_batch(convert_channels(t, self.channels), self.resolution)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         if not -len(self) <= index < len(self):
@@ -108,23 +115,37 @@ class NpzDataset(ImageDataset):
         return self._y.tolist()
 
 
+def _member(f: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    value = f[key]
+    if not isinstance(value, np.ndarray):  # numpy hands back the raw bytes of a non-.npy member
+        raise GradleakError(f"cannot read {path}: member {key!r} is not a .npy array (no .npy "
+                            "header); save the file with numpy.savez(FILE, x=..., y=...)")
+    return value
+
+
 def _read(path: Path, xkey: str, ykey: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    (x, y), found = _arrays(path, (xkey, ykey))
+    return x, y, found
+
+
+def _arrays(path: Path, keys: tuple[str, ...]) -> tuple[list[np.ndarray], list[str]]:
+    """The arrays ``keys`` of ``path`` and every member name; one line for anything else."""
     if not zipfile.is_zipfile(path):  # np.load would otherwise try .npy or pickle
         raise GradleakError(f"cannot read {path} as .npz: not a zip archive (save it with "
                             "numpy.savez(FILE, x=..., y=...))")
     try:
         with np.load(path, allow_pickle=False) as f:
             found = list(f.files)
-            for key in (xkey, ykey):
+            for key in keys:
                 if key not in found:
                     raise GradleakError(f"{path} has no {key!r} array (found: "
                                         f"{', '.join(found) or 'none'}); {_EXPECTED}")
-            return f[xkey], f[ykey], found
+            return [_member(f, key, path) for key in keys], found
     except GradleakError:
         raise
     except ValueError as exc:  # object arrays need pickle, which is refused
         raise GradleakError(f"cannot read {path}: {str(exc).splitlines()[0]} (object arrays are "
-                            "not loaded; store numeric arrays)") from None
+                            "not loaded; store numeric arrays and classes as a str array)") from None
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise GradleakError(f"cannot read {path} as .npz: {exc}") from None
 
@@ -132,9 +153,12 @@ def _read(path: Path, xkey: str, ykey: str) -> tuple[np.ndarray, np.ndarray, lis
 def _classes(path: Path, found: list[str], y: np.ndarray) -> tuple[str, ...]:
     k = int(y.max()) + 1 if len(y) else 0
     if "classes" not in found:
+        if k > MAX_UNNAMED:
+            raise GradleakError(f"{path}: y holds label {k - 1}, i.e. {k} classes; beyond "
+                                f"{MAX_UNNAMED} classes name them in a 'classes' array")
         return tuple(str(i) for i in range(k))
-    with np.load(path, allow_pickle=False) as f:
-        names = tuple(str(c) for c in f["classes"].reshape(-1).tolist())
+    (names_array,), _ = _arrays(path, ("classes",))  # the same checks: no pickle, a real array
+    names = tuple(str(c) for c in names_array.reshape(-1).tolist())
     if len(names) < k:
         raise GradleakError(f"{path}: 'classes' names {len(names)} classes but y has label {k - 1}")
     return names
@@ -149,11 +173,13 @@ def _square(x: np.ndarray) -> tuple[np.ndarray, str]:
     return x[:, :, top:top + s, left:left + s], f"centre-cropped from {h}x{w} to {s}x{s}"
 
 
-def _stats(x: np.ndarray, scale: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _stats(x: np.ndarray, scale: str,
+           channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     step = max(1, len(x) // _STAT_SAMPLES)
     sample = torch.from_numpy(np.ascontiguousarray(x[::step])).double()
     if scale == "uint8":
         sample = sample / 255.0
+    sample = convert_channels(sample, channels)  # the statistics of the images the model sees
     mean = sample.mean(dim=(0, 2, 3))
     std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3)
     return tuple(mean.tolist()), tuple(std.tolist())
@@ -174,7 +200,8 @@ def load_npz(cfg: DataConfig) -> NpzDataset:
     y = _labels(y, x.shape[0], str(path))
     classes = _classes(path, found, y)
     x, crop = _square(x)
-    mean, std = _stats(x, scale)  # always of the training arrays
+    channels = cfg.channels or x.shape[1]  # the test arrays are given the same channels
+    mean, std = _stats(x, scale, channels)  # always of the training arrays
     test_source = None
     if cfg.test_root:
         test_source = Path(cfg.test_root).expanduser()
@@ -210,6 +237,9 @@ def load_npz(cfg: DataConfig) -> NpzDataset:
         steps.append(f"resized from {side}x{side} to {cfg.resolution}x{cfg.resolution} px "
                      "(bilinear, anti-aliased)")
     steps.append("pixels uint8 / 255" if scale == "uint8" else "pixels: floats in [0, 1] as stored")
+    if x.shape[1] != channels:
+        steps.append("grey repeated to 3 channels" if channels == 3 else
+                     "RGB converted to luminance (PIL L weights)")
     steps.append("mean/std estimated from the training images")
     return NpzDataset(x, y, scale=scale, classes=classes, resolution=cfg.resolution, mean=mean,
-                      std=std, transform_note="; ".join(steps), split_note=note)
+                      std=std, transform_note="; ".join(steps), split_note=note, channels=channels)

@@ -146,12 +146,29 @@ def check_state_dict(model: nn.Module, state: object, where: str) -> None:
                             "from another model or config?")
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
               if tuple(state[k].shape) != tuple(v.shape)]
+    if shapes and (hint := _channel_hint(expected, state, where)):
+        raise GradleakError(hint)
     if shapes:
         raise GradleakError(f"{where} does not fit the model: shape of {_names(shapes, 2)} "
                             "(file vs model)")
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise GradleakError(f"{where} holds NaN or infinite values in {_names(bad)}")
+
+
+def _channel_hint(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
+                  where: str) -> str:
+    """The one line for a checkpoint trained on another channel count: its first conv weight
+    ``[out, C, k, k]`` differs from the model's only in C (both 1 or 3), else ``""``."""
+    key = next((k for k, v in expected.items() if v.ndim == 4 and v.is_floating_point()), None)
+    if key is None:
+        return ""
+    file, model = tuple(state[key].shape), tuple(expected[key].shape)
+    if file == model or file[:1] + file[2:] != model[:1] + model[2:] or \
+            {file[1], model[1]} != {1, 3}:
+        return ""
+    return (f"{where} was trained on {file[1]}-channel images ({key} {file}) but the data has "
+            f"{model[1]} channels; set data.channels={file[1]}")
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:

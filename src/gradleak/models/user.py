@@ -157,7 +157,8 @@ def check_output(net: nn.Module, *, num_classes: int, channels: int, resolution:
         with torch.no_grad():
             out = net(torch.zeros(2, channels, resolution, resolution, device=device))
     except Exception as exc:
-        raise GradleakError(f"{who}: forward pass on [2, {channels}, {resolution}, {resolution}] "
+        raise GradleakError(channel_mismatch(net, channels, resolution, who) or
+                            f"{who}: forward pass on [2, {channels}, {resolution}, {resolution}] "
                             f"images failed: {_one_line(exc)}") from None
     finally:
         net.train(was_training)
@@ -166,6 +167,27 @@ def check_output(net: nn.Module, *, num_classes: int, channels: int, resolution:
         raise GradleakError(f"{who}: maps [2, {channels}, {resolution}, {resolution}] images to "
                             f"{shape}, expected logits (2, {num_classes}) for the dataset's "
                             f"{num_classes} classes")
+
+
+def channel_mismatch(net: nn.Module, channels: int, resolution: int, who: str) -> str:
+    """The one line for a model whose first layer takes another channel count than the data
+    has, or ``""``. Asked only once its forward pass failed, so a first-registered layer that
+    is not the input layer can never refuse a model that works."""
+    first = next(((n, m) for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))),
+                 None)
+    if first is None:
+        return ""
+    name, layer = first
+    if isinstance(layer, nn.Conv2d):
+        want = layer.in_channels
+    else:  # an MLP on flattened images: in_features = C * R * R
+        area = resolution * resolution
+        want = layer.in_features // area if layer.in_features % area == 0 else channels
+    if want == channels:
+        return ""
+    fix = f"set data.channels={want}" if want in (1, 3) else "data.channels gives 1 or 3 only"
+    return (f"{who}: its first layer {name or type(layer).__name__} takes {want}-channel "
+            f"images but the data has {channels} channels; {fix}")
 
 
 def _stats(values: Sequence[float] | None, channels: int, key: str) -> tuple[float, ...] | None:
