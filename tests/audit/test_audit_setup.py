@@ -94,6 +94,14 @@ def test_a_leaking_setup_gets_a_recommendation_and_fails(tmp_path, capsys):
     assert 1 <= len(layers["layers"]) <= 4 and "not measured" in layers["defend_only_these"]
     md = (out / "report.md").read_text()
     assert "## Recommendation" in md and "Audited: model mlp" in md and "lr 0.1" in md
+    st = verdict["setup"]  # self-describing: what exactly was audited
+    assert st["model_class"] and st["parameters"] > 0 and st["data"]["size"] > 0
+    assert st["levels_run"][:2] == ["L0-basic", "L1-priors"] and st["gradleak_version"]
+    assert f"Model: mlp ({st['model_class']}), {st['parameters']:,} parameters" in md
+    assert verdict["plain"].startswith("In ") and "runs at L0-basic" in verdict["plain"]
+    assert f"In plain words: {verdict['plain']}" in md
+    # The malicious reference stands on its own line, never beside the verdict.
+    assert "\n\nMalicious reference (level 5" in md and "Malicious" not in md.splitlines()[2]
     best = levels[0]["best"]  # the update-free baselines stand beside the evidence
     assert set(best["baselines"]) == {"flat", "data_mean", "nearest_other"}
     assert best["psnr"] > max(b["psnr"] for b in best["baselines"].values())

@@ -116,6 +116,7 @@ class Setup:
     dataset: Any = None  # the victims' dataset, for drawing trials
     victims_fixed: bool = False  # data.indices given: every trial attacks the same samples
     text: bool = False  # a text model on text data: the ladder's text levels
+    described: dict[str, Any] = field(default_factory=dict)  # model class, parameters, data
 
     def trials_note(self) -> str:
         """One line on what the runs are independent draws of."""
@@ -177,7 +178,22 @@ def read_setup(config_file: str | None, overrides: list[str]) -> Setup:
     setup.layers = [(name, sum(p.numel() for p in m.parameters(recurse=False)))
                     for name, m in sc.model.named_modules()
                     if name and any(True for _ in m.parameters(recurse=False))]
+    setup.described = describe_setup(sc)
     return setup
+
+
+def describe_setup(sc: Any) -> dict[str, Any]:
+    """What the audited model and data are, as the scenario built them: the model's class (the
+    user's own module inside gradleak's input wrapper, a text model's Hugging Face class), its
+    parameters, checkpoint and the data's description (source, size, channels, split)."""
+    from gradleak.models import count_parameters
+
+    inner = getattr(sc.model, "hf", None) or getattr(sc.model, "net", None) or sc.model
+    cfg = sc.cfg
+    return {"model_class": type(inner).__name__, "parameters": count_parameters(sc.model),
+            "model_file": cfg.model.name if ".py:" in cfg.model.name else None,
+            "checkpoint": cfg.model.checkpoint or (cfg.model.path or None),
+            "data": sc.describe()["data"]}
 
 
 def _base(cfg: Config) -> dict[str, Any]:

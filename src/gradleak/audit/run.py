@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gradleak import __version__
 from gradleak.audit.ladder import (
     HONEST,
     LABELS_GRANTED,
@@ -33,6 +34,7 @@ from gradleak.audit.ladder import (
     read_setup,
     skipped,
 )
+from gradleak.audit.plain import plain_summary
 from gradleak.audit.recommend import recommend
 from gradleak.audit.scenarios import plan_of, run_spec
 from gradleak.audit.verdict import (
@@ -250,9 +252,14 @@ def summarise(levels: list[dict[str, Any]], setup: Setup, options: AuditOptions,
     malicious = next((lv for lv in levels if lv["level"] == 5), None)
     attack = effective_attack(budget, setup)
     cfg = setup.cfg
+    thresholds = ({"rouge1": cfg.metrics.rouge_threshold, "semantic": cfg.metrics.semantic_threshold}
+                  if setup.text else
+                  {"psnr": cfg.metrics.psnr_threshold, "lpips": cfg.metrics.lpips_threshold})
     return {
         "verdict": overall, "worst_case": worst_case, "fails": overall == LEAKS,
         "summary": summary, "claim": claim(ran, worst_case, attack, rule),
+        "plain": plain_summary(levels, text=setup.text, num_samples=setup.num_samples,
+                               thresholds=thresholds),
         "malicious_reference": None if malicious is None else malicious["verdict"],
         "levels": levels,
         "recommendation": _no_recommendation(worst_case),
@@ -266,15 +273,16 @@ def summarise(levels: list[dict[str, Any]], setup: Setup, options: AuditOptions,
                   "batch_size": cfg.client.batch_size,
                   "local_epochs": cfg.client.local_epochs,
                   "modality": "text" if setup.text else "image",
+                  "weight_decay": cfg.client.weight_decay, "nesterov": cfg.client.nesterov,
+                  **setup.described, "levels_run": [lv["name"] for lv in ran],
+                  "gradleak_version": __version__,
                   **({"max_length": cfg.data.max_length, "lora_rank": cfg.model.lora_rank,
                       "frozen": list(cfg.model.frozen)} if setup.text else {})},
         "budget": {"name": options.budget or "default", "attack": budget.get("attack"),
                    "effective": attack,
                    "seeds": seeds, "round_size": rule.round_size, "max_seeds": rule.max_runs},
         "rule": vars(rule),
-        "thresholds": ({"rouge1": cfg.metrics.rouge_threshold,
-                        "semantic": cfg.metrics.semantic_threshold} if setup.text else
-                       {"psnr": cfg.metrics.psnr_threshold, "lpips": cfg.metrics.lpips_threshold}),
+        "thresholds": thresholds,
     }
 
 

@@ -103,9 +103,11 @@ def markdown(verdict: dict[str, Any]) -> str:
     lines = [f"# gradleak audit: {verdict['verdict']}", "",
              f"**Verdict (honest-but-curious server, levels 0-1): {verdict['verdict']}.** "
              f"Worst case (honest-but-curious levels 0-4): {verdict['worst_case']}, "
-             f"{verdict['summary']}."
-             + (f" Malicious reference (not part of the verdict): {mal}." if mal else ""), "",
+             f"{verdict['summary']}.", "",
+             *([f"In plain words: {verdict['plain']}", ""] if verdict.get("plain") else []),
              f"What this shows: {verdict.get('claim', verdict['summary'])}.", "",
+             *([f"Malicious reference (level 5, a server that tampers with the model; not part "
+                f"of the verdict): {mal}.", ""] if mal else []),
              *setup_lines(verdict), criterion(t) + " A run leaks when one of its samples "
              "leaks; the verdict is over runs"
              + (f" ({trials['note']})" if trials.get("note") else "") + ". Rule: docs/audit.md.",
@@ -171,7 +173,35 @@ def setup_lines(verdict: dict[str, Any]) -> list[str]:
     audited = ", ".join(f"{k} {st[k]}" for k in keys if st.get(k) is not None)
     return [f"Audited: {audited}. Budget {bd.get('name')}: {attack.get('iterations')} iterations x "
             f"{attack.get('restarts', 1)} restarts, rounds of {bd.get('round_size', '?')} runs up "
-            f"to {bd.get('max_seeds', '?')} per level.", ""]
+            f"to {bd.get('max_seeds', '?')} per level.", "", *identity_lines(st, bd)]
+
+
+def identity_lines(st: dict[str, Any], bd: dict[str, Any]) -> list[str]:
+    """The model, data, levels, seeds and version audited (``setup``'s self-description)."""
+    if not st.get("model_class"):
+        return []
+    model = (f"Model: {st.get('model')} ({st['model_class']}), {st.get('parameters', '?'):,} "
+             "parameters"
+             + (f", file {st['model_file']}" if st.get("model_file") else "")
+             + (f", checkpoint {st['checkpoint']}" if st.get("checkpoint") else ", no checkpoint "
+                "(weights drawn from the seed)"))
+    data = st.get("data") or {}
+    shape = (f"max_length {data.get('max_length')}" if data.get("modality") == "text" else
+             f"{data.get('channels', '?')} channel(s), {data.get('resolution', '?')} px")
+    parts = [f"Data: {data.get('name', st.get('dataset'))}"
+             + (f" ({st['data_root']})" if st.get("data_root") else ""),
+             f"{data.get('size', '?')} samples, {data.get('classes', '?')} classes, {shape}"]
+    for key, label in (("split", "split"), ("transform", "decoding")):
+        if data.get(key):
+            parts.append(f"{label}: {data[key]}")
+    norm = data.get("normalization")
+    if isinstance(norm, dict):
+        parts.append("normalisation: " + ", ".join(
+            f"{k} [{', '.join(f'{v:.3g}' for v in vals)}]" for k, vals in norm.items()
+            if isinstance(vals, (list, tuple))))
+    return [f"{model}. {'; '.join(parts)}. Levels run: "
+            f"{', '.join(st.get('levels_run') or []) or 'none'}; seeds "
+            f"{bd.get('seeds')}; gradleak {st.get('gradleak_version', '?')}.", ""]
 
 
 BASELINE_NAMES = {"flat": "flat mean colour", "data_mean": "data mean image",
