@@ -33,6 +33,13 @@ def from_env() -> list[str]:
     return [p for p in os.environ.get(ENV, "").split(os.pathsep) if p.strip()]
 
 
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r}) at import"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 def _import_file(path: Path) -> ModuleType:
     if not path.is_file():
         raise GradleakError(f"plug-in file {str(path)!r} does not exist")
@@ -47,10 +54,9 @@ def _import_file(path: Path) -> ModuleType:
         spec.loader.exec_module(module)
     except GradleakError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # SystemExit too: gradleak must not exit 0 unrun
         del sys.modules[name]
-        raise GradleakError(f"plug-in {str(path)!r} failed to import: {type(exc).__name__}: "
-                            f"{exc}") from exc
+        raise GradleakError(f"plug-in {str(path)!r} failed to import: {_one_line(exc)}") from None
     return module
 
 
@@ -70,9 +76,8 @@ def load_plugin(entry: str) -> ModuleType:
         except ModuleNotFoundError as exc:
             raise GradleakError(f"plug-in module {entry!r} not found ({exc.msg}); give an "
                                 "importable module name or a path ending in .py") from None
-        except Exception as exc:
-            raise GradleakError(f"plug-in {entry!r} failed to import: {type(exc).__name__}: "
-                                f"{exc}") from exc
+        except (Exception, SystemExit) as exc:
+            raise GradleakError(f"plug-in {entry!r} failed to import: {_one_line(exc)}") from None
     _loaded[key] = module
     return module
 

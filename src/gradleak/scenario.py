@@ -56,7 +56,7 @@ from gradleak.models import (
     unknown_model_message,
 )
 from gradleak.models.text import is_text_model
-from gradleak.models.user import prepare_user_model
+from gradleak.models.user import check_finite, prepare_user_model
 from gradleak.provenance import git_commit, seed_everything, versions
 from gradleak.scenario_text import TextScore
 from gradleak.threat import ThreatModel
@@ -231,6 +231,7 @@ class Scenario:
         user_model = None
         if not text:
             model, user_model = _image_model(cfg, dataset, model)
+            check_finite(model, images, repr(user_model or cfg.model.name))
         model = attack.prepare_model(model, input_shape=tuple(images.shape[1:]),
                                      num_classes=dataset.num_classes, seed=seeds.attack).to(device)
         sc = cls(cfg, dataset=dataset, images=images, labels=labels, indices=indices,

@@ -51,6 +51,21 @@ def _files(tmp) -> None:
     db.close()
 
 
+# Finite on the zeros of the shape check, NaN on every real image.
+NAN_MODEL = """
+import torch
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self, num_classes, channels, resolution):
+        super().__init__()
+        self.fc = nn.Linear(channels * resolution * resolution, num_classes)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)) + torch.sqrt(-x.abs().mean())
+"""
+
+
 def _data_files(tmp) -> None:
     """Bad .npz files and ImageFolder trees (issue 26)."""
     with zipfile.ZipFile(tmp / "noheader.npz", "w") as z:  # members without a .npy header
@@ -62,6 +77,8 @@ def _data_files(tmp) -> None:
     np.savez(tmp / "million.npz", x=x, y=np.array([0, 1, 2, 1_000_000]))
     np.savez(tmp / "unnamed.npz", x=x, y=np.array([0, 1, 2, 20_000]))
     np.savez(tmp / "wraps.npz", x=x, y=np.array([0, 1, 2, 2**64 - 1], dtype=np.uint64))
+    (tmp / "exits.py").write_text("import sys\nsys.exit(0)\n")
+    (tmp / "nan.py").write_text(NAN_MODEL)
     from PIL import Image
 
     for split, classes in (("train", ("a", "b")), ("test", ("a", "c"))):
@@ -71,6 +88,7 @@ def _data_files(tmp) -> None:
 
 
 NPZ = [*ATTACK, "data.dataset=npz"]
+USER = ["attack", "--out", "{tmp}/o", "data.resolution=16", "attack.iterations=1", "--quiet"]
 CASES = [
     # data files (issue 26): no .npy header, pickled classes, absurd or wrapping labels
     (NPZ + ["data.root={tmp}/noheader.npz"], "no .npy header"),
@@ -79,6 +97,14 @@ CASES = [
     (NPZ + ["data.root={tmp}/unnamed.npz"], "beyond 10000 classes name them"),
     (NPZ + ["data.root={tmp}/wraps.npz"], "label 18446744073709551615"),
     (ATTACK + ["data.dataset=imagefolder", "data.root={tmp}/trees"], "differ"),
+    # user code that exits at import, or whose logits are not finite on real images
+    (USER + ["model.name={tmp}/exits.py:Net"], "exits.py' failed: it called sys.exit(0)"),
+    (["--plugin", "{tmp}/exits.py", *ATTACK], "exits.py' failed to import: it called sys.exit(0)"),
+    (["audit", "--out", "{tmp}/a", "--fail-on-leak", "--budget", "quick",
+      "model.name={tmp}/exits.py:Net"], "sys.exit(0)"),
+    (USER + ["model.name={tmp}/nan.py:Net"], "nan.py:Net' returns non-finite logits"),
+    (["audit", "--out", "{tmp}/a", "--fail-on-leak", "--budget", "quick", "--quiet",
+      "model.name={tmp}/nan.py:Net", "data.resolution=16"], "non-finite logits"),
     # attack / config: values that used to pass validation or crash later
     (ATTACK + ["attack.lr=nan"], "attack.lr"),
     (ATTACK + ["client.lr=inf"], "client.lr"),

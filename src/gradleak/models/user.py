@@ -38,6 +38,8 @@ def is_user_model(name: str) -> bool:
 
 
 def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):  # user code must not end gradleak (exit 0, nothing run)
+        return f"it called sys.exit({exc.code!r})"
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
@@ -62,7 +64,7 @@ def _import_file(path: Path, spec_text: str) -> Any:
         sys.path.append(folder)
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # the user's code may raise anything; report it in one line
+    except (Exception, SystemExit) as exc:  # the user's code may raise anything: one line
         del sys.modules[mod_name]
         raise GradleakError(f"model.name={spec_text!r}: importing {str(path)!r} failed: "
                             f"{_one_line(exc)}") from None
@@ -75,7 +77,7 @@ def _import_module(name: str, spec_text: str) -> Any:
     except ModuleNotFoundError as exc:
         raise GradleakError(f"model.name={spec_text!r}: no module named {exc.name or name!r} "
                             f"({_FORMS})") from None
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise GradleakError(f"model.name={spec_text!r}: importing {name!r} failed: "
                             f"{_one_line(exc)}") from None
 
@@ -131,7 +133,7 @@ def build_user_network(spec_text: str, *, num_classes: int, channels: int,
     shown = ", ".join(f"{k}={v}" for k, v in kwargs.items())
     try:
         net = factory(**kwargs)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise GradleakError(f"model.name={spec_text!r}: calling {getattr(factory, '__name__', 'it')}"
                             f"({shown}) failed: {_one_line(exc)}") from None
     if not isinstance(net, nn.Module):
@@ -156,7 +158,7 @@ def check_output(net: nn.Module, *, num_classes: int, channels: int, resolution:
     try:
         with torch.no_grad():
             out = net(torch.zeros(2, channels, resolution, resolution, device=device))
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise GradleakError(channel_mismatch(net, channels, resolution, who) or
                             f"{who}: forward pass on [2, {channels}, {resolution}, {resolution}] "
                             f"images failed: {_one_line(exc)}") from None
@@ -167,6 +169,23 @@ def check_output(net: nn.Module, *, num_classes: int, channels: int, resolution:
         raise GradleakError(f"{who}: maps [2, {channels}, {resolution}, {resolution}] images to "
                             f"{shape}, expected logits (2, {num_classes}) for the dataset's "
                             f"{num_classes} classes")
+
+
+def check_finite(model: nn.Module, images: torch.Tensor, who: str) -> None:
+    """One eval-mode forward pass on the victim's real images: logits that are NaN or infinite
+    are a broken model, not an attack to report as inconclusive."""
+    if len(images) == 0 or not images.is_floating_point():
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(images)
+    finally:
+        model.train(was_training)
+    if isinstance(out, torch.Tensor) and out.is_floating_point() and not torch.isfinite(out).all():
+        raise GradleakError(f"model {who} returns non-finite logits (NaN or inf) on the victim's "
+                            "images; fix the model or its checkpoint (nothing was attacked)")
 
 
 def channel_mismatch(net: nn.Module, channels: int, resolution: int, who: str) -> str:
