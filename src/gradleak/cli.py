@@ -96,8 +96,10 @@ def cmd_list(kind: str) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     from gradleak.config import load_config
+    from gradleak.config_check import check_files
 
     cfg = load_config(args.config, args.overrides)
+    check_files(cfg)  # paths exist, the model file defines NAME: read, never run
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     return 0
 

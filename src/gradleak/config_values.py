@@ -129,6 +129,7 @@ RULES: dict[str, Rule] = {
     "data.resolution": (lambda v: v <= 4096, "an integer in [4, 4096]"),
     "data.num_samples": (lambda v: v <= 100_000, "an integer in [1, 100000]"),
     "data.indices": (lambda v: 0 <= v <= INT_MAX, "non-negative sample indices"),
+    "data.holdout": (lambda v: 0.0 <= v < 1.0, "a share in [0, 1) (0: hold out nothing)"),
     "model.dropout": (lambda v: 0.0 <= v < 1.0, "a probability in [0, 1)"),
     "model.hidden": (lambda v: 1 <= v <= 1_000_000, "widths in [1, 1000000]"),
     "model.width": (lambda v: v <= 65_536, "an integer in [1, 65536]"),
@@ -149,7 +150,8 @@ RULES: dict[str, Rule] = {
     "defense.dp_max_grad_norm": (lambda v: v > 0, "a finite number > 0"),
 }
 # Keys naming a file or folder: the empty string is a mistake, not "unset" (that is null).
-PATH_KEYS = ("data.root", "model.checkpoint", "attack.generator", "attack.postprocess")
+PATH_KEYS = ("data.root", "data.test_root", "model.checkpoint", "attack.generator",
+             "attack.postprocess")
 
 
 def check_value(key: str, raw: Any, value: Any, *, choices: tuple | None,

@@ -79,6 +79,7 @@ def _data_files(tmp) -> None:
     np.savez(tmp / "wraps.npz", x=x, y=np.array([0, 1, 2, 2**64 - 1], dtype=np.uint64))
     (tmp / "exits.py").write_text("import sys\nsys.exit(0)\n")
     (tmp / "nan.py").write_text(NAN_MODEL)
+    (tmp / "lenet.py").write_text("from torch import nn\n\nclass Net(nn.Module):\n    pass\n")
     from PIL import Image
 
     for split, classes in (("train", ("a", "b")), ("test", ("a", "c"))):
@@ -154,6 +155,14 @@ CASES = [
     (["audit", "--plan", "{tmp}/nope.yaml", "--out", "{tmp}/a"], "does not exist"),
     # config
     (["config", "fl.fraction=0"], "fl.fraction"),
+    (["config", "data.holdout=1.5"], "data.holdout: expected a share in [0, 1)"),
+    (["config", "data.test_root="], "data.test_root: empty path"),
+    (["config", "data.root={tmp}/nonexistent"], "nonexistent' does not exist"),
+    (["config", "model.checkpoint={tmp}/nope.pt"], "nope.pt' does not exist"),
+    (["config", "model.name={tmp}/lenet.py:Nope"], "lenet.py defines no 'Nope' at its top level "
+                                                   "(names there: Net, nn)"),
+    (["config", "model.name={tmp}/absent.py:Net"], "absent.py' does not exist"),
+    (["audit", "--out", "{tmp}/a", "--max-accuracy-drop", "200"], "<= 100.0, got '200'"),
     (["config", "--config", "{tmp}/nope.yaml"], "does not exist"),
     # igsa
     (["igsa", "--out", "{tmp}/i", "--radius", "nan", *TINY[:3]], "--radius"),
@@ -206,6 +215,19 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, fragment):
     assert len(err.splitlines()) == 1, err
     assert err.startswith("gradleak: error:") and "Traceback" not in err
     assert fragment in err, err
+
+
+def test_config_checks_a_model_file_without_running_it(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    file = tmp_path / "net.py"
+    file.write_text(f"open({str(marker)!r}, 'w').close()\n"
+                    "try:\n    from torch import nn\nexcept ImportError:\n    nn = None\n"
+                    "if nn:\n    Net = nn.Linear\n")
+    assert main(["config", f"model.name={file}:Net", f"data.root={tmp_path}"]) == 0
+    assert f"name: {file}:Net" in capsys.readouterr().out and not marker.exists()
+    assert main(["config", f"model.name={file}:open"]) == 2 and not marker.exists()
+    (tmp_path / "star.py").write_text("from torch.nn import *\n")  # unknowable without running
+    assert main(["config", f"model.name={tmp_path / 'star.py'}:Linear"]) == 0
 
 
 def test_distinct_labels_warns_when_impossible(tmp_path, capsys):

@@ -50,12 +50,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "inconclusive (after writing everything)")
     p.add_argument("--allow-inconclusive", action="store_true", default=None,
                    help="setup mode: with --fail-on-leak, exit 0 on an inconclusive verdict")
-    p.add_argument("--max-accuracy-drop", type=finite_float(0.0), default=None, metavar="POINTS",
+    p.add_argument("--max-accuracy-drop", type=finite_float(0.0, high=100.0), default=None, metavar="POINTS",
                    help="setup mode: accuracy budget of the recommended defense (default 2)")
     p.add_argument("--no-train", action="store_true", default=None,
                    help="setup mode: utility cost = the update's relative distortion, no FL training")
     p.add_argument("--no-recommend", action="store_true", default=None,
                    help="setup mode: verdict only (no defense sweep, no per-layer attacks)")
+    p.add_argument("--update", default=None, metavar="FILE",
+                   help="setup mode: audit this captured client update (.safetensors or a "
+                        "torch.save state_dict) on the global model (model.checkpoint) instead "
+                        "of simulating the client")
+    p.add_argument("--update-is", choices=("delta", "weights", "gradient"), default=None,
+                   help="with --update: what FILE holds: W_local - W_global (delta, default), "
+                        "the client's new weights, or a gradient")
+    p.add_argument("--truth", default=None, metavar="FILE.npz",
+                   help="with --update: the samples the client trained on (x, y), to score "
+                        "the reconstructions")
     p.add_argument("--jobs", type=int_at_least(1, 1024), default=1,
                    help="parallel runs (threads = cores / jobs)")
     p.add_argument("--rerun", action="store_true", help="redo runs that already finished")
@@ -72,10 +82,45 @@ def run(args: argparse.Namespace) -> int:
         if given:
             raise GradleakError(f"{given[0]} describes your own setup and cannot go with --plan; "
                                 "put settings in the plan's base, or drop --plan")
+    if args.update is None and (args.update_is is not None or args.truth is not None):
+        raise GradleakError(f"{'--update-is' if args.update_is else '--truth'} goes with "
+                            "--update FILE (the captured update it describes)")
+    if args.update is not None:
+        if args.plan is not None:
+            raise GradleakError("--update audits one captured update of your setup and cannot go "
+                                "with --plan")
+        return _captured(args)
     if args.plan is not None or (args.config is None and not args.overrides
                                  and all(getattr(args, k) is None for k in SETUP_ONLY)):
         return _plan(args)
     return _setup(args)
+
+
+# Options of the simulated audit that mean nothing for one captured update.
+NOT_WITH_UPDATE = {"seeds": "--seeds", "max_seeds": "--max-seeds", "no_train": "--no-train",
+                   "max_accuracy_drop": "--max-accuracy-drop",
+                   "allow_inconclusive": "--allow-inconclusive"}
+
+
+def _captured(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gradleak.audit.captured_run import audit_captured
+    from gradleak.audit.run import AuditOptions
+
+    given = [flag for key, flag in NOT_WITH_UPDATE.items() if getattr(args, key) is not None]
+    if given:
+        raise GradleakError(f"{given[0]} does not apply to --update: one captured update is one "
+                            "trial (no seeds, no defense search); drop it")
+    for flag, path in (("--update", args.update), ("--truth", args.truth)):
+        if path is not None and not Path(path).is_file():
+            raise GradleakError(f"{flag} {path!r} does not exist")
+    options = AuditOptions.from_args(args)
+    result = audit_captured(options, update=args.update, kind=args.update_is or "delta",
+                            truth=args.truth, log=lambda m: print(m, flush=True))
+    print(f"verdict: {result['verdict']}  (captured update; worst case {result['worst_case']})")
+    print(f"report: {options.out / 'report.md'}\n        {options.out / 'captured.json'}")
+    return 1 if args.fail_on_leak and result["fails"] else 0
 
 
 def _plan(args: argparse.Namespace) -> int:
