@@ -41,3 +41,16 @@ def save_pair(path: str | Path, original: torch.Tensor, recon: torch.Tensor) -> 
         both = F.interpolate(both, scale_factor=scale, mode="nearest")
     grid = make_grid(both, nrow=2, padding=2, pad_value=1.0)
     atomic_write(path, lambda p: save_image(grid, p, format="png"))
+
+
+def save_reconstruction(path: Path, recon: torch.Tensor, truth: torch.Tensor | None) -> None:
+    """Truth above reconstruction when the truth is known, else the reconstruction alone."""
+    if truth is not None:
+        save_comparison(path, truth, recon)
+        return
+    images = recon.float().clamp(0, 1)
+    scale = max(1, 96 // images.shape[-1])
+    if scale > 1:
+        images = F.interpolate(images, scale_factor=scale, mode="nearest")
+    grid = make_grid(images, nrow=images.shape[0], padding=2, pad_value=1.0)
+    atomic_write(path, lambda p: save_image(grid, p, format="png"))

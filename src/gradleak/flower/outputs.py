@@ -10,11 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torchvision.utils import make_grid, save_image
 
 from gradleak.config import Config
-from gradleak.images import save_comparison
+from gradleak.images import save_reconstruction  # noqa: F401 (re-exported)
 from gradleak.io import atomic_write
 from gradleak.runs.rows import config_columns, row_header
 from gradleak.runs.store import ResultStore
@@ -24,19 +22,6 @@ EXPERIMENT = "flower-audit"
 
 def save_sentences(path: Path, text: str) -> None:
     atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
-
-
-def save_reconstruction(path: Path, recon: torch.Tensor, truth: torch.Tensor | None) -> None:
-    """Truth above reconstruction when the truth is known, else the reconstruction alone."""
-    if truth is not None:
-        save_comparison(path, truth, recon)
-        return
-    images = recon.float().clamp(0, 1)
-    scale = max(1, 96 // images.shape[-1])
-    if scale > 1:
-        images = F.interpolate(images, scale_factor=scale, mode="nearest")
-    grid = make_grid(images, nrow=images.shape[0], padding=2, pad_value=1.0)
-    atomic_write(path, lambda p: save_image(grid, p, format="png"))
 
 
 class AuditWriter:
