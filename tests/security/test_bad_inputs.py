@@ -43,6 +43,7 @@ def _files(tmp) -> None:
     sweep.mkdir()
     (sweep / "results.sqlite").write_bytes(b"definitely not sqlite" * 100)
     _data_files(tmp)
+    _stored_plans(tmp)
     foreign = tmp / "foreign"
     foreign.mkdir()
     db = sqlite3.connect(foreign / "results.sqlite")
@@ -64,6 +65,23 @@ class Net(nn.Module):
     def forward(self, x):
         return self.fc(x.flatten(1)) + torch.sqrt(-x.abs().mean())
 """
+
+
+def _stored_plans(tmp) -> None:
+    """Sweep folders with one stored run whose plan file (plans/E-P.yaml) is broken."""
+    from gradleak.runs.store import ResultStore
+
+    plans = {"yaml": "spec: [unclosed\n", "list": "- 1\n- 2\n",
+             "table": "spec:\n  table: [cols, variant]\n",
+             "rows": "spec:\n  table: {cols: variant, rows: [{a: 1}]}\n",
+             "runs": "runs: [{seed: 1}]\n"}
+    for name, text in plans.items():
+        folder = tmp / f"plan_{name}"
+        with ResultStore(folder) as store:
+            store.put({"run_id": "r0", "experiment": "e", "profile": "quick", "status": "ok",
+                       "variant": "O", "seed": 0, "lpips": 0.5})
+        (folder / "plans").mkdir()
+        (folder / "plans" / "e-quick.yaml").write_text(text)
 
 
 def _data_files(tmp) -> None:
@@ -197,6 +215,11 @@ CASES = [
     (["report", "{tmp}/corrupt"], "results store"),
     (["report", "{tmp}/foreign"], "results store"),
     (["report", "{tmp}/nowhere"], "results store"),
+    (["report", "{tmp}/plan_yaml"], "e-quick.yaml is not valid YAML"),
+    (["report", "{tmp}/plan_list"], "holds a list, not a mapping"),
+    (["report", "{tmp}/plan_table"], "spec.table must be a dict, got ['cols', 'variant']"),
+    (["report", "{tmp}/plan_rows"], "spec.table.rows must be a list of str"),
+    (["report", "{tmp}/plan_runs"], "every run needs a run_id"),
     # no sub-command / unknown one
     ([], "command"),
     (["bogus-command"], "bogus-command"),

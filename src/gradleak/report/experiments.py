@@ -245,11 +245,47 @@ def _images(rows: list[dict[str, Any]], root: Path, table: dict[str, Any],
             "reconstruction):</p>" + "".join(figs))
 
 
+# The stored plan's parts the report reads, and the type each must have (checked in this order,
+# so a part's parent is known to be a mapping). Lists marked ``str`` hold names.
+_PLAN_SHAPE: tuple[tuple[str, type, type | None], ...] = (
+    ("spec", dict, None), ("runs", list, dict), ("spec.table", dict, None),
+    ("spec.names", dict, dict), ("spec.plot", dict, None), ("spec.paper", dict, None),
+    ("spec.table.cols", str, None), ("spec.table.metric", str, None),
+    ("spec.table.rows", list, str), ("spec.table.also", list, str), ("spec.plot.x", str, None),
+    ("spec.plot.y", str, None), ("spec.plot.also", list, str), ("spec.plot.series", str, None),
+    ("spec.paper.columns", list, None), ("spec.paper.rows", list, list),
+)
+
+
 def _plan(root: Path, experiment: str, profile: str) -> dict[str, Any]:
+    """The plan the sweep stored beside its results; one line when it cannot be what it was."""
     path = root / "plans" / f"{experiment}-{profile}.yaml"
-    if path.is_file():
-        return yaml.safe_load(path.read_text()) or {}
-    return {}
+    if not path.is_file():
+        return {}
+    fix = "delete it, or rerun `gradleak experiment run` to rewrite it"
+    try:
+        plan = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise GradleakError(f"stored plan {path} is not valid YAML ({first}); {fix}") from None
+    if not isinstance(plan, dict):
+        raise GradleakError(f"stored plan {path} holds a {type(plan).__name__}, not a mapping "
+                            f"(title, spec, runs); {fix}")
+    for key, kind, item in _PLAN_SHAPE:
+        *parents, last = key.split(".")
+        node: Any = plan
+        for part in parents:
+            node = node.get(part) or {}
+        value = node.get(last)
+        bad = value is not None and not isinstance(value, kind) or (
+            item is not None and value and any(
+                not isinstance(v, item) for v in (value.values() if kind is dict else value)))
+        if bad:
+            want = kind.__name__ + (f" of {item.__name__}" if item else "")
+            raise GradleakError(f"stored plan {path}: {key} must be a {want}, got {value!r:.60}; {fix}")
+    if any(not isinstance(r.get("run_id"), str) for r in plan.get("runs") or []):
+        raise GradleakError(f"stored plan {path}: every run needs a run_id; {fix}")
+    return plan
 
 
 def _section(root: Path, experiment: str, profile: str, rows: list[dict[str, Any]],
@@ -260,7 +296,7 @@ def _section(root: Path, experiment: str, profile: str, rows: list[dict[str, Any
     title = plan.get("title", experiment)
     # Only the runs of the latest plan: rows stored under other settings or overrides would
     # mix two grids in one table.
-    planned_ids = {r["run_id"] for r in plan.get("runs", [])}
+    planned_ids = {r["run_id"] for r in plan.get("runs") or []}
     stale = [r for r in rows if planned_ids and r["run_id"] not in planned_ids]
     rows = [r for r in rows if not planned_ids or r["run_id"] in planned_ids]
     ok = [r for r in rows if r["status"] == "ok"]
@@ -269,7 +305,7 @@ def _section(root: Path, experiment: str, profile: str, rows: list[dict[str, Any
     table = spec.get("table") or {"cols": "variant", "metric": "lpips"}
     names = spec.get("names") or {}
     metric = table.get("metric", "lpips")
-    planned = len(plan.get("runs", [])) or len(rows)
+    planned = len(plan.get("runs") or []) or len(rows)
     parts = [f"<h2 id='{_e(experiment)}'>{_e(title)}</h2>",
              f"<p>{_e(plan.get('tests', ''))}<br><span class='muted'>profile <b>{_e(profile)}</b>: "
              f"{len(ok)} of {planned} runs finished, {len(failed)} failed"
