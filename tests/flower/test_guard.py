@@ -113,10 +113,23 @@ def test_the_guard_does_not_disturb_the_apps_random_state(arrays):
     ({"attack": "nope", "on_leak": "report"}, "attack"),
     ({"on_leak": "report", "config": ["threat.malicious=true"]}, "passive"),
     ({"on_leak": "report", "config": {"client": {"protocol": "fedsgdd"}}}, "client.protocol"),
+    # arguments that used to fail only in a round (issue 26)
+    ({"on_leak": "report", "threshold": "0.1"}, "threshold"),
+    ({"on_leak": "report", "seed": "x"}, "seed=...\\): an integer >= 0"),
+    ({"on_leak": "report", "bn_statistics": "yes"}, "bn_statistics"),
+    ({"on_leak": "report", "mean": [0.5]}, "both mean and std"),
+    ({"on_leak": "report", "mean": [0.5, 0.5], "std": [0.2, 0.2]}, "1 or 3 finite numbers"),
+    ({"on_leak": "report", "mean": [0.5], "std": [0.0]}, "all > 0"),
+    ({"on_leak": "report", "mean": "0.5", "std": [0.2]}, "mean=..."),
+    ({"on_leak": "defend", "fallback": {"name": "qsgd", "bit": 2}}, "allowed: bits, levels"),
 ])
 def test_bad_guard_settings_fail_in_one_line_before_any_round(kwargs, fragment):
     with pytest.raises(GradleakError, match=fragment):
         leakage_guard_mod(apps.make_model, apps.data_fn, **kwargs)
+    with pytest.raises(GradleakError, match="data_fn=...\\): a function"):
+        leakage_guard_mod(apps.make_model, [1, 2], on_leak="report")
+    with pytest.raises(GradleakError, match="model_fn=...\\): a function"):
+        leakage_guard_mod(None, apps.data_fn, on_leak="report")
 
 
 def test_data_fn_must_return_the_samples_the_reply_declares(arrays):

@@ -178,9 +178,26 @@ def test_bad_defense_names_and_parameters_fail_in_one_line_up_front():
         defense_mod("nope")
     with pytest.raises(GradleakError, match="sparsity"):
         defense_mod("topk", sparsity=1.5)
-    with pytest.raises(GradleakError, match="unknown config key"):
-        defense_mod("qsgd", bitz=4)
+    # Only that defense's keys are listed, not every config key (issue 26).
+    with pytest.raises(GradleakError) as err:
+        defense_mod("qsgd", bit=4)
+    assert str(err.value) == "bad parameter 'bit' for defense qsgd; allowed: bits, levels, per_tensor"
+    with pytest.raises(GradleakError, match="for defense none; allowed: none"):
+        defense_mod({"name": "none", "sparsity": 0.5})
+    with pytest.raises(GradleakError, match="allowed: dp_noise_multiplier, dp_max_grad_norm"):
+        defense_mod("dpsgd", noise_multiplier=1.0)
     assert resolve_defense({"name": "topk", "sparsity": 0.5})[0] == "topk"
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    ({"seed": "abc"}, "seed=...\\): an integer >= 0"),
+    ({"seed": -1}, "seed"),
+    ({"seed": 1.5}, "seed"),
+    ({"model_fn": "Net"}, "model_fn=...\\): a function"),
+])
+def test_defense_mod_arguments_that_could_only_fail_in_a_round_fail_now(kwargs, fragment):
+    with pytest.raises(GradleakError, match=fragment):
+        defense_mod("topk", **kwargs)
 
 
 def test_a_reply_with_other_keys_is_refused_like_flowers_own_mods():

@@ -21,8 +21,10 @@ in the error reason when the update is withheld, so the server can log it withou
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from logging import WARNING
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord
@@ -52,7 +54,13 @@ from gradleak.flower.leakage import (
     probe_config,
     with_bn_statistics,
 )
-from gradleak.flower.mods import DefenseSpec, defend_update, resolve_defense
+from gradleak.flower.mods import (
+    DefenseSpec,
+    check_callable,
+    check_seed,
+    defend_update,
+    resolve_defense,
+)
 
 ON_LEAK = ("defend", "drop", "report")
 DataFn = Callable[[Message, Context], tuple[torch.Tensor, torch.Tensor]]
@@ -86,12 +94,39 @@ def check_settings(on_leak: str, threshold: float, fallback: DefenseSpec | None,
     """One-line GradleakErrors for guard settings that cannot work, before any round."""
     if on_leak not in ON_LEAK:
         raise GradleakError(f"bad value {on_leak!r} for on_leak; allowed: {', '.join(ON_LEAK)}")
-    if not 0.0 <= threshold < 1.0:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or \
+            not 0.0 <= threshold < 1.0:
         raise GradleakError(f"bad value {threshold!r} for threshold: a leak rate in [0, 1)")
     if on_leak == "defend" and fallback is None:
         raise GradleakError("on_leak='defend' needs fallback=, e.g. fallback={'name': 'gaussian', "
                             "'noise_multiplier': 0.01, 'clip_norm': 1.0}")
     check_buffer_policy(buffers)
+
+
+def check_arguments(model_fn: Any, data_fn: Any, *, seed: Any, bn_statistics: Any,
+                    mean: Any, std: Any) -> None:
+    """One-line GradleakErrors for arguments that could only fail in a round (a mod cannot
+    report an error of its own construction there: the client's round would fail)."""
+    check_callable(model_fn, "model_fn", "leakage_guard_mod")
+    check_callable(data_fn, "data_fn", "leakage_guard_mod")
+    check_seed(seed, "leakage_guard_mod")
+    if not isinstance(bn_statistics, bool):
+        raise GradleakError(f"bad value {bn_statistics!r} for leakage_guard_mod(bn_statistics=...): "
+                            "True or False")
+    if (mean is None) != (std is None):
+        raise GradleakError("leakage_guard_mod: give both mean and std (the input normalisation "
+                            "the app applies), or neither")
+    for what, values in (("mean", mean), ("std", std)):
+        if values is None:
+            continue
+        try:  # lists, tuples, arrays or tensors of numbers
+            items = [] if isinstance(values, (str, bytes)) else [float(v) for v in values]
+        except (TypeError, ValueError):
+            items = []
+        if len(items) not in (1, 3) or not all(
+                math.isfinite(v) and (what == "mean" or v > 0) for v in items):
+            raise GradleakError(f"bad value {values!r} for leakage_guard_mod({what}=...): 1 or 3 "
+                                f"finite numbers (one per channel){', all > 0' if what == 'std' else ''}")
 
 
 def measure_reply(cfg: Config, bn_cfg: tuple[Config, float] | None, model: GlobalModel,
@@ -143,6 +178,7 @@ def leakage_guard_mod(model_fn: Callable[[], nn.Module], data_fn: DataFn, *, att
     server holds them; :func:`~gradleak.flower.leakage.with_bn_statistics`); ``False`` ignores them.
     """
     check_settings(on_leak, threshold, fallback, buffers)
+    check_arguments(model_fn, data_fn, seed=seed, bn_statistics=bn_statistics, mean=mean, std=std)
     cfg = probe_config(attack, budget, config)
     bn_cfg = (with_bn_statistics(cfg, explicit_weight="attack.bn" in configured_keys(config))
               if bn_statistics else None)

@@ -22,6 +22,8 @@ buffers are sent as the client computed them (``buffers="keep"``), replaced by t
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
@@ -30,8 +32,8 @@ from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from torch import nn
 
-from gradleak.config import load_config
-from gradleak.defenses import Defense, build_defense
+from gradleak.config import DefenseConfig, load_config
+from gradleak.defenses import DEFENSES, Defense, build_defense
 from gradleak.errors import GradleakError
 from gradleak.flower.arrays import (
     apply_update,
@@ -64,11 +66,38 @@ def resolve_defense(spec: DefenseSpec, **params: Any) -> tuple[str, Defense]:
         spec = spec.get("name", "")
     if not isinstance(spec, str) or not spec:
         raise GradleakError(f"bad defense {spec!r}: give a name, e.g. defense_mod('qsgd', bits=4)")
+    allowed = defense_keys(spec)
+    bad = next((k for k in params if k not in allowed), None)
+    if bad is not None:
+        raise GradleakError(f"bad parameter {bad!r} for defense {spec}; allowed: "
+                            f"{', '.join(allowed) or 'none (it takes no parameters)'}")
     cfg = load_config(base={"defense": {"name": spec, **params}})
     fn = build_defense(cfg.defense)
     # A dry run on a tiny update: parameter checks that live in the defense fire now, not in round 1.
     fn(SharedUpdate("model_delta", {"probe": torch.ones(4)}, 1), generator=torch.Generator())
     return spec, fn
+
+
+def defense_keys(name: str) -> list[str]:
+    """The ``defense.*`` keys defense ``name`` reads: its keyword parameters that are config
+    keys, and the keys documented for it (``dpsgd``'s are read by the client's training)."""
+    fn = DEFENSES.get(name)  # an unknown name: one line listing the defenses
+    kw = {n for n, p in inspect.signature(fn).parameters.items()
+          if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return [f.name for f in dataclasses.fields(DefenseConfig) if f.name != "name" and (
+        f.name in kw or name in f.metadata.get("help", "").split(":")[0].split("/"))]
+
+
+def check_seed(seed: Any, who: str) -> None:
+    """A seed is an integer >= 0 (it is hashed per node and round: anything else fails later)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise GradleakError(f"bad value {seed!r} for {who}(seed=...): an integer >= 0")
+
+
+def check_callable(fn: Any, what: str, who: str) -> None:
+    if not callable(fn):
+        raise GradleakError(f"bad value {fn!r} for {who}({what}=...): a function, e.g. "
+                            f"{what}=lambda: Net() or a def")
 
 
 def defend_update(defense: Defense, incoming: ArrayRecord, outgoing: ArrayRecord, *,
@@ -118,6 +147,9 @@ def defense_mod(defense: DefenseSpec, *, seed: int = 0, buffers: str = "keep",
     buffers other than BN statistics), else every float array but BN running statistics.
     """
     check_buffer_policy(buffers)
+    check_seed(seed, "defense_mod")
+    if model_fn is not None:
+        check_callable(model_fn, "model_fn", "defense_mod")
     name, fn = resolve_defense(defense, **params)
     label = f"defense_mod({name})"
     trainable = trainable_keys(model_fn) if model_fn is not None else None
