@@ -63,6 +63,9 @@ def test_a_saved_flower_update_scores_like_the_simulated_client(saved):
     assert levels["L4-bn"]["verdict"] == "not run" and "BN batch" in levels["L4-bn"]["reason"]
     assert (saved / "out" / levels["L0-basic"]["image"]).is_file()
     assert "one captured update is one trial" in (saved / "out" / "report.md").read_text().lower()
+    (saved / "out" / "report.md").unlink()
+    assert main(["report", str(saved / "out")]) == 0  # the captured audit's report again
+    assert (saved / "out" / "report.md").read_text().startswith("# gradleak audit of a captured")
 
 
 def test_new_weights_without_a_truth_show_the_attacks_own_evidence(saved, tmp_path):

@@ -97,3 +97,10 @@ def test_a_user_attack_key_no_level_uses_is_refused_not_dropped():
     with pytest.raises(GradleakError, match="attack.bogus is a setting of none of this audit's "
                                             "attacks"):
         check_user_attack_keys(ladder, SimpleNamespace(user_attack={"attack.bogus": 1}))
+
+
+def test_gradleak_report_rerenders_an_audit_folder(text_audit):
+    _, out, verdict = text_audit
+    (out / "index.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert f"gradleak audit: {verdict['verdict']}" in (out / "index.html").read_text()

@@ -118,6 +118,15 @@ def test_dager_recovers_each_clients_sentence_from_its_adapter_update(tmp_path):
     assert all("original:" in t and "reconstruction:" in t for t in texts)
     sent = {sentences().tokenizer.decode(batch_of(p)[0]) for p in NODES.values()}
     assert {t.splitlines()[1].split(": ", 1)[1].strip() for t in texts} == sent
+    # The run's verdict and report where `gradleak report` finds them.
+    verdict = strategy.finish()
+    assert verdict["verdict"] == "leaks" and verdict["leaked"] == 2 and verdict["scored"] == 2
+    from gradleak.cli import main
+
+    (tmp_path / "audit" / "index.html").unlink()
+    assert main(["report", str(tmp_path / "audit")]) == 0
+    page = (tmp_path / "audit" / "index.html").read_text()
+    assert "gradleak Flower audit: leaks" in page and "2 of 2 scored updates leaked" in page
 
 
 def test_without_a_truth_the_server_still_reads_the_sentence(tmp_path):
@@ -129,6 +138,7 @@ def test_without_a_truth_the_server_still_reads_the_sentence(tmp_path):
     assert got == sent  # recovered from the update alone
     assert "gradleak-leak-rate" not in metrics and metrics["gradleak-audited"] == 2
     assert all("rouge1" not in r for r in strategy.records)
+    assert strategy.finish()["verdict"] == "not scored"
 
 
 def test_arrays_that_do_not_fit_the_text_model_are_one_line_errors():
@@ -161,5 +171,18 @@ def test_round_metrics_summarise_only_what_was_measured():
             {"attack_loss": 1.5, "leak_rate": 0.0, "psnr": 10.0}, {"error": "boom"}]
     assert round_metrics(rows) == {"gradleak-audited": 2, "gradleak-failed": 1,
                                    "gradleak-attack-loss": 1.0, "gradleak-leak-rate": 0.5,
-                                   "gradleak-leaked-updates": 1, "gradleak-psnr": 20.0}
+                                   "gradleak-leaked-updates": 1, "gradleak-psnr": 20.0,
+                                   "gradleak-best-psnr": 30.0}
     assert "gradleak-leak-rate" not in round_metrics([{"attack_loss": 0.1}])
+
+
+def test_the_flower_verdict_claims_no_more_than_its_updates():
+    from gradleak.flower.summary import flower_verdict, upper_bound
+
+    assert flower_verdict([{"leak_rate": 0.0}] * 3 + [{"leak_rate": 0.5}])["verdict"] == "leaks"
+    none = flower_verdict([{"leak_rate": 0.0}] * 10)
+    assert none["verdict"] == "no leak found" and none["upper_bound"] == pytest.approx(
+        1 - 0.05 ** (1 / 10))  # Clopper-Pearson after 0 of 10
+    assert flower_verdict([{"attack_loss": 0.1}])["verdict"] == "not scored"
+    assert flower_verdict([{"error": "x"}])["failed"] == 1
+    assert upper_bound(3, 3) == 1.0

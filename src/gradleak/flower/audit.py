@@ -77,8 +77,9 @@ def round_metrics(records: Sequence[dict[str, Any]]) -> dict[str, float | int]:
     """A round's audit as Flower metrics: ``gradleak-audited`` (updates attacked),
     ``gradleak-failed``, ``gradleak-attack-loss`` (mean final gradient loss), and with a ground
     truth ``gradleak-leak-rate`` (mean share of samples leaked), ``gradleak-leaked-updates``
-    (updates with a leaked sample), ``gradleak-psnr`` or ``gradleak-rouge1`` (means). Empty when
-    nothing was audited."""
+    (updates with a leaked sample), ``gradleak-psnr`` or ``gradleak-rouge1`` (means) and
+    ``gradleak-best-psnr``/``gradleak-best-rouge1``/``gradleak-best-lpips`` (the round's most
+    leaking update). Empty when nothing was audited."""
     if not records:
         return {}
     ok = [r for r in records if "error" not in r]
@@ -95,6 +96,10 @@ def round_metrics(records: Sequence[dict[str, Any]]) -> dict[str, float | int]:
         values = [r[key] for r in ok if isinstance(r.get(key), (int, float))]
         if values:
             out[f"gradleak-{key}"] = float(sum(values) / len(values))
+            out[f"gradleak-best-{key}"] = float(max(values))
+    lpips = [r["lpips"] for r in ok if isinstance(r.get("lpips"), (int, float))]
+    if lpips:
+        out["gradleak-best-lpips"] = float(min(lpips))
     return out
 
 
@@ -151,6 +156,7 @@ class LeakageAuditStrategy(Strategy):
                                 "see client labels); keep it false and infer them (attack.labels=llg)")
         self.writer = AuditWriter(out, self.cfg)
         self.records: list[dict[str, Any]] = []  # one summary per audited update, in order
+        self.verdict: dict[str, Any] | None = None  # the run's verdict, once training ended
         self._global: dict[int, ArrayRecord] = {}
 
     def __repr__(self) -> str:
@@ -162,6 +168,23 @@ class LeakageAuditStrategy(Strategy):
             self.cfg.attack.name, self.cfg.attack.iterations, self.every, sees)
         log(INFO, "\t│\t└── results in %s", self.writer.out)
         self.strategy.summary()
+
+    def start(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped strategy's training (Flower's ``Strategy.start``), then the run's verdict
+        and report in ``out`` (:mod:`gradleak.flower.summary`: ``verdict.json``, ``report.md``,
+        ``index.html``); the verdict is also in :attr:`verdict`."""
+        result = super().start(*args, **kwargs)
+        self.finish()
+        return result
+
+    def finish(self) -> dict[str, Any]:
+        """Write the verdict and report of the updates audited so far (``start`` calls it)."""
+        from gradleak.flower.summary import write_report
+
+        self.verdict = write_report(self.writer.out, self.records, self.cfg.to_dict())
+        log(INFO, "gradleak audit: %s (%s); report %s", self.verdict["verdict"],
+            self.verdict["claim"], self.writer.out / "index.html")
+        return self.verdict
 
     def due(self, server_round: int) -> bool:
         return (server_round - 1) % self.every == 0
@@ -279,11 +302,12 @@ class LeakageAuditStrategy(Strategy):
         recon = m.score.matched if m.score else m.recon.images
         original = None if truth is None else truth[0]
         if self.text is not None:  # sentences, not pictures
-            self.writer.put(server_round=server_round, who=who, result=result, seconds=m.seconds,
-                            text=sentences(self.text, recon, original))
+            result["file"] = self.writer.put(server_round=server_round, who=who, result=result,
+                                             seconds=m.seconds,
+                                             text=sentences(self.text, recon, original))
         else:
-            self.writer.put(server_round=server_round, who=who, result=result, seconds=m.seconds,
-                            recon=recon, truth=original)
+            result["file"] = self.writer.put(server_round=server_round, who=who, result=result,
+                                             seconds=m.seconds, recon=recon, truth=original)
         self.records.append(result)
         scored = "" if m.score is None else f", {headline(m.score)}, leak rate {m.leak_rate}"
         log(INFO, "gradleak audit round %d %s: %s, attack loss %.4g%s", server_round, who, sees,

@@ -41,10 +41,11 @@ class AuditWriter:
             error: str | None = None, seconds: float = 0.0, kind: str = "flower-audit",
             columns: dict[str, Any] | None = None,
             recon: torch.Tensor | None = None, truth: torch.Tensor | None = None,
-            text: str | None = None) -> None:
+            text: str | None = None) -> str | None:
         """Write the image (if any) or the sentences (``text``, a text model's reconstruction),
         then the row that points to it. ``kind``: ``flower-audit`` (the server's own attack) or
-        ``flower-guard`` (what a client's guard reported); ``columns``: extra queryable columns."""
+        ``flower-guard`` (what a client's guard reported); ``columns``: extra queryable columns.
+        Returns the file's path relative to the output folder (None: no file)."""
         row = row_header(run_id=f"{EXPERIMENT}/{self.run}/round{server_round:04d}/{who}",
                          experiment=EXPERIMENT, kind=kind, variant=who, seed=self.cfg.seed,
                          labels={"round": server_round, "client": who})
@@ -65,6 +66,7 @@ class AuditWriter:
                 row[key] = result[key]
         row.update(columns or {})
         self.store.put(row)
+        return row.get("image") or row.get("text_file")
 
     def close(self) -> None:
         self.store.close()
