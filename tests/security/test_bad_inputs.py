@@ -253,6 +253,27 @@ def test_config_checks_a_model_file_without_running_it(tmp_path, capsys):
     assert main(["config", f"model.name={tmp_path / 'star.py'}:Linear"]) == 0
 
 
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_ray_address_where_nothing_listens_fails_fast_in_one_line(tmp_path, capsys, scheme):
+    import socket
+    import time
+
+    pytest.importorskip("ray")
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    code = main(["experiment", "run", "tab2", "--out", str(tmp_path / "e"), "--executor", "ray",
+                 "--address", f"{scheme}127.0.0.1:{port}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and time.monotonic() - start < 30
+    assert err.startswith("gradleak: error: no Ray cluster at") and "\n" not in err
+    assert not (tmp_path / "e" / "results.sqlite").exists()  # refused before any work
+    assert main(["experiment", "run", "tab2", "--out", str(tmp_path / "e"), "--executor", "ray",
+                 "--address", "nohostport"]) == 2
+    assert "expected HOST:PORT" in capsys.readouterr().err
+
+
 def test_distinct_labels_warns_when_impossible(tmp_path, capsys):
     """skimage has fewer classes than 40 samples: labels must repeat, and the user is told."""
     with pytest.warns(UserWarning, match="labels repeat"):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -141,6 +142,31 @@ def on_gpu(plan_runs: list[RunSpec]) -> list[RunSpec]:
             for run in plan_runs]
 
 
+RAY_CONNECT_SECONDS = 5.0  # ray.init retries an unreachable address for minutes; we do not
+
+
+def ray_preflight(address: str | None) -> None:
+    """One line, within ``RAY_CONNECT_SECONDS``, when Ray is missing or nothing listens at the
+    cluster ``address`` (``HOST:PORT`` or ``ray://HOST:PORT``; ``auto`` and none are local)."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise GradleakError("--executor ray needs the ray package: pip install 'ray>=2.9'") from None
+    if not address or address in ("auto", "local"):
+        return
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise GradleakError(f"bad value {address!r} for --address: expected HOST:PORT or "
+                            "ray://HOST:PORT (the head node's GCS or client port)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_SECONDS):
+            pass
+    except OSError as exc:
+        raise GradleakError(f"no Ray cluster at {address}: cannot connect to {host}:{port} "
+                            f"({exc.strerror or type(exc).__name__}); start one with `ray start "
+                            "--head` or fix --address / $RAY_ADDRESS") from None
+
+
 def _ray(todo: list[RunSpec], out: str, kwargs: dict[str, Any], jobs: int, address: str | None,
          gpus: float, retries: int, put: Callable[[dict[str, Any]], None]) -> None:
     try:
@@ -198,6 +224,8 @@ def run_sweep(plan: Plan, out: str | Path, *, jobs: int = 1, executor: str = "lo
         raise GradleakError(f"bad value {retries} for --retries: must be >= 0")
     if gpus_per_task > 0 and executor != "ray":
         raise GradleakError("--gpus-per-task needs --executor ray; locally, set device=cuda")
+    if executor == "ray":
+        ray_preflight(address or os.environ.get("RAY_ADDRESS"))
     runs = on_gpu(plan.runs) if gpus_per_task > 0 else plan.runs
     out = Path(out).resolve()
     with ResultStore(out) as store:  # a corrupt store is refused before anything is written
