@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gradleak import __version__
+from gradleak.audit.estimate import estimate, estimate_line, warn_ineffective
 from gradleak.audit.ladder import (
     HONEST,
     LABELS_GRANTED,
@@ -33,6 +34,7 @@ from gradleak.audit.ladder import (
     load_ladder,
     read_setup,
     skipped,
+    user_keys,
 )
 from gradleak.audit.plain import plain_summary
 from gradleak.audit.recommend import recommend
@@ -198,6 +200,9 @@ def audit_setup(options: AuditOptions, log: Log = lambda _m: None) -> dict[str, 
     trials = draw_trials(setup, rule.max_runs)
     if len(trials) < rule.max_runs:
         rule = VerdictRule.from_dict({**vars(rule), "max_runs": max(len(trials), 1)})
+    warn_ineffective(setup, user_keys(options.config, options.overrides))
+    est = estimate(ladder, setup, budget, rule, jobs=options.jobs)
+    log(estimate_line(est))
     out = options.out
     sweep = Sweeper(out, options, log)
     levels = ladder_rounds(ladder, setup, budget, trials, rule, sweep)
@@ -208,6 +213,7 @@ def audit_setup(options: AuditOptions, log: Log = lambda _m: None) -> dict[str, 
     if options.recommend and verdict["worst_case"] == LEAKS:
         verdict.update(recommend(ladder, setup, budget, trials, levels, rule, options, sweep))
     verdict["failed_runs"] = len(sweep.failed)
+    verdict["estimate"] = est
     write_json(out / "verdict.json", verdict)
     return verdict
 
