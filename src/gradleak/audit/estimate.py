@@ -2,11 +2,12 @@
 audit`` logs the same before it starts).
 
 The time is calibrated on this machine: building the scenario, one client round, a short run of
-the first level's attack (``CALIBRATION_ITERATIONS``) and scoring it, then scaled by the budget's iterations x restarts, the
-levels that will run and the verdict rule's round size (first round) and cap (every level run
-to the cap). It is an order of magnitude, not a promise: other levels' attacks cost more or less
-per iteration than level 0's, plateau stops end runs early, and a leaking setup's
-recommendation (defense search and FL trainings) comes on top.
+the first level's attack (``CALIBRATION_ITERATIONS``) and scoring it, then scaled by the
+budget's iterations x restarts, the levels that will run and the verdict rule's round size
+(first round) and cap (every level run to the cap). It is an order of magnitude, not a
+promise: other levels' attacks cost more or less per iteration than level 0's, plateau stops
+end runs early, and a leaking setup's recommendation (defense search and FL trainings) comes on
+top.
 """
 
 from __future__ import annotations
