@@ -132,6 +132,13 @@ def test_convergence_reads_the_best_restart_and_early_stops():
     assert converged(stopped, 0.05)
     stopped.plateau_stop = False  # ended by attack.max_seconds: the loss decides
     assert not converged(stopped, 0.05)
+    # Racing: restart 1 was eliminated at 40, the best (restart 2) ran to the end still falling.
+    raced = RunEvidence(0, [], [], T, iterations=100, iterations_used=[40, 100],
+                        history=two[:5] + two[11:], plateau_stop=True, raced=True)
+    assert not converged(raced, 0.05)
+    settled = RunEvidence(0, [], [], T, iterations=100, iterations_used=[100, 40],
+                          history=[5.0] * 11 + two[11:16], plateau_stop=True, raced=True)
+    assert converged(settled, 0.05)  # the best restart itself ended early: its plateau
 
 
 def test_merge_takes_the_strongest_attacker_per_trial():

@@ -87,6 +87,7 @@ class RunEvidence:
     history: list[float] = field(default_factory=list)
     run_id: str = ""
     plateau_stop: bool = False  # attack.stop without attack.max_seconds: an early end is a plateau
+    raced: bool = False  # attack.race: a restart that ended early was eliminated, not settled
     leaked: list[bool] | None = None  # per sample, the leak criterion (None: not decidable)
     lr_decay: bool = False  # the step schedule: judge convergence before its last decay
     victims: list[int] = field(default_factory=list)
@@ -114,6 +115,7 @@ class RunEvidence:
                    iterations_used=list(res.get("iterations_used") or []),
                    history=list(res.get("loss_history") or []), run_id=str(row.get("run_id", "")),
                    plateau_stop=bool(row.get("attack.stop")) and row.get("attack.max_seconds") is None,
+                   raced=bool(row.get("attack.race")),
                    leaked=per.get("leaked"), lr_decay=bool(row.get("attack.lr_decay")),
                    victims=[int(v) for v in victims or []])
 
@@ -207,7 +209,8 @@ def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
 def converged(run: RunEvidence, gain: float) -> bool:
     """Whether the attack had stopped improving: no loss history (a closed-form attack), a
     restart ended early by its plateau rule (``attack.stop`` alone; an end by ``attack.max_seconds``
-    is a spent budget, judged by the loss like a full run), or the best restart's running best
+    is a spent budget, judged by the loss like a full run; with ``attack.race`` only the best
+    restart's early end counts, the others were eliminated), or the best restart's running best
     fell by at most ``gain`` (relative) or :data:`FLOOR_GAIN` of its start over the judged window
     (module docstring). The history holds every 10th iteration of each restart, restarts one
     after another."""
@@ -216,10 +219,14 @@ def converged(run: RunEvidence, gain: float) -> bool:
     if not run.history:
         return True
     ended_early = bool(run.iterations_used) and min(run.iterations_used) < run.iterations
-    if run.plateau_stop and ended_early:
+    if run.plateau_stop and ended_early and not run.raced:
         return True
     chunks = _per_restart(run.history, run.iterations_used)
     best = min(chunks, key=lambda c: min(c))
+    # Racing ends the losers early: only the best restart's own early end says it settled.
+    if (run.raced and run.plateau_stop and len(chunks) == len(run.iterations_used)
+            and run.iterations_used[chunks.index(best)] < run.iterations):
+        return True
     start = best[0]
     if run.lr_decay and run.iterations_used and len(chunks) == len(run.iterations_used):
         used = run.iterations_used[chunks.index(best)]
