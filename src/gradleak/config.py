@@ -32,6 +32,7 @@ from gradleak.config_values import (
     parse_text,
 )
 from gradleak.config_values import unflatten as unflatten  # re-exported: callers import it here
+from gradleak.defense_config import DefenseConfig as DefenseConfig  # re-exported, as above
 from gradleak.errors import GradleakError
 
 _opt = option
@@ -135,27 +136,6 @@ class ThreatConfig:
     knows_bn_statistics: bool = _opt(False, help="level 4: the client's BN batch statistics")
     malicious: bool = _opt(False, help="level 5: the server may craft model parameters")
     knows_labels: bool = _opt(True, help="the victim's label multiset is known")
-
-
-@dataclass
-class DefenseConfig:
-    name: str = _opt("none", help="defense name, see `gradleak defenses`")
-    bits: int = _opt(4, minimum=1, help="qsgd: bits of the magnitude index, s = 2^bits - 1")
-    levels: int | None = _opt(None, minimum=1, help="qsgd: s quantisation levels, overrides bits")
-    sparsity: float = _opt(0.9, minimum=0.0, help="topk: fraction of entries zeroed, in [0, 1]")
-    bound: float = _opt(0.1, minimum=0.0, help="clip: entries clamped to [-bound, bound]")
-    clip_norm: float | None = _opt(None, minimum=0.0,
-                                   help="clip_norm: max L2 norm of the update; gaussian: clip first")
-    noise_multiplier: float = _opt(0.1, minimum=0.0,
-                                   help="gaussian: noise std = multiplier * (clip_norm or 1)")
-    scale_sign: bool = _opt(False, help="signsgd: scale signs by the tensor's mean |value|")
-    per_tensor: bool = _opt(True, help="qsgd/signsgd/topk: per tensor, else over the whole update")
-    dp_noise_multiplier: float = _opt(1.0, minimum=0.0, help="dpsgd: noise std / dp_max_grad_norm "
-                                      "(alias fl.dp_noise_multiplier)")
-    dp_max_grad_norm: float = _opt(1.0, minimum=0.0, help="dpsgd: per-sample L2 clipping bound "
-                                   "(alias fl.dp_max_grad_norm)")
-    dp_delta: float = _opt(1e-5, minimum=0.0, help="dpsgd: delta of the reported (epsilon, delta) "
-                           "(alias fl.dp_delta)")
 
 
 # The paper's leakage thresholds (App. C): a sample leaks if PSNR >= 18 dB and LPIPS <= 0.1.

@@ -38,10 +38,10 @@ from gradleak.attacks import build_attack, observe
 from gradleak.attacks.base import Attack, Observation, Reconstruction
 from gradleak.attacks.overlap import generator_overlap
 from gradleak.config import Config
-from gradleak.data import DATASETS, build_dataset, describe_dataset
+from gradleak.data import DATASETS, build_dataset, describe_dataset, from_torch_dataset
 from gradleak.data.base import ImageDataset, with_channels
 from gradleak.data.sampling import select_victim_samples
-from gradleak.defenses import build_defense
+from gradleak.defenses import apply_defense, build_defense, defense_details
 from gradleak.errors import GradleakError
 from gradleak.fl.client import ClientRound, ClientSetup, client_round
 from gradleak.fl.dp import dp_client_round, dp_settings
@@ -140,11 +140,7 @@ class RunOutput:
 
 def as_image_dataset(data: Dataset) -> ImageDataset:
     """A user's dataset as an :class:`ImageDataset` (``(image [C, H, W] in [0, 1], label)`` items)."""
-    if isinstance(data, ImageDataset):
-        return data
-    from gradleak.data import from_torch_dataset
-
-    return from_torch_dataset(data)
+    return data if isinstance(data, ImageDataset) else from_torch_dataset(data)
 
 
 def _threat_and_attack(cfg: Config) -> tuple[ThreatModel, Attack]:
@@ -253,9 +249,10 @@ class Scenario:
             return dp_client_round(self.model, images, labels, self.setup, dp, seed=self.seeds.client)
         return client_round(self.model, images, labels, self.setup, seed=self.seeds.client)
 
-    def defend(self, update: SharedUpdate) -> SharedUpdate:
-        """The configured post-processing, with the defense's own generator."""
-        return self.defense(update, generator=torch.Generator().manual_seed(self.seeds.defense))
+    def defend(self, update: SharedUpdate, *, round_: int = 1) -> SharedUpdate:
+        """The defense, with its own generator (a training-time one: with the client's round)."""
+        return apply_defense(self.defense, update, model=self.model, inputs=self.images.to(
+            self.device), round_=round_, generator=torch.Generator().manual_seed(self.seeds.defense))
 
     def observe(self, update: SharedUpdate, *, bn_statistics: list | None = None,
                 labels: torch.Tensor | None = None, setup: ClientSetup | None = None) -> Observation:
@@ -375,6 +372,7 @@ class Scenario:
         extra = {"text": text_steps.text_record(self.model, score)} if self.text else {}
         if recon.details:
             extra["attack_details"] = recon.details
+        extra.update({"defense_details": d} if (d := defense_details(self.defense, self.model)) else {})
         return {**extra,
             "metrics": score.metrics(),
             "labels": {"true": self.labels.tolist(), "inferred": recon.labels,

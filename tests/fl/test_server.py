@@ -281,7 +281,7 @@ def test_adaptive_other_defenses_and_config_binding():
     out = t([torch.tensor([5.0]), torch.tensor([0.5, 3.0])])  # dummy in ("b", "a") order
     assert out[0].tolist() == [5.0] and out[1].tolist() == [0.0, 3.0]
     with pytest.raises(GradleakError, match="no surrogate"):
-        build_transform("soteria", {})
+        build_transform("no-such-defense", {})
 
 
 def test_engine_applies_the_adaptive_transform():

@@ -18,6 +18,8 @@ signsgd    straight-through: forward sign(g) (times mean |g| with ``scale_sign``
            identity; or ``sign_surrogate="tanh"``: tanh(g / (0.1 * mean |g|))
 qsgd       identity: QSGD is unbiased, E[Q(g)] = g, so the expectation passes straight through
 gaussian   identity (fresh noise cannot be simulated; with ``clip_norm``, clip_norm's scaling)
+soteria    the pruned representation-layer weight is not matched (Balunović et al., ICLR 2022:
+           match every layer but the defended one); the other tensors: identity
 none       identity
 =========  ===========================================================================
 
@@ -36,17 +38,25 @@ the constraint; an adaptive attack is not automatically stronger.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 from gradleak.config import DefenseConfig
-from gradleak.defenses.surrogate import SURROGATES, SurrogateOptions, Transform, straight_through
+from gradleak.defenses.surrogate import (
+    SURROGATES,
+    SurrogateOptions,
+    Transform,
+    excluded_names,
+    straight_through,
+)
 from gradleak.errors import GradleakError
 from gradleak.update import SharedUpdate
 
-__all__ = ["Transform", "build_transform", "straight_through", "transform_for"]
+__all__ = ["Transform", "build_transform", "excluded_for", "straight_through", "transform_for"]
 
 
 def build_transform(name: str, params: dict[str, Any] | None = None,
@@ -66,10 +76,18 @@ def transform_for(defense: DefenseConfig, update: SharedUpdate | None = None,
                   names: Sequence[str] | None = None, *, sign_surrogate: str = "ste") -> Transform:
     """:func:`build_transform` from a :class:`DefenseConfig`; ``names`` picks (and orders) the
     observed ``update`` tensors the dummy list corresponds to (default: all, in update order)."""
-    params = {k: getattr(defense, k) for k in ("bound", "clip_norm", "sparsity", "scale_sign",
-                                                 "per_tensor", "bits", "levels", "noise_multiplier")}
     observed = None
     if update is not None:
         keys = list(names) if names is not None else list(update.tensors)
         observed = [update.tensors[k] for k in keys]
-    return build_transform(defense.name, params, observed, sign_surrogate=sign_surrogate)
+    return build_transform(defense.name, _params(defense), observed, sign_surrogate=sign_surrogate)
+
+
+def _params(defense: DefenseConfig) -> dict[str, Any]:
+    return {f.name: getattr(defense, f.name) for f in dataclasses.fields(defense) if f.name != "name"}
+
+
+def excluded_for(defense: DefenseConfig, model: nn.Module) -> frozenset[str]:
+    """The parameter names the adaptive attacker leaves out of the matching against
+    ``defense`` on ``model`` (Soteria: its pruned layer); empty for most defenses."""
+    return excluded_names(defense.name, _params(defense), model)

@@ -5,7 +5,7 @@ the attacker's copy of the model (shared by the GIA-O engine, GIAS, GGL and the 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -74,15 +74,20 @@ class MatchingSetup:
     lowrank: dict[int, nn.Linear] = field(default_factory=dict)
 
 
-def matching_setup(obs: Observation, layers: Sequence[str] | None) -> MatchingSetup:
-    """The attacker's model copy, the matched parameters and the target they are matched to."""
+def matching_setup(obs: Observation, layers: Sequence[str] | None,
+                   exclude: Collection[str] = ()) -> MatchingSetup:
+    """The attacker's model copy, the matched parameters and the target they are matched to;
+    ``exclude``: parameter names left out (an adaptive attack's, e.g. against Soteria)."""
     model = copy.deepcopy(obs.model)
     set_bn_mode(model, obs.bn_mode, dropout=False)
     for p in model.parameters():
         p.requires_grad_(True)
     # The parameters the client trained and shared (a user model may freeze some).
     all_names = [n for n, _ in model.named_parameters() if n in obs.update.tensors]
-    chosen = select_layers(all_names, layers)
+    chosen = [i for i in select_layers(all_names, layers) if all_names[i] not in exclude]
+    if not chosen:
+        raise GradleakError(f"nothing left to match: attack.layers={layers} selects only "
+                            f"{', '.join(sorted(exclude))}, which the adaptive attack leaves out")
     by_name = dict(model.named_parameters())
     simulate = obs.protocol == "fedavg" and obs.client is not None
     source = obs.update.tensors if simulate else obs.update.gradient_direction()

@@ -65,14 +65,20 @@ class GradientMatchingAttack(Attack):
         """The settings the GIA-O loop runs with: :attr:`config` itself."""
         return self.config
 
+    # Adaptive attacker: parameters left out of the matching (Soteria's pruned layer).
+    excluded: frozenset[str] = frozenset()
+
     def adapt(self, defense: Any, observed: SharedUpdate, model: nn.Module) -> None:
         """Adaptive attacker: post-process every dummy gradient with the differentiable surrogate
-        of the client's defense (:mod:`gradleak.attacks.adaptive`) before the distance."""
-        from gradleak.attacks.adaptive import transform_for
+        of the client's defense (:mod:`gradleak.attacks.adaptive`) before the distance, and
+        leave out the tensors its adaptive attack does not match."""
+        from gradleak.attacks.adaptive import excluded_for, transform_for
 
+        self.excluded = excluded_for(defense, model)
         names = [n for n, _ in model.named_parameters() if n in observed.tensors]
-        self.transform = transform_for(defense, observed,
-                                       [names[i] for i in select_layers(names, self.engine.layers)])
+        chosen = [names[i] for i in select_layers(names, self.engine.layers)
+                  if names[i] not in self.excluded]
+        self.transform = transform_for(defense, observed, chosen)
 
     def needs(self) -> frozenset[Knowledge]:
         s, needs = self.engine, set(self.requires)
@@ -143,7 +149,7 @@ class GradientMatchingAttack(Attack):
         """The attacker's model copy, the matched parameters and the target they are matched to.
         With the cosine distance on a one-gradient update, large linear layers' weight gradients
         are kept factored (:mod:`gradleak.attacks.lowrank`)."""
-        setup = matching_setup(obs, self.engine.layers)
+        setup = matching_setup(obs, self.engine.layers, exclude=self.excluded)
         if self.engine.distance == "cosine" and not setup.simulate and self.transform is None:
             setup.lowrank = factorable(setup.model, setup.all_names, setup.chosen, obs.num_samples,
                                        obs.input_shape)

@@ -7,6 +7,12 @@ Defenses transform ``update.tensors`` only and never modify their input; ``kind`
 ``num_samples`` are passed through. Only floating-point tensors are transformed: integer or
 boolean tensors (a framework's ``num_batches_tracked`` counter in a ``state_dict`` delta) are
 passed through unchanged and take no part in norms or top-k counts.
+
+A *training-time* defense (Soteria, Outpost) needs the client's round, not only its update: it
+registers with ``context=True`` and is called by :func:`apply_defense` with ``model=`` (the
+global model the client received), ``inputs=`` (the client's samples ``[N, C, H, W]``) and
+``round_=`` (the 1-based FL round); ``Scenario.defend`` and the FL clients pass them. Called
+without them (a Flower mod, which sees only the update), it refuses in one line.
 """
 
 from __future__ import annotations
@@ -27,8 +33,46 @@ Defense = Callable[..., SharedUpdate]
 DEFENSES: Registry = Registry("defense")
 
 
-def register_defense(name: str):
-    return DEFENSES.register(name)
+def register_defense(name: str, *, context: bool = False,
+                     describe: Callable[..., dict[str, Any]] | None = None):
+    """Register a defense; ``context=True``: it reads the client's round (see the module
+    docstring); ``describe(model, **params) -> dict``: what it records about its setting."""
+
+    def decorate(fn: Defense) -> Defense:
+        fn.needs_context = context  # type: ignore[attr-defined]
+        if describe is not None:
+            fn.describe = describe  # type: ignore[attr-defined]
+        return DEFENSES.register(name)(fn)
+
+    return decorate
+
+
+def needs_context(defense: Defense) -> bool:
+    """Whether ``defense`` (registered, or built by :func:`build_defense`) reads the round."""
+    return bool(getattr(defense, "needs_context", False))
+
+
+def apply_defense(defense: Defense, update: SharedUpdate, *, generator: torch.Generator | None,
+                  model: torch.nn.Module | None = None, inputs: torch.Tensor | None = None,
+                  round_: int = 1) -> SharedUpdate:
+    """``defense(update)``; a training-time defense also gets the client's round context."""
+    if needs_context(defense):
+        return defense(update, generator=generator, model=model, inputs=inputs, round_=round_)
+    return defense(update, generator=generator)
+
+
+def defense_details(defense: Defense, model: torch.nn.Module) -> dict[str, Any]:
+    """What ``defense`` records about its setting on ``model`` (e.g. Soteria's layer); {} if
+    nothing."""
+    describe = getattr(defense, "describe", None)
+    return {} if describe is None else describe(model, **getattr(defense, "keywords", {}))
+
+
+def training_time_error(name: str) -> GradleakError:
+    """The one line for a training-time defense called without the client's round."""
+    return GradleakError(f"defense {name!r} is a training-time defense: it needs the client's "
+                         "model and inputs (gradleak's clients pass them), which a "
+                         "post-processing step such as a Flower mod does not have")
 
 
 def check_param(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -83,17 +127,30 @@ def no_defense(update: SharedUpdate, *, generator: torch.Generator | None = None
     return update
 
 
+_CONTEXT = ("generator", "model", "inputs", "round_")
+
+
 def build_defense(cfg: DefenseConfig) -> Defense:
     """The defense ``cfg.name`` with its parameters bound from the same-named ``cfg`` fields."""
     fn = DEFENSES.get(cfg.name)
     params = {name: getattr(cfg, name) for name, p in inspect.signature(fn).parameters.items()
-              if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "generator"
+              if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in _CONTEXT
               and hasattr(cfg, name)}
     return functools.update_wrapper(functools.partial(fn, **params), fn)
 
 
 # Importing the modules registers their defenses.
-from gradleak.defenses import clip, clip_norm, dpsgd, gaussian, qsgd, signsgd, topk  # noqa: E402,F401
+from gradleak.defenses import (  # noqa: E402,F401
+    clip,
+    clip_norm,
+    dpsgd,
+    gaussian,
+    qsgd,
+    signsgd,
+    soteria,
+    topk,
+)
 
-__all__ = ["DEFENSES", "Defense", "build_defense", "check_param", "float_tensors", "is_float",
-           "map_float", "map_tensors", "random_like", "register_defense"]
+__all__ = ["DEFENSES", "Defense", "apply_defense", "build_defense", "check_param",
+           "defense_details", "float_tensors", "is_float", "map_float", "map_tensors",
+           "needs_context", "random_like", "register_defense", "training_time_error"]

@@ -7,6 +7,10 @@ update's tensors in the order of the attacker's dummy list (or None), ``options`
 :class:`SurrogateOptions`, and a ``Transform`` maps the list of dummy gradient tensors
 ``[tensor of shape p_i.shape, ...]`` to their defended version, differentiably.
 See :mod:`gradleak.attacks.adaptive` for the measured choice of defaults.
+
+A defense whose adaptive attack leaves tensors out of the matching (Soteria's pruned layer) also
+registers ``@register_exclusion(name)``: ``exclusion(params, model) -> frozenset`` of parameter
+names the adaptive attacker does not match.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from gradleak.registry import Registry
 Transform = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 Surrogate = Callable[[dict[str, Any], Sequence[torch.Tensor] | None, "SurrogateOptions"], Transform]
 SURROGATES: Registry = Registry("defense surrogate")
+EXCLUSIONS: Registry = Registry("defense exclusion")
 
 _CHOICES = {"sign": ("ste", "tanh"), "clip": ("ste", "clamp"), "topk": ("threshold", "mask")}
 
@@ -44,6 +49,17 @@ class SurrogateOptions:
 
 def register_surrogate(name: str) -> Callable[[Surrogate], Surrogate]:
     return SURROGATES.register(name)
+
+
+def register_exclusion(name: str) -> Callable[[Callable[..., frozenset[str]]],
+                                               Callable[..., frozenset[str]]]:
+    return EXCLUSIONS.register(name)
+
+
+def excluded_names(name: str, params: dict[str, Any], model: Any) -> frozenset[str]:
+    """The parameters the adaptive attacker leaves out against defense ``name`` (none unless it
+    registered an exclusion)."""
+    return EXCLUSIONS.get(name)(params, model) if name in EXCLUSIONS else frozenset()
 
 
 def identity(_params: dict[str, Any], _observed: Sequence[torch.Tensor] | None,

@@ -43,6 +43,7 @@ from gradleak.config import ClientConfig, Config, FLConfig
 from gradleak.data import build_dataset
 from gradleak.data.base import ImageDataset
 from gradleak.data.sampling import select_victim_samples
+from gradleak.defenses import apply_defense
 from gradleak.errors import GradleakError
 from gradleak.fl.aggregation import aggregate, apply_update, server_step
 from gradleak.fl.client import ClientSetup, client_update, resolve_bn_mode, set_bn_mode
@@ -206,7 +207,8 @@ def _train_clients(model: nn.Module, sampled: Sequence[int],
             acct = accountants.setdefault(k, make_accountant())
             update = dp_client_update(model, x.to(device), y.to(device), setup, dp, seed=cseed,
                                       accountant=acct)
-        update = defense(update, generator=torch.Generator().manual_seed(cseed + 1))
+        update = apply_defense(defense, update, model=model, inputs=x.to(device), round_=round_,
+                               generator=torch.Generator().manual_seed(cseed + 1))
         out.uploads.append((len(y), update))
         out.updates[k], out.setups[k] = update, setup
     return out
