@@ -57,7 +57,8 @@ def markdown(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
     cfg = summary.get("config") or {}
     attack = cfg.get("attack") or {}
     lines = [f"# gradleak Flower audit: {summary['verdict']}", "",
-             f"**Verdict: {summary['verdict']}.** {summary['claim']}.", "",
+             f"**Verdict: {summary['verdict']}.** {summary['claim'][:1].upper()}"
+             f"{summary['claim'][1:]}.", "",
              f"Audited {summary['audited']} update(s) ({summary['failed']} failed) with attack "
              f"{attack.get('name')} ({attack.get('iterations')} iterations); client assumed: "
              f"{(cfg.get('client') or {}).get('protocol')}, lr {(cfg.get('client') or {}).get('lr')}.",
