@@ -106,6 +106,10 @@ class ModelConfig:
                              "adapter is scaled by alpha / rank)")
     lora_targets: list[str] = _opt([], added=True, help="LoRA target module names (default: "
                                    "GPT-2 c_attn; BERT query, value)")
+    precode: bool = _opt(False, added=True, help="PRECODE (Scheliga et al. 2022): a variational "
+                         "bottleneck before the output layer; its KL term joins the client's loss")
+    precode_size: int = _opt(256, minimum=1, added=True, help="precode: bottleneck size K (256)")
+    precode_beta: float = _opt(1e-3, minimum=0.0, added=True, help="precode: KL weight (1e-3)")
 
 
 @dataclass

@@ -25,6 +25,7 @@ from gradleak.config import ClientConfig
 from gradleak.errors import GradleakError
 from gradleak.fl import training
 from gradleak.fl.training import AUGMENTATIONS, OPTIMIZERS
+from gradleak.models.base import forward_with_penalty
 from gradleak.update import SharedUpdate
 
 # A user's own local training, written functionally so a WST attacker can differentiate through
@@ -196,8 +197,12 @@ def client_batch_order(setup: ClientSetup, generator: torch.Generator) -> list[t
     return order
 
 
-def _loss(logits: torch.Tensor, labels: torch.Tensor, setup: ClientSetup) -> torch.Tensor:
-    return F.cross_entropy(logits, labels, label_smoothing=setup.label_smoothing)
+def _loss(local: nn.Module, x: torch.Tensor, labels: torch.Tensor, setup: ClientSetup) -> torch.Tensor:
+    """The client's training loss: cross-entropy plus the model's own training penalties (e.g.
+    PRECODE's KL term; none for most models)."""
+    logits, penalty = forward_with_penalty(local, x)
+    loss = F.cross_entropy(logits, labels, label_smoothing=setup.label_smoothing)
+    return loss if penalty is None else loss + penalty
 
 
 def local_gradient(local: nn.Module, names: list[str], images: torch.Tensor,
@@ -206,7 +211,7 @@ def local_gradient(local: nn.Module, names: list[str], images: torch.Tensor,
     wanted = set(names)
     params = [p for n, p in local.named_parameters() if n in wanted]
     x = training.augment(images, setup.augment, client_generators(seed)[1])
-    grads = torch.autograd.grad(_loss(local(x), labels, setup), params)
+    grads = torch.autograd.grad(_loss(local, x, labels, setup), params)
     return {n: g.detach().clone() for n, g in zip(names, grads, strict=True)}
 
 
@@ -226,7 +231,7 @@ def local_training(local: nn.Module, names: list[str], images: torch.Tensor,
     for batch in client_batch_order(setup, order_gen):
         optimizer.zero_grad(set_to_none=True)
         x = training.augment(images[batch], setup.augment, aug_gen)
-        _loss(local(x), labels[batch], setup).backward()
+        _loss(local, x, labels[batch], setup).backward()
         optimizer.step()
     return {n: (p.detach() - s) for n, p, s in zip(names, params, start, strict=True)}
 

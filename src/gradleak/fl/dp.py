@@ -93,6 +93,9 @@ def dp_client_update(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     local = copy.deepcopy(model)
     set_bn_mode(local, setup.bn_mode)
     _check_bn(local, setup)
+    if any(callable(getattr(m, "penalty", None)) for m in local.modules()):
+        raise GradleakError("DP-SGD (defense.name=dpsgd or fl.dp=true) does not support "
+                            "model.precode=true: its per-sample gradients would drop the KL term")
     names = [n for n, p in local.named_parameters() if p.requires_grad]
     params = {n: p.detach().clone() for n, p in local.named_parameters() if p.requires_grad}
     start = {n: p.clone() for n, p in params.items()}

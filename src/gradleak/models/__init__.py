@@ -21,6 +21,7 @@ from gradleak.config import ModelConfig
 from gradleak.errors import GradleakError
 from gradleak.io import load_weights
 from gradleak.models.base import Classifier
+from gradleak.models.precode import insert_precode
 from gradleak.models.user import (
     USER_MODEL_KEYS,
     build_user_network,
@@ -73,6 +74,8 @@ def build_model(cfg: ModelConfig, *, num_classes: int, channels: int, resolution
                                 "from scratch on the dataset's statistics")
         net = MODELS.get(cfg.name)(cfg, num_classes=num_classes, channels=channels,
                                    resolution=resolution)
+        if cfg.precode:  # a model change with its own utility cost (docs/defenses.md)
+            net = insert_precode(net, cfg.precode_size, cfg.precode_beta)
     mean, std = input_statistics(channels=channels, dataset_mean=mean, dataset_std=std,
                                  normalize=cfg.normalize, input_mean=cfg.input_mean,
                                  input_std=cfg.input_std)

@@ -23,6 +23,20 @@ class Classifier(nn.Module):
         return self.net((x - self.input_mean) / self.input_std)
 
 
+def forward_with_penalty(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``model(x)`` and the sum of the training penalties its modules add to the client's loss
+    (a module with ``penalty(input) -> scalar``, e.g. PRECODE's KL term), or None if none has."""
+    terms: list[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda m, args, _out: terms.append(m.penalty(args[0])))
+               for m in model.modules() if callable(getattr(m, "penalty", None))]
+    try:
+        out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out, (torch.stack(terms).sum() if terms else None)
+
+
 def make_norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels)
