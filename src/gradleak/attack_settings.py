@@ -210,28 +210,18 @@ class MatchingSettings(ObjectiveSettings):
                               "first at this iteration: members start independent)")
     stop: bool = option(False, help="GIA-O: end a restart once it stops improving (a plateau "
                         "first brings the next lr decay forward; see stop_test, stop_window)")
-    stop_tolerance: float = option(1e-3, minimum=0.0, help="attack.stop: settled test: a plateau "
-                                   "is a gain of the best gradient loss over stop_window <= this "
-                                   "times the restart's first loss, with an image that moved "
-                                   "at most one step (or this, relative); loss test: a relative "
-                                   "gain <= this")
-    stop_window: int = option(100, minimum=1, help="attack.stop: iterations per plateau test; "
-                              "the settled test compares two windows, so never stops before "
-                              "twice this many iterations (loss test: this many)")
+    stop_tolerance: float = option(1e-3, minimum=0.0, help="attack.stop: settled: best-loss gain "
+                                   "per window <= this x the first loss, image moved <= one step "
+                                   "(or this, relative); loss: relative gain <= this")
+    stop_window: int = option(100, minimum=1, help="attack.stop: iterations per plateau test "
+                              "(settled compares two windows: never before twice this)")
     stop_test: str = option("settled", choices=("settled", "loss"), added=True, help="attack.stop: "
-                            "settled: loss gain small against the first loss and the image no "
-                            "longer moving, window by window; loss: the relative gain of the best "
-                            "loss over a sliding window alone (the rule before issue 25)")
-    max_seconds: float | None = option(None, minimum=0.0, help="GIA-O: wall-clock budget of the "
-                                       "attack, split evenly over its restarts (null: none; with "
-                                       "race, an eliminated restart's unspent share passes to "
-                                       "the restarts still running)")
-    race: bool = option(False, added=True, help="GIA-O: race the restarts (successive halving): "
-                        "run all for a short first round (race_first), keep the best race_keep "
-                        "fraction by their lowest gradient loss, continue those for a round twice "
-                        "as long, and so on; survivors reach attack.iterations and rank first. "
-                        "Eliminated restarts stay candidates with the iterate they had, so WSRR "
-                        "counts them as they stood when eliminated (see gradleak.attacks.race)")
+                            "settled (loss and image, two windows) or loss (the pre-issue-25 rule)")
+    max_seconds: float | None = option(None, minimum=0.0, help="GIA-O: wall-clock budget, split "
+                                       "over the restarts (race: eliminated shares pass on)")
+    race: bool = option(False, added=True, help="GIA-O: successive halving over the restarts: keep "
+                        "the best race_keep by gradient loss after race_first, double each round; "
+                        "eliminated ones stay candidates as they stood (WSRR counts them so)")
     race_keep: float = option(0.5, added=True, help="attack.race: fraction of the restarts kept "
                               "per round, in (0, 1] (at least one; 1: none is eliminated)")
     race_first: int | None = option(None, minimum=1, added=True, help="attack.race: the first "

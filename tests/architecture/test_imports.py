@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "gradleak"
 # Lower number = lower layer. A module may import its own layer or lower ones only.
 LAYERS: list[tuple[str, int]] = [
     ("gradleak.errors", 0), ("gradleak.registry", 0), ("gradleak.config", 0), ("gradleak.io", 0),
-    ("gradleak.defense_config", 0),
+    ("gradleak.defense_config", 0), ("gradleak.config_check", 0),
     ("gradleak.provenance", 0), ("gradleak.plugins", 0), ("gradleak.configs", 0),
     ("gradleak.config_values", 0), ("gradleak.attack_settings", 0), ("gradleak.progress", 0),
     ("gradleak.argtypes", 0), ("gradleak.update", 1),

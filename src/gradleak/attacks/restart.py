@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -24,9 +24,6 @@ from gradleak.attacks.matching import MatchingSetup
 from gradleak.attacks.priors import BatchNormStatistics, group_consistency
 from gradleak.attacks.simulate import batch_order
 from gradleak.attacks.steps import AdamStep, Gradient, LbfgsStep, StopRule
-
-if TYPE_CHECKING:
-    from gradleak.attacks.race import RaceRecord
 
 Candidate = tuple[torch.Tensor, torch.Tensor, float]  # images, labels, gradient loss
 
@@ -87,7 +84,7 @@ class RunContext:
     fixed_labels: torch.Tensor | None  # None: labels are optimised (DLG)
     bn_prior: BatchNormStatistics | None
     history: list[float] = field(default_factory=list)
-    race: RaceRecord | None = None  # set by a raced run (attack.race)
+    race: object | None = None  # a gradleak.attacks.race.RaceRecord, set by a raced run
 
 
 @dataclass

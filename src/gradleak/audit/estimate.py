@@ -39,8 +39,22 @@ def ineffective_keys(setup: Setup, given: dict[str, Any]) -> list[str]:
 
 
 def warn_ineffective(setup: Setup, given: dict[str, Any]) -> None:
-    for line in ineffective_keys(setup, given):
-        warnings.warn(line, stacklevel=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # every run says it, not only the first in a process
+        for line in ineffective_keys(setup, given):
+            warnings.warn(line, stacklevel=2)
+
+
+def safe_estimate(ladder: Ladder, setup: Setup, budget: dict[str, Any], rule: Any, *,
+                  jobs: int = 1) -> tuple[dict[str, Any] | None, str]:
+    """:func:`estimate` and its line; a calibration that fails (a model that raises in the
+    attack) gives no estimate and says why: the audit's own runs then record the failure."""
+    try:
+        est = estimate(ladder, setup, budget, rule, jobs=jobs)
+    except Exception as exc:  # the runs report it properly, as failed runs
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return None, f"no time estimate: the calibration run failed ({type(exc).__name__}: {first})"
+    return est, estimate_line(est)
 
 
 def calibrate(ladder: Ladder, setup: Setup, budget: dict[str, Any]) -> dict[str, float]:

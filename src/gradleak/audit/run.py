@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gradleak import __version__
-from gradleak.audit.estimate import estimate, estimate_line, warn_ineffective
+from gradleak.audit.estimate import safe_estimate, warn_ineffective
 from gradleak.audit.ladder import (
     HONEST,
     LABELS_GRANTED,
@@ -201,8 +201,8 @@ def audit_setup(options: AuditOptions, log: Log = lambda _m: None) -> dict[str, 
     if len(trials) < rule.max_runs:
         rule = VerdictRule.from_dict({**vars(rule), "max_runs": max(len(trials), 1)})
     warn_ineffective(setup, user_keys(options.config, options.overrides))
-    est = estimate(ladder, setup, budget, rule, jobs=options.jobs)
-    log(estimate_line(est))
+    est, line = safe_estimate(ladder, setup, budget, rule, jobs=options.jobs)
+    log(line)
     out = options.out
     sweep = Sweeper(out, options, log)
     levels = ladder_rounds(ladder, setup, budget, trials, rule, sweep)

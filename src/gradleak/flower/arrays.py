@@ -11,7 +11,9 @@ either; the defense mods leave them as the ``buffers=`` policy says (:data:`BUFF
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Callable, Collection, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -182,3 +184,15 @@ def replace_arrays(reply: Message, arrays: ArrayRecord) -> None:
 
 __all__ = ["BUFFER_POLICIES", "apply_update", "array_update", "message_seed", "to_record",
            "to_tensors", "weighted_mean"]
+
+
+@contextmanager
+def private_rng():
+    """Run without disturbing the app's global random state (Scenario seeds the global RNGs)."""
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)

@@ -12,15 +12,12 @@ criterion: the ``leaked`` flags of the :class:`~gradleak.scenario.Score` (``grad
 from __future__ import annotations
 
 import copy
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from logging import WARNING
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord
 from flwr.common import log
@@ -33,7 +30,7 @@ from gradleak.config import Config, flatten, load_config, parse_override, set_ke
 from gradleak.data.base import TensorImageDataset
 from gradleak.errors import GradleakError
 from gradleak.fl.client import ClientSetup
-from gradleak.flower.arrays import to_tensors
+from gradleak.flower.arrays import private_rng, to_tensors  # noqa: F401 (re-exported)
 from gradleak.flower.bn import BNStatistics, reply_bn_statistics
 from gradleak.flower.text import load_arrays as load_text_arrays
 from gradleak.flower.text import placeholder_batch, text_scenario
@@ -96,18 +93,6 @@ def probe_config(attack: str, budget: int | None, config: ConfigSpec, *,
     # Unknown attacks and attacks needing ungranted knowledge are refused now, not in round 1.
     threat.require(build_attack(cfg.attack).needs(), who=f"attack {cfg.attack.name!r}")
     return cfg
-
-
-@contextmanager
-def private_rng():
-    """Run without disturbing the app's global random state (Scenario seeds the global RNGs)."""
-    py, npy = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        try:
-            yield
-        finally:
-            random.setstate(py)
-            np.random.set_state(npy)
 
 
 @dataclass

@@ -45,6 +45,7 @@ from gradleak.flower.arrays import (
     message_seed,
     node_key,
     num_examples,
+    private_rng,
     replace_arrays,
     server_round,
 )
@@ -125,8 +126,6 @@ def defend_update(defense: Defense, incoming: ArrayRecord, outgoing: ArrayRecord
 def trainable_keys(model_fn: Callable[[], nn.Module]) -> frozenset[str]:
     """The ``state_dict`` keys of ``model_fn()``'s trainable parameters (built under a private RNG,
     so the app's random state does not move)."""
-    from gradleak.flower.leakage import private_rng
-
     with private_rng():
         net = model_fn()
     return frozenset(n for n, p in net.named_parameters() if p.requires_grad)

@@ -20,7 +20,7 @@ from torch import nn
 from gradleak.config import Config
 from gradleak.data.text import TextDataset
 from gradleak.errors import GradleakError
-from gradleak.flower.arrays import to_tensors
+from gradleak.flower.arrays import private_rng, to_tensors
 from gradleak.models.text import TextModel, is_text_model
 from gradleak.scenario import Scenario
 
@@ -100,8 +100,6 @@ def sentences(model: TextModel, recon: torch.Tensor, truth: torch.Tensor | None)
 
 def text_model_of(model_fn: Callable[[], nn.Module]) -> TextModel | None:
     """``model_fn()`` (built without moving the app's random state) when it is a text model."""
-    from gradleak.flower.leakage import private_rng  # leakage imports this module
-
     with private_rng():
         net = model_fn()
     return net if is_text_model(net) else None
