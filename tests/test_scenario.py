@@ -96,11 +96,15 @@ def test_no_ground_truth_or_private_state_reaches_the_attacker(protocol, model, 
     _assert_unreachable(sc, obs, rnd, labels=labels, client=client, bn=bn)
 
 
+MODEL_NEEDS = {"precode-analytic": ["model.precode=true"]}  # attacks made for a model switch
+
+
 @pytest.mark.parametrize("name", ATTACKS.names())
 def test_every_attack_family_sees_no_ground_truth(name, tmp_path):
     grants = ["threat.knows_labels=true", "threat.knows_data_distribution=true",
               "threat.knows_bn_statistics=true", "threat.malicious=true"]
     setup = [*TINY, *MLP] if ATTACKS.get(name).info.modality == "image" else TEXT
+    setup += MODEL_NEEDS.get(name, [])
     cfg = load_config(None, [*setup, "data.num_samples=1", f"attack.name={name}", *grants])
     sc = Scenario.from_config(cfg)
     rnd = sc.client_round()
