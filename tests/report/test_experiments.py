@@ -114,3 +114,13 @@ def test_tradeoff_plot_is_the_one_figure_definition(tmp_path, monkeypatch):
     assert seen["kwargs"]["lpips_threshold"] == 0.15
     assert [(p["defense"], p["label"]) for p in seen["points"]][1] == ("topk", "topk 0.9")
     assert "alt='plot of t'" in page
+
+
+def test_accuracy_drops_are_against_the_variant_named_none():
+    from gradleak.report.experiments import derive
+
+    rows = [{"variant": "none", "defense.name": "none", "seed": 0, "final_accuracy": 0.7},
+            {"variant": "PRECODE", "defense.name": "none", "seed": 0, "final_accuracy": 0.5},
+            {"variant": "top-k", "defense.name": "topk", "seed": 0, "final_accuracy": 0.6}]
+    derive(rows)
+    assert [round(r["accuracy_drop"], 3) for r in rows] == [0.0, 20.0, 10.0]

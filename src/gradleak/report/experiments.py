@@ -75,10 +75,13 @@ def _cell(values: list[float]) -> str:
 def derive(rows: list[dict[str, Any]]) -> None:
     """Add ``accuracy_drop`` (points vs the undefended run with the same seed) and, for causal
     LMs, ``perplexity_increase`` (percent vs that run's held-out perplexity) where possible."""
-    base = {r["seed"]: r["final_accuracy"] for r in rows
-            if r.get("defense.name") == "none" and _num(r.get("final_accuracy")) is not None}
-    ppl = {r["seed"]: r["final_perplexity"] for r in rows
-           if r.get("defense.name") == "none" and _num(r.get("final_perplexity"))}
+    # The reference: the variant named "none" where there is one (a model switch such as
+    # PRECODE also runs with defense.name=none, and its cost is measured against the plain model).
+    refs = ([r for r in rows if r.get("variant") == "none"]
+            or [r for r in rows if r.get("defense.name") == "none"])
+    base = {r["seed"]: r["final_accuracy"] for r in refs
+            if _num(r.get("final_accuracy")) is not None}
+    ppl = {r["seed"]: r["final_perplexity"] for r in refs if _num(r.get("final_perplexity"))}
     for r in rows:
         acc = _num(r.get("final_accuracy"))
         if acc is not None and r["seed"] in base:
