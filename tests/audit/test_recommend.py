@@ -77,3 +77,11 @@ def test_a_training_that_does_not_learn_resolves_no_cost():
     assert learning_check([0.12], [0.11], 8192) is not None
     assert learning_check([0.12 + LEARN_MARGIN / 100 + 0.01], [0.11], 8192) is None
     assert learning_check([], [], 10) is None
+
+
+def test_a_defense_with_only_an_exclusion_still_gets_its_adaptive_attacker():
+    from gradleak.audit.search import adaptive_for
+
+    assert adaptive_for("ig", "soteria")  # the pruned layer left out: Balunovic et al. 2022
+    assert adaptive_for("ig", "topk") and not adaptive_for("ig", "none")
+    assert not adaptive_for("analytic", "soteria")  # no adaptive mode

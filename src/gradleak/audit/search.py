@@ -31,12 +31,14 @@ Sweep = Callable[[list[RunSpec], str, str], dict[str, dict]]
 
 def adaptive_for(attack_name: str, defense: str) -> bool:
     """Whether the attack can adapt to ``defense``: the defense registered a differentiable
-    surrogate and the attack overrides :meth:`~gradleak.attacks.base.Attack.adapt`."""
+    surrogate or the tensors its adaptive attacker leaves out (Soteria's pruned layer), and the
+    attack overrides :meth:`~gradleak.attacks.base.Attack.adapt`."""
     from gradleak.attacks import ATTACKS
     from gradleak.attacks.base import Attack
-    from gradleak.defenses.surrogate import SURROGATES
+    from gradleak.defenses.surrogate import EXCLUSIONS, SURROGATES
 
-    if defense == "none" or defense not in SURROGATES.names():
+    if defense == "none" or (defense not in SURROGATES.names()
+                             and defense not in EXCLUSIONS.names()):
         return False
     return ATTACKS.get(attack_name).adapt is not Attack.adapt
 
