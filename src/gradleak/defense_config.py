@@ -35,3 +35,11 @@ class DefenseConfig:
     soteria_layer: str | None = _opt(None, added=True, help="soteria: the module name of the "
                                      "linear layer reading the representation; null: the last "
                                      "nn.Linear")
+    outpost_beta: float = _opt(0.125, minimum=0.0, added=True, help="outpost: perturbation "
+                               "probability 1 / (1 + beta * round) (Plato: 0.125)")
+    outpost_phi: float = _opt(40.0, minimum=0.0, added=True, help="outpost: percent of entries "
+                              "(largest Fisher information) that get noise (Plato: 40)")
+    outpost_prune: float = _opt(80.0, minimum=0.0, added=True, help="outpost: percent of each "
+                                "tensor's smallest entries zeroed (Plato: 80)")
+    outpost_noise: float = _opt(0.8, minimum=0.0, added=True, help="outpost: noise std = this * "
+                                "min(var(W), 1) per tensor (Plato: 0.8)")

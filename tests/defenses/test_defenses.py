@@ -43,8 +43,8 @@ def _apply(name: str, update: SharedUpdate, seed: int = 1, **params) -> SharedUp
 
 def test_every_defense_is_registered_with_a_summary():
     # Training defenses (DP-SGD) change the client's steps, not its update: tests/defenses/test_dpsgd.py;
-    # those reading the client's round (model and inputs): test_soteria.py.
-    assert set(DEFENSES.names()) == set(STRONG) | TRAINING_DEFENSES | {"soteria"}
+    # those reading the client's round (model and inputs): test_soteria.py, test_outpost.py.
+    assert set(DEFENSES.names()) == set(STRONG) | TRAINING_DEFENSES | {"soteria", "outpost"}
     for name in DEFENSES:
         assert (DEFENSES.get(name).__doc__ or "").strip().splitlines()[0]
 

@@ -145,6 +145,7 @@ from gradleak.defenses import (  # noqa: E402,F401
     clip_norm,
     dpsgd,
     gaussian,
+    outpost,
     qsgd,
     signsgd,
     soteria,

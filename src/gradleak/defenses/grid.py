@@ -24,6 +24,7 @@ PAPER_GRIDS: dict[str, tuple[str | None, list[Any]]] = {
     "clip_norm": ("clip_norm", [10.0, 5.0, 1.0, 0.5, 0.1]),  # not in the paper's grid
     "dpsgd": ("dp_noise_multiplier", [0.1, 0.5, 1.0, 2.0]),  # not in the paper's grid
     "soteria": ("soteria_rate", [0.2, 0.4, 0.6, 0.8]),  # not in the paper's; 0.6 is Soteria's own
+    "outpost": ("outpost_noise", [0.2, 0.4, 0.8, 1.6]),  # not in the paper's; 0.8 is Plato's
 }
 DEFAULT_DEFENSES = ("qsgd", "signsgd", "topk", "clip", "gaussian")
 
