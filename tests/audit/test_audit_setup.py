@@ -80,7 +80,9 @@ def test_a_leaking_setup_gets_a_recommendation_and_fails(tmp_path, capsys):
     assert rec["cost"] == "accuracy_drop" and rec["max_accuracy_drop"] == 2.0
     assert rec["accuracy_without_defense"] is not None
     assert {p["defense"] for p in rec["settings"]} == {"qsgd", "signsgd", "topk", "clip",
-                                                      "gaussian"}
+                                                      "gaussian", "dpsgd"}
+    for p in rec["settings"]:  # DP-SGD's utility trainings report their epsilon, no other's
+        assert (p.get("epsilon") is not None) == (p["defense"] == "dpsgd" and p["runs_leaked"] == 0)
     assert {"L0-basic", "L1-priors"} <= set(rec["attackers"])  # every leaking level
     assert any(a.endswith("+adaptive") for a in rec["attackers"])  # and the adaptive attack
     for p in rec["settings"]:

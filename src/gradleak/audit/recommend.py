@@ -179,7 +179,11 @@ def costs(found: Found, *, train: bool, max_drop: float) -> None:
         cost = paired_cost(base, mine, test_samples=found.test_samples.get(e["key"]),
                            max_drop=max_drop)
         acc = [a for a in mine if a is not None]
-        e |= cost.to_dict() | {"accuracy": sum(acc) / len(acc) if acc else None}
+        eps = [v for v in found.epsilon.get(e["key"], []) if isinstance(v, (int, float))]
+        e |= cost.to_dict() | {"accuracy": sum(acc) / len(acc) if acc else None,
+                               # DP-SGD: the largest client ε of the paired trainings (Opacus'
+                               # RDP accountant at defense.dp_delta); None for other defenses
+                               "epsilon": max(eps) if eps else None}
         e["cost"] = e["accuracy_drop"] if train else e["distortion"]
 
 
@@ -213,7 +217,10 @@ def recommend(ladder: Ladder, setup: Setup, budget: dict[str, Any], trials: list
     rec = ladder.recommend
     grids = dict((rec.get("grids") or {}).get(options.budget or ladder.default_budget) or {})
     ranks = grids.pop(LORA, rec.get("lora_ranks") or [])
-    grid = build_grid(rec.get("defenses") or (), grids)
+    names = list(rec.get("defenses") or ())
+    if setup.has_bn and "dpsgd" in names:  # per-sample clipping cannot run through train-mode BN
+        names.remove("dpsgd")
+    grid = build_grid(names, grids)
     if setup.text:  # a language model's client may also share only LoRA adapters
         grid += lora_points(list(ranks), int(setup.cfg.model.lora_rank))
     max_drop = (options.max_accuracy_drop if options.max_accuracy_drop is not None

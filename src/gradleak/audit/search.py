@@ -220,6 +220,7 @@ class Found:
     accuracy: dict[str, list[float | None]]
     test_samples: dict[str, int | None]
     initial: dict[str, list[float | None]] = field(default_factory=dict)  # round-0 accuracies
+    epsilon: dict[str, list[float | None]] = field(default_factory=dict)  # DP-SGD: max client ε
 
 
 @dataclass
@@ -308,10 +309,12 @@ class Search:
                           if r.run_id in self.rows), None) for k, specs in self.utility.items()}
         initial = {k: [_first_accuracy(self.rows.get(r.run_id)) for r in specs]
                    for k, specs in self.utility.items()}
+        epsilon = {k: [(self.rows.get(r.run_id) or {}).get("max_epsilon") for r in specs]
+                   for k, specs in self.utility.items()}
         rank = {p.key: i for i, p in enumerate(grid)}
         points = sorted((p.result for p in self.probes.values() if p.result),
                         key=lambda e: rank[e["key"]])
-        return Found(points, accuracy, tests, initial)
+        return Found(points, accuracy, tests, initial, epsilon)
 
 
 def _first_accuracy(row: dict[str, Any] | None) -> float | None:

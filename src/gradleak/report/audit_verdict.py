@@ -69,6 +69,10 @@ def recommendation_lines(verdict: dict[str, Any]) -> list[str]:
                  f"{_share(rec.get('accuracy_without_defense'))}.")
     for brk in rec.get("monotonic_breaks") or []:
         lines.append(f"Not monotonic: {brk}.")
+    for p in rec.get("settings", []):
+        if p.get("epsilon") is not None:
+            lines.append(f"{p['key']}: client-level DP-SGD with ε = {p['epsilon']:.3g} "
+                         "(the largest client's, RDP accountant) over the utility trainings.")
     if choice is None and rec.get("best_available"):
         b = rec["best_available"]
         lines.append(f"Best available: {b['key']} ({b['verdict']}, runs leaked "

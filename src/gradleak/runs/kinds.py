@@ -187,7 +187,10 @@ def run_privacy_utility(cfg: Any, ctx: RunContext, options: dict[str, Any]) -> d
     if options.get("attack", True) is False:  # utility only: the final accuracy of the training
         fed = run_federated(cfg)
         limit = cfg.fl.test_samples
+        eps = list(fed.result.epsilon.values())
         return {"final_accuracy": fed.result.final_accuracy, **text_utility(fed, cfg),
+                "victim_epsilon": fed.result.victim_epsilon,
+                "max_epsilon": max(eps) if eps else None,
                 "test_data": describe_dataset(fed.test)["split"],
                 "test_samples": len(fed.test) if limit is None else min(limit, len(fed.test)),
                 "_result": {"accuracy": list(fed.result.accuracy)}}
