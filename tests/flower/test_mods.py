@@ -209,3 +209,24 @@ def test_a_reply_with_other_keys_is_refused_like_flowers_own_mods():
 
     out = defense_mod("topk")(apps.train_message(arrays, 1), apps.context(1, 0), renaming_app)
     assert out.has_error() and "keys" in out.error.reason
+
+
+def test_outpost_runs_as_a_mod_on_the_received_weights_and_the_round():
+    # Outpost reads only the global weights (its risk) and the round (its decay): a Flower mod
+    # has both. Soteria needs the client's inputs and is refused (tests/defenses/test_soteria.py).
+    from gradleak.flower.mods import ReceivedWeights
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 3))
+    arrays = ArrayRecord(net.state_dict())
+    for server_round in (1, 2, 3):
+        msg, ctx = apps.train_message(arrays, node_id=42, server_round=server_round), apps.context(42, 5)
+        plain = shifting_app(msg, ctx).content["arrays"]
+        sent = defense_mod("outpost", seed=7)(msg, ctx, shifting_app).content["arrays"]
+        update = array_update(arrays, plain, num_samples=4)
+        gen = torch.Generator().manual_seed(message_seed(7, 5, server_round))
+        expected = DEFENSES.get("outpost")(update, generator=gen, round_=server_round,
+                                           model=ReceivedWeights(to_tensors(arrays)))
+        before = to_tensors(arrays)
+        for k, t in to_tensors(sent).items():
+            assert torch.allclose(t - before[k], expected.tensors[k], atol=1e-6), (server_round, k)

@@ -33,7 +33,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from torch import nn
 
 from gradleak.config import DefenseConfig, load_config
-from gradleak.defenses import DEFENSES, Defense, build_defense
+from gradleak.defenses import DEFENSES, Defense, apply_defense, build_defense
 from gradleak.errors import GradleakError
 from gradleak.flower.arrays import (
     apply_update,
@@ -48,6 +48,7 @@ from gradleak.flower.arrays import (
     private_rng,
     replace_arrays,
     server_round,
+    to_tensors,
 )
 from gradleak.update import SharedUpdate
 
@@ -74,9 +75,25 @@ def resolve_defense(spec: DefenseSpec, **params: Any) -> tuple[str, Defense]:
                             f"{', '.join(allowed) or 'none (it takes no parameters)'}")
     cfg = load_config(base={"defense": {"name": spec, **params}})
     fn = build_defense(cfg.defense)
-    # A dry run on a tiny update: parameter checks that live in the defense fire now, not in round 1.
-    fn(SharedUpdate("model_delta", {"probe": torch.ones(4)}, 1), generator=torch.Generator())
+    # A dry run on a tiny update: parameter checks that live in the defense fire now, not in
+    # round 1; a training-time defense that needs the client's inputs (Soteria) refuses here.
+    probe = {"probe": torch.ones(4)}
+    apply_defense(fn, SharedUpdate("model_delta", probe, 1), generator=torch.Generator(),
+                  model=ReceivedWeights(probe), inputs=None, round_=1)
     return spec, fn
+
+
+class ReceivedWeights(nn.Module):
+    """The global arrays a client received, as a model's parameters under their record keys:
+    what a training-time defense that reads only the weights and the round (Outpost) gets in a
+    Flower mod, which has no access to the client's inputs."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.arrays = tensors
+
+    def named_parameters(self, *args: Any, **kwargs: Any):  # noqa: ANN201 (nn.Module's API)
+        yield from self.arrays.items()
 
 
 def defense_keys(name: str) -> list[str]:
@@ -103,18 +120,20 @@ def check_callable(fn: Any, what: str, who: str) -> None:
 
 def defend_update(defense: Defense, incoming: ArrayRecord, outgoing: ArrayRecord, *,
                   num_samples: int, seed: int, buffers: str = "keep",
-                  trainable: Collection[str] | None = None) -> ArrayRecord:
+                  trainable: Collection[str] | None = None, round_: int = 1) -> ArrayRecord:
     """``outgoing`` with its update replaced by ``defense(update)``: the update of the trainable
     parameters (``trainable``: their keys; ``None``: every float array but BN statistics), the
     other arrays as ``buffers`` says (``keep``: the client's, ``drop``: the global ones,
     ``defend``: every float array is defended, as one update)."""
     update = array_update(incoming, outgoing, num_samples=num_samples)
     generator = torch.Generator().manual_seed(seed)
+    context = {"model": ReceivedWeights(to_tensors(incoming)), "inputs": None, "round_": round_}
     if check_buffer_policy(buffers) == "defend":
-        return apply_update(incoming, outgoing, defense(update, generator=generator))
+        return apply_update(incoming, outgoing,
+                            apply_defense(defense, update, generator=generator, **context))
     kept = {k: t for k, t in update.tensors.items() if is_buffer(k, t, trainable)}
     weights = update.replace({k: t for k, t in update.tensors.items() if k not in kept})
-    defended = defense(weights, generator=generator)
+    defended = apply_defense(defense, weights, generator=generator, **context)
     # A buffer's "update" unchanged: apply_update then sends the client's array bit for bit.
     out = apply_update(incoming, outgoing, defended.replace({**defended.tensors, **kept}))
     if buffers == "drop":
@@ -160,8 +179,9 @@ def defense_mod(defense: DefenseSpec, *, seed: int = 0, buffers: str = "keep",
             if missing:
                 return error_reply(msg, f"{label}: model_fn's parameter {missing[0]!r} is not in "
                                         "the arrays; model_fn must build the app's model")
-            s = message_seed(seed, node_key(ctxt), server_round(msg, ctxt, label))
-            replace_arrays(reply, defend_update(fn, incoming, outgoing, buffers=buffers,
+            rnd = server_round(msg, ctxt, label)
+            s = message_seed(seed, node_key(ctxt), rnd)
+            replace_arrays(reply, defend_update(fn, incoming, outgoing, buffers=buffers, round_=rnd,
                                                 num_samples=num_examples(reply) or 1, seed=s,
                                                 trainable=trainable))
             return reply
