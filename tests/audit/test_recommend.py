@@ -85,3 +85,23 @@ def test_a_defense_with_only_an_exclusion_still_gets_its_adaptive_attacker():
     assert adaptive_for("ig", "soteria")  # the pruned layer left out: Balunovic et al. 2022
     assert adaptive_for("ig", "topk") and not adaptive_for("ig", "none")
     assert not adaptive_for("analytic", "soteria")  # no adaptive mode
+
+
+def test_a_setting_only_the_adaptive_attack_leaks_is_broken_by_it(monkeypatch):
+    from types import SimpleNamespace
+
+    from gradleak.audit.search import Attacker, Probe
+    from gradleak.defenses.grid import GridPoint
+
+    level = SimpleNamespace(name="L0-basic")
+    plain, adaptive = Attacker(level, False), Attacker(level, True)
+    probe = Probe(GridPoint("soteria", "soteria_rate", 0.6), [plain, adaptive])
+    probe.done = 3
+    leaks = {0: (False, True), 1: (True, True), 2: (False, False)}  # (plain, adaptive) per trial
+    monkeypatch.setattr(Probe, "_evidence_of", lambda self, i, rows: [
+        SimpleNamespace(run_leaked=v) for v in leaks[i]])
+    leaked_by, broken_by = probe._leaks_by_attacker({}, [plain, adaptive])
+    assert leaked_by == {"L0-basic": 1, "L0-basic+adaptive": 2}
+    assert broken_by == ["L0-basic+adaptive"]  # trial 0: only the adaptive attack leaked
+    leaks[0] = (True, True)
+    assert probe._leaks_by_attacker({}, [plain, adaptive])[1] == []

@@ -186,6 +186,21 @@ class Probe:
                        if spec is not None and spec.run_id in rows else None)
         return out
 
+    def _leaks_by_attacker(self, rows: dict[str, dict], used: list[Attacker]
+                           ) -> tuple[dict[str, int], list[str]]:
+        """Trials each attacker leaked, and the adaptive attackers that leaked a trial no
+        non-adaptive one did: the attacks that *break* the defense (Balunovic et al. 2022)."""
+        leaked_by = {a.label: 0 for a in used}
+        broken: set[str] = set()
+        for i in range(self.done):
+            ev = self._evidence_of(i, rows)[:len(used)]
+            hits = {a.label for a, e in zip(used, ev, strict=True) if e is not None and e.run_leaked}
+            for label in hits:
+                leaked_by[label] += 1
+            if hits and not any(not a.adaptive and a.label in hits for a in used):
+                broken |= {a.label for a in used if a.adaptive and a.label in hits}
+        return leaked_by, sorted(broken)
+
     def _leaked(self, i: int, rows: dict[str, dict]) -> bool:
         return any(e is not None and e.run_leaked for e in self._evidence_of(i, rows))
 
@@ -202,8 +217,10 @@ class Probe:
         mine = [rows[r.run_id] for r in self.runs.values() if r.run_id in rows]
         dist = [r["distortion"] for r in mine if isinstance(r.get("distortion"), (int, float))]
         p = self.point
+        leaked_by, broken_by = self._leaks_by_attacker(rows, used)
         self.result = {"key": p.key, "defense": p.defense, "param": p.param, "value": p.value,
-                       "attackers": [a.label for a in used]} | {k: decided[k] for k in (
+                       "attackers": [a.label for a in used], "leaked_by": leaked_by,
+                       "broken_by": broken_by} | {k: decided[k] for k in (
                            "verdict", "reason", "at_risk_share", "leaked_share", "runs",
                            "runs_leaked", "run_leak_rate", "bound")} | {
                        "distortion": sum(dist) / len(dist) if dist else None,
