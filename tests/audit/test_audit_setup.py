@@ -80,7 +80,10 @@ def test_a_leaking_setup_gets_a_recommendation_and_fails(tmp_path, capsys):
     assert rec["cost"] == "accuracy_drop" and rec["max_accuracy_drop"] == 2.0
     assert rec["accuracy_without_defense"] is not None
     assert {p["defense"] for p in rec["settings"]} == {"qsgd", "signsgd", "topk", "clip",
-                                                      "gaussian", "dpsgd"}
+                                                      "gaussian", "dpsgd", "soteria", "outpost"}
+    soteria = [p for p in rec["settings"] if p["defense"] == "soteria"]
+    assert all(any(a.endswith("+adaptive") for a in p["attackers"]) for p in soteria
+               if p["confirmed"])  # never judged without its adaptive attack
     for p in rec["settings"]:  # DP-SGD's utility trainings report their epsilon, no other's
         assert (p.get("epsilon") is not None) == (p["defense"] == "dpsgd" and p["runs_leaked"] == 0)
     assert {"L0-basic", "L1-priors"} <= set(rec["attackers"])  # every leaking level

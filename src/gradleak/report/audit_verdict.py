@@ -82,9 +82,9 @@ def recommendation_lines(verdict: dict[str, Any]) -> list[str]:
     for p in rec.get("settings", []):
         ci = p.get("accuracy_drop_interval")
         ci_text = f"[{_num(ci[0])}, {_num(ci[1])}]" if ci else "-"
-        verdict = p["verdict"] + (f" (broken by {', '.join(p['broken_by'])})"
-                                  if p.get("broken_by") else "")
-        lines.append(f"| {p['key']} | {verdict} | {'yes' if p.get('confirmed') else 'no'} "
+        shown = p["verdict"] + (f" (broken by {', '.join(p['broken_by'])})"
+                                if p.get("broken_by") else "")
+        lines.append(f"| {p['key']} | {shown} | {'yes' if p.get('confirmed') else 'no'} "
                      f"| {p.get('runs_leaked', '?')} of "
                      f"{p.get('runs', '?')} | {_bound(p)} | {_num(p.get('cost'))} | {ci_text} | "
                      f"{p.get('pairs', '-')} | {_num(p.get('resolution_points'))} |")
