@@ -156,3 +156,16 @@ def test_adaptive_attack_beats_the_non_adaptive_one_on_a_convnet():
         gains.append(psnr[True] - psnr[False])
     assert min(gains) > 1.5, gains
     assert statistics.mean(gains) > 3.0, gains
+
+
+def test_an_identity_surrogate_is_dropped_so_the_fast_paths_stay_on():
+    from gradleak.config import load_config
+    from gradleak.scenario import Scenario
+
+    for defense in (["defense.name=soteria"], ["defense.name=qsgd", "defense.bits=4"]):
+        sc = Scenario.from_config(load_config(None, [*SMALL, "attack.iterations=2",
+                                                     "attack.adaptive=true", *defense]))
+        obs = sc.observe(sc.defend(sc.client_round().update))
+        sc.attack.adapt(sc.cfg.defense, obs.update, obs.model)
+        assert sc.attack.transform is None, defense
+    assert sc.attack.excluded == frozenset()  # QSGD: nothing left out

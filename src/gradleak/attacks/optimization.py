@@ -73,12 +73,16 @@ class GradientMatchingAttack(Attack):
         of the client's defense (:mod:`gradleak.attacks.adaptive`) before the distance, and
         leave out the tensors its adaptive attack does not match."""
         from gradleak.attacks.adaptive import excluded_for, transform_for
+        from gradleak.defenses.surrogate import is_identity
 
         self.excluded = excluded_for(defense, model)
         names = [n for n, _ in model.named_parameters() if n in observed.tensors]
         chosen = [names[i] for i in select_layers(names, self.engine.layers)
                   if names[i] not in self.excluded]
-        self.transform = transform_for(defense, observed, chosen)
+        transform = transform_for(defense, observed, chosen)
+        # An identity surrogate (QSGD, Soteria's matched tensors) changes nothing: dropping it
+        # keeps the cosine, low-rank and batched fast paths.
+        self.transform = None if is_identity(transform) else transform
 
     def needs(self) -> frozenset[Knowledge]:
         s, needs = self.engine, set(self.requires)

@@ -120,11 +120,13 @@ class EmbeddingMatchingAttack(GradientMatchingAttack):
         over every matched parameter, the word embedding left out as in :meth:`matching_setup`
         (a top-k mask or norm over a tensor the dummy gradient does not have would misalign)."""
         from gradleak.attacks.adaptive import transform_for
+        from gradleak.defenses.surrogate import is_identity
 
         names = [n for n, _ in model.named_parameters() if n in observed.tensors]
         skip = word_embedding_name(model)
         chosen = [names[i] for i in select_layers(names, self.engine.layers) if names[i] != skip]
-        self.transform = transform_for(defense, observed, chosen)
+        transform = transform_for(defense, observed, chosen)
+        self.transform = None if is_identity(transform) else transform
 
     def _bag(self, obs: Observation) -> list[int] | None:
         if self.engine.vocabulary == "all":

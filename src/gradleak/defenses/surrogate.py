@@ -64,8 +64,18 @@ def excluded_names(name: str, params: dict[str, Any], model: Any) -> frozenset[s
 
 def identity(_params: dict[str, Any], _observed: Sequence[torch.Tensor] | None,
              _options: SurrogateOptions) -> Transform:
-    """For unbiased or unsimulable post-processing: the expectation passes straight through."""
-    return lambda grads: list(grads)
+    """For unbiased or unsimulable post-processing: the expectation passes straight through.
+    Marked ``is_identity`` so an attack can drop it and keep its fast paths."""
+    def passthrough(grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return list(grads)
+
+    passthrough.is_identity = True  # type: ignore[attr-defined]
+    return passthrough
+
+
+def is_identity(transform: Transform | None) -> bool:
+    """Whether ``transform`` is :func:`identity`'s pass-through (or absent)."""
+    return transform is None or bool(getattr(transform, "is_identity", False))
 
 
 def straight_through(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
