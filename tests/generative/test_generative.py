@@ -259,6 +259,13 @@ def test_ggl_kl_and_adaptive_defense():
     assert calls and set(calls) == {"gradient"}
     with pytest.raises(GradleakError, match="adaptive"):
         GGL(generator=g, ggl_budget=20, adaptive=True)(obs, seed=0)
+    # A training-time defense runs on the search's own trial images (it needs inputs).
+    from gradleak.config import DefenseConfig
+    from gradleak.defenses import build_defense
+
+    soteria = build_defense(DefenseConfig(name="soteria"))
+    recon = GGL(generator=g, ggl_budget=20, defense=soteria)(obs, seed=0)
+    assert recon.images.shape == (1, 3, 16, 16)
 
 
 # -- rog -----------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from gradleak.attacks.gias import attack_generator
 from gradleak.attacks.losses import l2_distance
 from gradleak.attacks.optimization import resolve_labels, select_layers
 from gradleak.attacks.simulate import batch_order, simulated_delta
+from gradleak.defenses import apply_defense
 from gradleak.errors import GradleakError
 from gradleak.fl.client import set_bn_mode
 from gradleak.models.generator import DCGANGenerator
@@ -169,8 +170,11 @@ class GGL(Attack):
                 grads = list(torch.autograd.grad(loss, params))
             if self.defense is not None:
                 kind = "model_delta" if simulate else "gradient"
-                shared = self.defense(SharedUpdate(kind, dict(zip(names, grads, strict=True)), n),
-                                      generator=noise)
+                # A training-time defense (Soteria, Outpost) runs on the attacker's own trial
+                # images and the global model, as the client would on its data.
+                shared = apply_defense(self.defense,
+                                       SharedUpdate(kind, dict(zip(names, grads, strict=True)), n),
+                                       generator=noise, model=model, inputs=images)
                 grads = [shared.tensors[k] for k in names]
             return [grads[i] for i in chosen]
 
