@@ -50,7 +50,8 @@ import vs_breaching as vb  # noqa: E402  (the breaching venv, cases and worker l
 from gradleak import metrics  # noqa: E402
 
 VARIANTS = {"default": {}, "stop": {"stop": True}, "compile": {"compile": True},
-            "compile+stop": {"compile": True, "stop": True}}
+            "compile+stop": {"compile": True, "stop": True}, "race": {"race": True},
+            "race+stop": {"race": True, "stop": True}}
 
 # breaching's loop, instrumented: after every scheduler step the current iterate (boxed to the
 # image range, as breaching's own projection right after it does) is recorded every k steps.
@@ -147,18 +148,26 @@ def quality(images: torch.Tensor, truth: torch.Tensor) -> tuple[float, float | N
     return s["psnr"], s["lpips"]
 
 
-def timings(run: dict, truth: torch.Tensor, reference_psnr: float) -> dict:
-    """The trajectory's times to quality (see the module docstring)."""
+def timings(run: dict, truth: torch.Tensor, reference: tuple[float, float | None]) -> dict:
+    """The trajectory's times to quality (see the module docstring); ``reference`` is
+    breaching's final (PSNR, LPIPS)."""
     final_psnr, final_lpips = quality(run["images"], truth)
     points = [(t, *quality(img, truth)) for t, _it, img in run["trace"]]
+    ref_psnr, ref_lpips = reference
 
     def first(ok) -> float | None:
         return next((t for t, p, lp in points if ok(p, lp)), None)
 
+    def at_reference(p: float, lp: float | None) -> bool:
+        return p >= ref_psnr - 0.5 and (ref_lpips is None or lp is None or lp <= ref_lpips + 0.01)
+
     own = first(lambda p, _lp: p >= final_psnr - 0.5)
     return {"psnr": final_psnr, "lpips": final_lpips, "seconds": run["seconds"],
             "t_own": own if own is not None else run["seconds"],
-            "t_ref": first(lambda p, _lp: p >= reference_psnr - 0.5),
+            "t_ref": first(lambda p, _lp: p >= ref_psnr - 0.5),
+            "t_ref_any": first(at_reference),
+            # the returned result at breaching's final quality: what a user gets, at the run's end
+            "t_result": run["seconds"] if at_reference(final_psnr, final_lpips) else None,
             "t_lpips": first(lambda _p, lp: lp is not None and lp <= 0.1)}
 
 
@@ -197,13 +206,21 @@ def summarise(name: str, per_seed: list[dict], variants: list[str]) -> dict:
     row = {"case": name, "seeds": [p["seed"] for p in per_seed], "per_seed": per_seed, "variants": {}}
     theirs = [p["breaching"] for p in per_seed]
     row["breaching"] = {k: statistics.median(t[k] for t in theirs) for k in ("psnr", "seconds", "t_own")}
+    if all(t["lpips"] is not None for t in theirs):
+        row["breaching"]["lpips"] = statistics.median(t["lpips"] for t in theirs)
     for v in variants:
         ours = [p["ours"][v] for p in per_seed]
         row["variants"][v] = {
-            "median": {k: statistics.median(o[k] for o in ours) for k in ("psnr", "seconds", "t_own")},
+            "median": {k: statistics.median(o[k] for o in ours) for k in ("psnr", "seconds", "t_own")}
+            | ({"lpips": statistics.median(o["lpips"] for o in ours)}
+               if all(o["lpips"] is not None for o in ours) else {}),
             "t_own_ratio": log_ratio_interval([o["t_own"] for o in ours], [t["t_own"] for t in theirs]),
             "total_ratio": log_ratio_interval([o["seconds"] for o in ours], [t["seconds"] for t in theirs]),
             "psnr_difference": vb.paired_difference([o["psnr"] for o in ours], [t["psnr"] for t in theirs]),
+            "lpips_difference": (None if any(x["lpips"] is None for x in ours + theirs) else
+                                 vb.paired_difference([o["lpips"] for o in ours],
+                                                      [t["lpips"] for t in theirs])),
+            "reached_result": sum(o["t_result"] is not None for o in ours),
             "reached_ref": sum(o["t_ref"] is not None for o in ours),
             "iterations_used": statistics.median(sum(o["iterations_used"]) for o in ours)}
     return row
@@ -215,7 +232,10 @@ def print_row(row: dict) -> None:
           f"t_own {b['t_own']:.2f}s  compile: {row.get('compile_s') or '-'}")
     for v, r in row["variants"].items():
         m, own, tot, dp = r["median"], r["t_own_ratio"], r["total_ratio"], r["psnr_difference"]
+        dl = r["lpips_difference"] or {"mean": math.nan, "half_width": None}
         print(f"{'':16} {v:13} PSNR {m['psnr']:.2f} (d {dp['mean']:+.2f} +- {_fmt(dp['half_width'])})  "
+              f"dLPIPS {dl['mean']:+.4f} +- {_fmt(dl['half_width'], '.4f')}  "
+              f"at breaching's quality {r['reached_result']}/{len(row['seeds'])}  "
               f"total {m['seconds']:.2f}s  t_own {m['t_own']:.2f}s  its {r['iterations_used']:.0f}  "
               f"t_own ratio {own['ratio']:.2f} [{_fmt(own['low'])}, {_fmt(own['high'])}]  "
               f"total ratio {tot['ratio']:.2f} [{_fmt(tot['low'])}, {_fmt(tot['high'])}]", flush=True)
@@ -230,7 +250,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=["default", "stop"], choices=list(VARIANTS))
     parser.add_argument("--snapshots", type=int, default=40, help="trajectory points per run")
-    parser.add_argument("--stop-window", type=int, default=20)
+    parser.add_argument("--restarts", type=int, default=1,
+                        help="restarts on both sides (breaching: restarts.num_trials)")
+    parser.add_argument("--stop-window", type=int, default=100, help="attack.stop_window")
     parser.add_argument("--stop-tolerance", type=float, default=1e-3)
     parser.add_argument("--venv", type=Path, default=Path("/tmp/breaching-venv"))
     parser.add_argument("--tv", type=float, default=0.2)
@@ -246,7 +268,8 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     python = vb.ensure_venv(args.venv)
-    print(f"iterations {args.iterations}, seeds {args.seeds}, TV {args.tv:g}, lr {args.lr:g}, "
+    print(f"iterations {args.iterations} x {args.restarts} restarts, seeds {args.seeds}, "
+          f"TV {args.tv:g}, lr {args.lr:g}, "
           f"same initial images, CPU, 1 thread per side; stop window {args.stop_window}, "
           f"tolerance {args.stop_tolerance:g}", flush=True)
     rows = []
@@ -269,8 +292,8 @@ def main() -> None:
                         entry["ours"][side] = run_ours(case, opts, args.snapshots, args.iterations)
                 truth = case["images"]
                 theirs = entry.pop("breaching_run")
-                entry["breaching"] = timings(theirs, truth, quality(theirs["images"], truth)[0])
-                ref = entry["breaching"]["psnr"]
+                ref = quality(theirs["images"], truth)
+                entry["breaching"] = timings(theirs, truth, ref)
                 for side, run in entry["ours"].items():
                     used = {"iterations_used": run["iterations_used"]}
                     entry["ours"][side] = timings(run, truth, ref) | used

@@ -107,6 +107,7 @@ WORKER = textwrap.dedent('''
         f"optim.step_size={case['lr']}",
         f"regularization.total_variation.scale={case['tv']}",
         f"optim.callback={10 ** 9}",
+        f"restarts.num_trials={case.get('restarts', 1)}",
     ]
     cfg = breaching.get_attack_config("invertinggradients", overrides=overrides)
     attacker = breaching.attacks.prepare_attack(model, torch.nn.CrossEntropyLoss(), cfg,
@@ -119,6 +120,13 @@ WORKER = textwrap.dedent('''
     shared = [dict(gradients=[g.clone() for g in case["gradients"]], buffers=None,
                    metadata=dict(num_data_points=images.shape[0], labels=labels.clone(),
                                  local_hyperparams=None))]
+    if case["init"] is not None and case["init"].ndim == 5:  # one start per restart
+        _trial = attacker._run_trial
+
+        def _per_trial(rec_model, shared_data, labels, stats, trial, initial_data=None, dryrun=False):
+            return _trial(rec_model, shared_data, labels, stats, trial, initial_data[trial], dryrun)
+
+        attacker._run_trial = _per_trial
     torch.manual_seed(case["seed"])
     start = time.perf_counter()
     reconstructed, stats = attacker.reconstruct(payload, shared, {}, initial_data=case["init"],
@@ -161,7 +169,7 @@ def prepare_case(name: str, args: argparse.Namespace) -> dict:
     """Mirror ``gradleak.runner.run_scenario`` up to the attack, keeping the model."""
     model_key, batch = CASES[name]
     overrides = [*MODELS[model_key], f"data.num_samples={batch}", f"attack.iterations={args.iterations}",
-                 f"seed={args.seed}", "attack.name=ig"]
+                 f"seed={args.seed}", "attack.name=ig", f"attack.restarts={getattr(args, 'restarts', 1)}"]
     tv = args.tv if args.ours_tv is None else args.ours_tv
     lr = args.lr if args.ours_lr is None else args.ours_lr
     overrides += [f"attack.tv={tv}", f"attack.lr={lr}", f"attack.keep={args.keep}",
@@ -246,10 +254,13 @@ def judge(row: dict) -> str:
 
 
 def ours_initial(case: dict) -> torch.Tensor:
-    """gradleak's starting images for this case: the engine's first draw from its seeded generator
-    (restart 0; with known labels nothing is drawn before it)."""
+    """gradleak's starting images for this case: the engine's first draws from its seeded
+    generator, one per restart (with known labels nothing else is drawn between them); with
+    several restarts they are stacked on a leading axis, (R, B, C, H, W)."""
     generator = torch.Generator().manual_seed(case["cfg"].seed)
-    return case["attack"].initial(case["obs"], case["model"], generator)
+    draws = [case["attack"].initial(case["obs"], case["model"], generator)
+             for _ in range(case["cfg"].attack.restarts)]
+    return draws[0] if len(draws) == 1 else torch.stack(draws)
 
 
 def run_breaching(python: Path, case: dict, args: argparse.Namespace, tmp: Path, name: str
@@ -265,7 +276,7 @@ def run_breaching(python: Path, case: dict, args: argparse.Namespace, tmp: Path,
         "images": case["images"], "labels": case["labels"],
         "gradients": case["gradients"],
         "iterations": args.iterations, "lr": args.lr, "tv": args.tv,
-        "seed": cfg.seed,
+        "seed": cfg.seed, "restarts": cfg.attack.restarts,
         "init": ours_initial(case) if args.same_init else None,
     }, case_file)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
