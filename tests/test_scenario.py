@@ -96,7 +96,9 @@ def test_no_ground_truth_or_private_state_reaches_the_attacker(protocol, model, 
     _assert_unreachable(sc, obs, rnd, labels=labels, client=client, bn=bn)
 
 
-MODEL_NEEDS = {"precode-analytic": ["model.precode=true"]}  # attacks made for a model switch
+MODEL_NEEDS = {"precode-analytic": ["model.precode=true"],  # attacks made for a model switch
+               "mix-decode": ["client.mix=mixup", "client.mix_k=1", "client.mix_upper=1",
+                              "threat.knows_mixing=true"]}  # or for a training change
 
 
 @pytest.mark.parametrize("name", ATTACKS.names())
@@ -108,7 +110,7 @@ def test_every_attack_family_sees_no_ground_truth(name, tmp_path):
     cfg = load_config(None, [*setup, "data.num_samples=1", f"attack.name={name}", *grants])
     sc = Scenario.from_config(cfg)
     rnd = sc.client_round()
-    obs = sc.observe(sc.defend(rnd.update), bn_statistics=rnd.bn_statistics)
+    obs = sc.observe(sc.defend(rnd.update), bn_statistics=rnd.bn_statistics, mixing=rnd.mixing)
     _assert_unreachable(sc, obs, rnd, labels=True, client=False, bn=True)
 
 

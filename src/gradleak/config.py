@@ -130,6 +130,12 @@ class ClientConfig:
     augment: str = _opt("none", choices=("none", "flip", "crop_flip"),
                         help="per-sample random flips / CIFAR crop (pad R/8) + flip")
     label_smoothing: float = _opt(0.0, minimum=0.0, help="cross-entropy label smoothing, < 1")
+    mix: str = _opt("none", choices=("none", "mixup", "instahide"), added=True,
+                    help="train on k-way mixes of the client's own samples with mixed labels "
+                         "(GradAttack's MixUp; InstaHide adds random pixel sign flips)")
+    mix_k: int = _opt(4, minimum=1, added=True, help="mix: samples per encoding (GradAttack's klam)")
+    mix_lower: float = _opt(0.0, minimum=0.0, added=True, help="mix: lowest coefficient allowed")
+    mix_upper: float = _opt(0.65, minimum=0.0, added=True, help="mix: highest coefficient allowed")
 
 
 @dataclass
@@ -140,6 +146,8 @@ class ThreatConfig:
     knows_bn_statistics: bool = _opt(False, help="level 4: the client's BN batch statistics")
     malicious: bool = _opt(False, help="level 5: the server may craft model parameters")
     knows_labels: bool = _opt(True, help="the victim's label multiset is known")
+    knows_mixing: bool = _opt(False, added=True, help="client.mix: the client's mixing partners, "
+                              "coefficients and signs (GradAttack's upper-bound attacker)")
 
 
 # The paper's leakage thresholds (App. C): a sample leaks if PSNR >= 18 dB and LPIPS <= 0.1.

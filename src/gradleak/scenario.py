@@ -255,13 +255,15 @@ class Scenario:
             self.device), round_=round_, generator=torch.Generator().manual_seed(self.seeds.defense))
 
     def observe(self, update: SharedUpdate, *, bn_statistics: list | None = None,
-                labels: torch.Tensor | None = None, setup: ClientSetup | None = None) -> Observation:
+                labels: torch.Tensor | None = None, setup: ClientSetup | None = None,
+                mixing: list | None = None) -> Observation:
         """What the server sees of ``update``, filtered by the threat model. ``labels`` default to
-        the victim's (passed on only when granted); ``setup`` to the victim's client setup."""
+        the victim's (passed on only when granted); ``setup`` to the victim's client setup;
+        ``mixing``: the round's MixUp/InstaHide plans (passed on only when granted)."""
         return observe(model=self.model, update=update, threat=self.threat,
                        setup=setup or self.setup,
                        labels=self.labels if labels is None else labels,
-                       bn_statistics=bn_statistics or [],
+                       bn_statistics=bn_statistics or [], mixing=mixing,
                        input_shape=tuple(self.images.shape[1:]),
                        num_classes=self.dataset.num_classes)
 
@@ -318,7 +320,7 @@ class Scenario:
         started = time.perf_counter()
         rnd = self.client_round()
         shared = self.defend(rnd.update)
-        obs = self.observe(shared, bn_statistics=rnd.bn_statistics)
+        obs = self.observe(shared, bn_statistics=rnd.bn_statistics, mixing=rnd.mixing)
         attack_started = time.perf_counter()
         recon = self.reconstruct(obs, progress=progress)
         attack_seconds = time.perf_counter() - attack_started

@@ -72,6 +72,9 @@ def check_modalities(cfg: Config, *, text_data: bool, text_model: bool | None = 
     if text_data and cfg.client.augment != "none":
         raise GradleakError(f"client.augment={cfg.client.augment} is an image augmentation; "
                             "text clients train with client.augment=none")
+    if text_data and cfg.client.mix != "none":
+        raise GradleakError(f"client.mix={cfg.client.mix} mixes images; text clients train with "
+                            "client.mix=none")
 
 
 def modality_of(attack: object) -> str:

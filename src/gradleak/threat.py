@@ -24,6 +24,8 @@ class Knowledge(Enum):
     BN_STATISTICS = ("BN statistics", 4, "the client's batch-norm batch statistics")
     MALICIOUS = ("malicious behaviour", 5, "the server crafts or modifies model parameters")
     LABELS = ("labels", None, "the victim's label multiset (not a paper level: an explicit grant)")
+    MIXING = ("mixing plan", None, "MixUp/InstaHide: the client's mixing partners, coefficients and "
+              "signs (an explicit grant; GradAttack's upper-bound attacker)")
 
     def __init__(self, title: str, level: int | None, description: str) -> None:
         self.title = title
@@ -42,6 +44,7 @@ _CONFIG_KEYS = {
     Knowledge.BN_STATISTICS: "threat.knows_bn_statistics",
     Knowledge.MALICIOUS: "threat.malicious",
     Knowledge.LABELS: "threat.knows_labels",
+    Knowledge.MIXING: "threat.knows_mixing",
 }
 
 
@@ -60,6 +63,7 @@ class ThreatModel:
             Knowledge.BN_STATISTICS: cfg.knows_bn_statistics,
             Knowledge.MALICIOUS: cfg.malicious,
             Knowledge.LABELS: cfg.knows_labels,
+            Knowledge.MIXING: cfg.knows_mixing,
         }
         return cls(frozenset({Knowledge.BASIC} | {k for k, on in flags.items() if on}))
 

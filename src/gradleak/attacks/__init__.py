@@ -52,6 +52,7 @@ from gradleak.attacks import (  # noqa: E402,F401
     gradinversion,
     inverting_gradients,
     lamp,
+    mix_decode,
     precode_analytic,
     rog,
     tag,

@@ -14,6 +14,7 @@ from gradleak.attack_settings import AttackSettings
 from gradleak.config import attack_preset
 from gradleak.errors import GradleakError
 from gradleak.fl.client import ClientSetup
+from gradleak.fl.mixing import MixPlan
 from gradleak.threat import Knowledge, ThreatModel
 from gradleak.update import SharedUpdate
 
@@ -24,7 +25,8 @@ class Observation:
 
     There is deliberately no field for the victim's images. ``labels`` is set only when the threat
     model grants the label multiset, ``client`` only with client training details (level 3),
-    ``bn_statistics`` only with BN statistics (level 4). The protocol and the BN mode are part of
+    ``bn_statistics`` only with BN statistics (level 4), ``mixing`` (MixUp/InstaHide plans, one
+    per local epoch) only with ``threat.knows_mixing``. The protocol and the BN mode are part of
     the training code the server ships, hence basic information. Build it with :func:`observe`.
     """
 
@@ -38,6 +40,7 @@ class Observation:
     labels: torch.Tensor | None = None
     client: ClientSetup | None = None
     bn_statistics: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    mixing: list[MixPlan] | None = None
 
     @property
     def num_samples(self) -> int:
@@ -46,10 +49,11 @@ class Observation:
 
 def observe(*, model: nn.Module, update: SharedUpdate, threat: ThreatModel, setup: ClientSetup,
             labels: torch.Tensor, input_shape: tuple[int, int, int], num_classes: int,
-            bn_statistics: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Observation:
+            bn_statistics: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+            mixing: list[MixPlan] | None = None) -> Observation:
     """What the server sees of a client round, filtered by the threat model: ``labels``, the
-    client ``setup`` and the client's ``bn_statistics`` only when granted. The update itself is
-    passed on as the client sent it (it carries no side information)."""
+    client ``setup``, the client's ``bn_statistics`` and its ``mixing`` plans only when granted.
+    The update itself is passed on as the client sent it (it carries no side information)."""
     return Observation(
         model=model,
         update=update,
@@ -62,6 +66,8 @@ def observe(*, model: nn.Module, update: SharedUpdate, threat: ThreatModel, setu
         client=setup if threat.grants(Knowledge.CLIENT_TRAINING) else None,
         bn_statistics=([(m.clone(), v.clone()) for m, v in bn_statistics or []]
                        if threat.grants(Knowledge.BN_STATISTICS) else None),
+        mixing=([m.granted() for m in mixing] if mixing and threat.grants(Knowledge.MIXING)
+                else None),
     )
 
 

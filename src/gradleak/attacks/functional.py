@@ -48,6 +48,7 @@ def unsupported(ctx: RunContext) -> str | None:
     reasons = [(ctx.setup.simulate, "the WST replay of local SGD"),
                (ctx.bn_prior is not None, "the BN-statistics prior"),
                (ctx.hooks.transform is not None, "the adaptive transform"),
+               (getattr(ctx.hooks, "encodes_inputs", False), "an input encoding (mix-decode)"),
                (s.group > 1, "group consistency"), (s.learn_labels, "learned labels"),
                (s.optimizer != "adam", f"optimizer={s.optimizer}"),
                (s.distance not in PLAIN_DISTANCES, f"distance={s.distance}"),

@@ -24,6 +24,7 @@ from torch import nn
 from gradleak.config import ClientConfig
 from gradleak.errors import GradleakError
 from gradleak.fl import training
+from gradleak.fl.mixing import MixPlan, check_mixing, draw_plan, encode
 from gradleak.fl.training import AUGMENTATIONS, OPTIMIZERS
 from gradleak.models.base import forward_with_penalty
 from gradleak.update import SharedUpdate
@@ -60,6 +61,10 @@ class ClientSetup:
     weight_decay: float = 0.0
     augment: str = "none"
     label_smoothing: float = 0.0
+    mix: str = "none"  # MixUp / InstaHide (gradleak.fl.mixing)
+    mix_k: int = 4
+    mix_lower: float = 0.0
+    mix_upper: float = 0.65
     local_train: LocalTrain | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -78,7 +83,8 @@ class ClientSetup:
         details = {"bn_mode": cfg.bn_mode, "optimizer": cfg.optimizer, "momentum": cfg.momentum,
                    "nesterov": cfg.nesterov, "weight_decay": cfg.weight_decay,
                    "augment": cfg.augment, "label_smoothing": cfg.label_smoothing,
-                   "local_train": local_train}
+                   "mix": cfg.mix, "mix_k": cfg.mix_k, "mix_lower": cfg.mix_lower,
+                   "mix_upper": cfg.mix_upper, "local_train": local_train}
         if cfg.protocol == "fedsgd":
             return cls("fedsgd", 1, num_samples, cfg.lr, num_samples, **details)
         return cls("fedavg", cfg.local_epochs, batch, cfg.lr, num_samples, **details)
@@ -101,6 +107,7 @@ class ClientRound:
 
     update: SharedUpdate
     bn_statistics: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    mixing: list[MixPlan] = field(default_factory=list)  # client.mix: one plan per local epoch
 
 
 def check_training(setup: ClientSetup) -> None:
@@ -128,6 +135,10 @@ def check_training(setup: ClientSetup) -> None:
                             f"not {setup.optimizer} (its moments use betas 0.9/0.999)")
     if setup.nesterov and not setup.momentum:
         raise GradleakError("client.nesterov=true needs client.momentum > 0")
+    check_mixing(setup.mix, setup.mix_k, setup.mix_lower, setup.mix_upper, setup.num_samples)
+    if setup.mix != "none" and setup.local_train is not None:
+        raise GradleakError(f"client.mix={setup.mix} is gradleak's own training loop; a "
+                            "local_train function must do its own mixing")
 
 
 def set_bn_mode(model: nn.Module, mode: str, *, dropout: bool = True) -> None:
@@ -197,11 +208,50 @@ def client_batch_order(setup: ClientSetup, generator: torch.Generator) -> list[t
     return order
 
 
-def _loss(local: nn.Module, x: torch.Tensor, labels: torch.Tensor, setup: ClientSetup) -> torch.Tensor:
-    """The client's training loss: cross-entropy plus the model's own training penalties (e.g.
-    PRECODE's KL term; none for most models)."""
+def mixing_plans(setup: ClientSetup, shape: tuple[int, ...], *, seed: int) -> list[MixPlan]:
+    """The client's MixUp/InstaHide plans, one per local epoch (none without ``client.mix``),
+    from its own mixing stream (apart from batch order and augmentation)."""
+    if setup.mix == "none":
+        return []
+    generator = torch.Generator().manual_seed((seed + 0x313C) % 2**63)
+    return [draw_plan(setup.mix, setup.num_samples, setup.mix_k, setup.mix_lower, setup.mix_upper,
+                      shape, generator) for _ in range(setup.local_epochs)]
+
+
+def _mixed(local: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+           plan: MixPlan) -> tuple[torch.Tensor, Mixed]:
+    """The encodings of ``plan`` and their mixed labels (InstaHide reflects about the model's
+    input mean, 0.5 for a model without one)."""
+    mean = getattr(local, "input_mean", None)
+    plan = plan.to(images.device)
+    return (encode(images, plan, 0.5 if mean is None else mean),
+            Mixed(labels[plan.partners], plan.coefficients))
+
+
+@dataclass(frozen=True)
+class Mixed:
+    """Mixed labels: each row's partner classes ``[N, k]`` and coefficients ``[N, k]``."""
+
+    classes: torch.Tensor
+    weights: torch.Tensor
+
+    def __getitem__(self, rows: torch.Tensor) -> Mixed:
+        return Mixed(self.classes[rows], self.weights[rows])
+
+
+def _loss(local: nn.Module, x: torch.Tensor, labels: torch.Tensor | Mixed,
+          setup: ClientSetup) -> torch.Tensor:
+    """The client's training loss: cross-entropy (on class indices, or on the probabilities of
+    mixed labels) plus the model's own training penalties (e.g. PRECODE's KL term; none for most
+    models)."""
     logits, penalty = forward_with_penalty(local, x)
-    loss = F.cross_entropy(logits, labels, label_smoothing=setup.label_smoothing)
+    if isinstance(labels, Mixed):  # cross-entropy is linear in the target distribution
+        per_class = [F.cross_entropy(logits, labels.classes[:, j], reduction="none",
+                                     label_smoothing=setup.label_smoothing)
+                     for j in range(labels.classes.shape[1])]
+        loss = (torch.stack(per_class, dim=1) * labels.weights).sum(dim=1).mean()
+    else:
+        loss = F.cross_entropy(logits, labels, label_smoothing=setup.label_smoothing)
     return loss if penalty is None else loss + penalty
 
 
@@ -211,6 +261,8 @@ def local_gradient(local: nn.Module, names: list[str], images: torch.Tensor,
     wanted = set(names)
     params = [p for n, p in local.named_parameters() if n in wanted]
     x = training.augment(images, setup.augment, client_generators(seed)[1])
+    for plan in mixing_plans(setup, tuple(images.shape[1:]), seed=seed):
+        x, labels = _mixed(local, x, labels, plan)
     grads = torch.autograd.grad(_loss(local, x, labels, setup), params)
     return {n: g.detach().clone() for n, g in zip(names, grads, strict=True)}
 
@@ -228,10 +280,18 @@ def local_training(local: nn.Module, names: list[str], images: torch.Tensor,
     optimizer = training.make_optimizer(params, optimizer=setup.optimizer, lr=setup.lr,
                                         momentum=setup.momentum, nesterov=setup.nesterov,
                                         weight_decay=setup.weight_decay)
-    for batch in client_batch_order(setup, order_gen):
+    plans = mixing_plans(setup, tuple(images.shape[1:]), seed=seed)
+    for step, batch in enumerate(client_batch_order(setup, order_gen)):
         optimizer.zero_grad(set_to_none=True)
-        x = training.augment(images[batch], setup.augment, aug_gen)
-        _loss(local, x, labels[batch], setup).backward()
+        if plans:  # GradAttack augments the whole set once per epoch, then mixes
+            epoch, first = divmod(step, setup.steps_per_epoch)
+            if first == 0:
+                mixed = _mixed(local, training.augment(images, setup.augment, aug_gen), labels,
+                               plans[epoch])
+            x, y = mixed[0][batch], mixed[1][batch]
+        else:
+            x, y = training.augment(images[batch], setup.augment, aug_gen), labels[batch]
+        _loss(local, x, y, setup).backward()
         optimizer.step()
     return {n: (p.detach() - s) for n, p, s in zip(names, params, start, strict=True)}
 
@@ -257,4 +317,5 @@ def client_round(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     local = copy.deepcopy(model)
     set_bn_mode(local, setup.bn_mode)
     stats = capture_bn_statistics(local, images)
-    return ClientRound(client_update(model, images, labels, setup, seed=seed), stats)
+    return ClientRound(client_update(model, images, labels, setup, seed=seed), stats,
+                       mixing_plans(setup, tuple(images.shape[1:]), seed=seed))

@@ -93,6 +93,9 @@ def dp_client_update(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     local = copy.deepcopy(model)
     set_bn_mode(local, setup.bn_mode)
     _check_bn(local, setup)
+    if setup.mix != "none":
+        raise GradleakError(f"DP-SGD (defense.name=dpsgd or fl.dp=true) does not support "
+                            f"client.mix={setup.mix}: a mixed sample's gradient is not one sample's")
     if any(callable(getattr(m, "penalty", None)) for m in local.modules()):
         raise GradleakError("DP-SGD (defense.name=dpsgd or fl.dp=true) does not support "
                             "model.precode=true: its per-sample gradients would drop the KL term")
