@@ -80,7 +80,14 @@ def test_a_leaking_setup_gets_a_recommendation_and_fails(tmp_path, capsys):
     assert rec["cost"] == "accuracy_drop" and rec["max_accuracy_drop"] == 2.0
     assert rec["accuracy_without_defense"] is not None
     assert {p["defense"] for p in rec["settings"]} == {"qsgd", "signsgd", "topk", "clip",
-                                                      "gaussian", "dpsgd", "soteria", "outpost"}
+                                                      "gaussian", "dpsgd", "soteria", "outpost",
+                                                      "precode"}
+    # one victim sample: nothing to mix (the reason is in the verdict)
+    assert set(rec["skipped"]) == {"mixup", "instahide"}
+    assert "fewer than client.mix_k" in rec["skipped"]["mixup"]
+    precode = [p for p in rec["settings"] if p["defense"] == "precode"]
+    assert precode and all("+adaptive" in " ".join(p["attackers"]) for p in precode
+                           if p["confirmed"])  # judged against precode-analytic
     soteria = [p for p in rec["settings"] if p["defense"] == "soteria"]
     assert all(any(a.endswith("+adaptive") for a in p["attackers"]) for p in soteria
                if p["confirmed"])  # never judged without its adaptive attack

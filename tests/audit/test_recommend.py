@@ -105,3 +105,56 @@ def test_a_setting_only_the_adaptive_attack_leaks_is_broken_by_it(monkeypatch):
     assert broken_by == ["L0-basic+adaptive"]  # trial 0: only the adaptive attack leaked
     leaks[0] = (True, True)
     assert probe._leaks_by_attacker({}, [plain, adaptive])[1] == []
+
+
+def _switch_setup(**kw):
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(model=SimpleNamespace(name=kw.pop("model", "mlp")))
+    return SimpleNamespace(cfg=cfg, text=kw.pop("text", False), fedavg=kw.pop("fedavg", False),
+                           num_samples=kw.pop("num_samples", 4))
+
+
+def test_model_and_training_switches_are_searched_where_they_apply():
+    from gradleak.audit.switches import switch_points
+
+    names = ["qsgd", "precode", "mixup", "instahide"]
+    points, skipped = switch_points(names, {}, _switch_setup())
+    assert [p.key for p in points] == ["precode-beta=0.001", "mixup-k=4", "instahide-k=4"]
+    assert skipped == {}
+    _, skipped = switch_points(names, {}, _switch_setup(fedavg=True, num_samples=2))
+    assert set(skipped) == {"mixup", "instahide"} and "FedSGD" in skipped["mixup"]
+    points, skipped = switch_points(names, {"mixup": [2, 4]}, _switch_setup(num_samples=2))
+    assert [p.key for p in points] == ["precode-beta=0.001", "mixup-k=2"]
+    assert "fewer than client.mix_k" in skipped["instahide"]
+    _, skipped = switch_points(names, {}, _switch_setup(model="my.py:Net"))
+    assert "gradleak's own models" in skipped["precode"]
+    assert set(switch_points(names, {}, _switch_setup(text=True))[1]) == {"precode", "mixup",
+                                                                         "instahide"}
+
+
+def test_a_switch_is_judged_by_its_breaking_attack_once(monkeypatch):
+    from types import SimpleNamespace
+
+    from gradleak.audit import search
+    from gradleak.defenses.grid import GridPoint
+
+    levels = [SimpleNamespace(name="L0-basic"), SimpleNamespace(name="L2-distribution"),
+              SimpleNamespace(name="L1-priors")]
+    attack = {"L0-basic": "gias", "L2-distribution": "gias", "L1-priors": "ig"}
+    monkeypatch.setattr(search, "level_config", lambda ladder, level, *a, **k: SimpleNamespace(
+        attack=SimpleNamespace(name=attack[level.name])))
+    setup = SimpleNamespace(cfg=SimpleNamespace(seed=0))
+    foes = search.attackers(None, setup, {}, levels, "precode")
+    assert [f.label for f in foes] == ["L0-basic", "L2-distribution", "L1-priors",
+                                       "L1-priors+adaptive"]  # on the first IG level
+    point = GridPoint("mixup", "k", 4)
+    keys = search.attacker_keys(point, foes[-1])
+    assert keys["attack.name"] == "mix-decode" and keys["threat.knows_mixing"] is True
+    assert search.attacker_keys(point, foes[0]) == {}  # the level's own attack, unchanged
+    assert search.defense_keys(point, None) == {"defense.name": "none", "client.mix": "mixup",
+                                                "client.mix_k": 4}
+    precode = search.attacker_keys(GridPoint("precode", "beta", 1e-3), foes[-1])
+    assert precode == {"attack.name": "precode-analytic"}
+    assert search.attacker_keys(GridPoint("topk", "sparsity", 0.9), foes[-1]) == {
+        "attack.adaptive": True}

@@ -98,6 +98,9 @@ class MixDecode(GradientMatchingAttack):
     def run(self, obs: Observation, *, seed: int, progress: bool) -> Reconstruction:
         self._plan, self._mean = _granted_plan(obs), _input_mean(obs)
         found = super().run(obs, seed=seed, progress=progress)
+        # the candidates are the originals, in the client's order: their labels are the granted
+        # ones (the engine reports the argmax of the soft labels it matched)
+        found = dataclasses.replace(found, labels=[int(v) for v in obs.labels.tolist()])
         if self._plan.kind == "mixup":
             return dataclasses.replace(found, details=dict(
                 found.details, mixing="mixup: originals matched through the granted plan"))

@@ -16,6 +16,9 @@ lightly).
   ``recommend.confirmations``), so the chosen setting's "does not leak" is measured, never
   inferred; a grid where a weaker setting does not leak but a stronger one leaks is reported as
   non-monotonic.
+* **Model and training switches** (:mod:`gradleak.audit.switches`): PRECODE, MixUp and
+  InstaHide, each judged against its breaking attack as the adaptive attacker; one that cannot
+  apply to the setup is listed in ``skipped`` with the reason.
 * **Text models** also search LoRA configurations (``recommend.lora_ranks``, or a budget's
   ``grids.lora``; ranks below the client's own): the client trains and shares only rank-r
   adapters (``model.lora_rank``), judged and costed like a defense setting (key ``lora-rank=r``).
@@ -49,6 +52,7 @@ from gradleak.audit.search import (  # noqa: F401 (adaptive_for, Bisection: publ
     bisections,
     lora_points,
 )
+from gradleak.audit.switches import SWITCHES, switch_points
 from gradleak.audit.utility import paired_cost
 from gradleak.audit.verdict import LEAKS, SAFE, VerdictRule, evidence, level_verdict
 from gradleak.defenses.grid import build_grid
@@ -220,7 +224,9 @@ def recommend(ladder: Ladder, setup: Setup, budget: dict[str, Any], trials: list
     names = list(rec.get("defenses") or ())
     if setup.has_bn and "dpsgd" in names:  # per-sample clipping cannot run through train-mode BN
         names.remove("dpsgd")
-    grid = build_grid(names, grids)
+    switches, skipped = switch_points(names, {k: grids.pop(k) for k in list(grids)
+                                              if k in SWITCHES}, setup)
+    grid = build_grid([n for n in names if n not in SWITCHES], grids) + switches
     if setup.text:  # a language model's client may also share only LoRA adapters
         grid += lora_points(list(ranks), int(setup.cfg.model.lora_rank))
     max_drop = (options.max_accuracy_drop if options.max_accuracy_drop is not None
@@ -251,7 +257,8 @@ def recommend(ladder: Ladder, setup: Setup, budget: dict[str, Any], trials: list
                             "defense on one round of trials (a setting passes when no trial "
                             "leaked), then the passing settings confirmed cheapest first with the "
                             "full sequential rule",
-                "monotonic_breaks": monotonic_breaks(found.points), "settings": found.points},
+                "monotonic_breaks": monotonic_breaks(found.points), "settings": found.points,
+                "skipped": skipped},
             "vulnerable_layers": None if setup.text else {
                 "attack": top["name"], "layers": layer_rows,
                 "suffices": [r["layer"] for r in layer_rows if r["verdict"] == LEAKS],

@@ -19,6 +19,7 @@ from typing import Any
 
 from gradleak.audit.ladder import Ladder, Level, Setup, Trial, level_config
 from gradleak.audit.scenarios import run_spec
+from gradleak.audit.switches import breaker_keys, is_switch, switch_keys
 from gradleak.audit.utility import UTILITY_TRIALS
 from gradleak.audit.verdict import INCONCLUSIVE, SAFE, RunEvidence, VerdictRule, level_verdict, merge
 from gradleak.config import flatten
@@ -59,6 +60,8 @@ def defense_keys(point: GridPoint, setup: Setup) -> dict[str, Any]:
     A LoRA point trains and shares only rank-``value`` adapters, undefended."""
     if point.defense == LORA:
         return {"defense.name": "none", "model.lora_rank": point.value}
+    if is_switch(point.defense):  # PRECODE, MixUp, InstaHide (gradleak.audit.switches)
+        return switch_keys(point)
     keys: dict[str, Any] = {"defense.name": point.defense}
     if point.param is not None:
         keys[f"defense.{point.param}"] = point.value
@@ -81,14 +84,28 @@ class Attacker:
 
 def attackers(ladder: Ladder, setup: Setup, budget: dict[str, Any], leaking: list[Level],
               defense: str) -> list[Attacker]:
-    """Every leaking level, non-adaptive, and adaptive too where that is possible."""
-    out = []
+    """Every leaking level, non-adaptive, and adaptive too where that is possible (a model or
+    training switch: its breaking attack, :func:`~gradleak.audit.switches.breaker_keys`)."""
+    out, names = [], {}
+    for level in leaking:
+        names[level.name] = level_config(ladder, level, setup, budget, seed=setup.cfg.seed).attack.name
+    # A switch's breaking attack runs once, on the first leaking level that runs IG (its keys
+    # are GIA-O's): it replaces the attack, whatever the level's prior knowledge.
+    breaker = next((lv.name for lv in leaking if names[lv.name] == "ig"), None)
     for level in leaking:
         out.append(Attacker(level, False))
-        name = level_config(ladder, level, setup, budget, seed=setup.cfg.seed).attack.name
-        if adaptive_for(name, defense):
+        if (level.name == breaker if is_switch(defense)
+                else adaptive_for(names[level.name], defense)):
             out.append(Attacker(level, True))
     return out
+
+
+def attacker_keys(point: GridPoint, attacker: Attacker) -> dict[str, Any]:
+    """The attack keys of ``attacker`` against ``point``: ``attack.adaptive``, or a switch's
+    breaking attack in place of the level's."""
+    if is_switch(point.defense):
+        return breaker_keys(point.defense) if attacker.adaptive else {}
+    return {"attack.adaptive": attacker.adaptive}
 
 
 def privacy_runs(ladder: Ladder, setup: Setup, budget: dict[str, Any], trials: list[Trial],
@@ -97,7 +114,7 @@ def privacy_runs(ladder: Ladder, setup: Setup, budget: dict[str, Any], trials: l
     keys = defense_keys(point, setup)
     return {a.label: [run_spec(EXPERIMENT, f"{point.key} vs {a.label}", level_config(
         ladder, a.level, setup, budget, seed=t.seed,
-        extra={**t.keys(), **keys, "attack.adaptive": a.adaptive}), kind="defended_attack",
+        extra={**t.keys(), **keys, **attacker_keys(point, a)}), kind="defended_attack",
         labels={"defense": point.key, "attacker": a.label}) for t in trials] for a in foes}
 
 
@@ -217,6 +234,8 @@ class Probe:
         mine = [rows[r.run_id] for r in self.runs.values() if r.run_id in rows]
         dist = [r["distortion"] for r in mine if isinstance(r.get("distortion"), (int, float))]
         p = self.point
+        if is_switch(p.defense):  # the update is not post-processed: no distortion to compare
+            dist = []
         leaked_by, broken_by = self._leaks_by_attacker(rows, used)
         self.result = {"key": p.key, "defense": p.defense, "param": p.param, "value": p.value,
                        "attackers": [a.label for a in used], "leaked_by": leaked_by,

@@ -46,7 +46,13 @@ from gradleak.data.sampling import select_victim_samples
 from gradleak.defenses import apply_defense
 from gradleak.errors import GradleakError
 from gradleak.fl.aggregation import aggregate, apply_update, server_step
-from gradleak.fl.client import ClientSetup, client_update, resolve_bn_mode, set_bn_mode
+from gradleak.fl.client import (
+    ClientSetup,
+    client_update,
+    mixing_plans,
+    resolve_bn_mode,
+    set_bn_mode,
+)
 from gradleak.fl.dp import DPSettings, dp_client_update, dp_settings, epsilon, make_accountant
 from gradleak.fl.partition import partition_indices
 from gradleak.io import atomic_write
@@ -74,6 +80,8 @@ class FLResult:
     ``victim_update`` and ``round_updates`` (every sampled client's defended update in that round)
     are ground truth for audits and tests, not server knowledge under secure aggregation.
     ``epsilon``: DP-SGD epsilon per client that trained (at ``delta``), empty without DP.
+    ``observed_mixing``: the victim's MixUp/InstaHide plans in that round (``client.mix``; empty
+    without mixing or under secure aggregation), passed to the attacker only when granted.
     """
 
     accuracy: list[float]
@@ -93,6 +101,7 @@ class FLResult:
     delta: float | None = None
     checkpoints: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    observed_mixing: list = field(default_factory=list)
 
     @property
     def final_accuracy(self) -> float:
@@ -186,6 +195,7 @@ class _Round:
     uploads: list[tuple[int, SharedUpdate]] = field(default_factory=list)
     updates: dict[int, SharedUpdate] = field(default_factory=dict)
     setups: dict[int, ClientSetup] = field(default_factory=dict)
+    mixing: dict[int, list] = field(default_factory=dict)  # client.mix: each client's plans
 
 
 def _train_clients(model: nn.Module, sampled: Sequence[int],
@@ -211,6 +221,7 @@ def _train_clients(model: nn.Module, sampled: Sequence[int],
                                generator=torch.Generator().manual_seed(cseed + 1))
         out.uploads.append((len(y), update))
         out.updates[k], out.setups[k] = update, setup
+        out.mixing[k] = mixing_plans(setup, tuple(x.shape[1:]), seed=cseed)
     return out
 
 
@@ -257,6 +268,7 @@ def train_federated(model: nn.Module, train: ImageDataset, parts: Sequence[Seque
             apply_update(model, mean, server_step(client.protocol, client.lr))
             if r == attack_round:
                 captured.update(state=round_state, updates=done.updates, setups=done.setups,
+                                mixing=done.mixing,
                                 mean=mean, total=sum(n for n, _ in done.uploads),
                                 sampled=[k for k in sampled if k in done.updates])
             accuracy.append(evaluate(model, test_x, test_y, bn_mode=eval_bn))
@@ -286,13 +298,14 @@ def _result(model: nn.Module, parts: Sequence[Sequence[int]], captured: dict, *,
     else:
         observed, observed_setup = victim_update, victim_setup
         observed_indices = [int(i) for i in parts[VICTIM]]
+    mixing = [] if fl.secure_aggregation else captured["mixing"].get(VICTIM, [])
     return FLResult(
         final_state={k: v.detach().clone() for k, v in model.state_dict().items()},
         attack_round=attack_round, attack_state=captured["state"], observed=observed,
         observed_setup=observed_setup, observed_indices=observed_indices,
         victim_update=victim_update, victim_setup=victim_setup,
         victim_indices=[int(i) for i in parts[VICTIM]], round_updates=captured["updates"],
-        secure_aggregation=fl.secure_aggregation, **rest)
+        secure_aggregation=fl.secure_aggregation, observed_mixing=mixing, **rest)
 
 
 # --- from a Config ----------------------------------------------------------------------------

@@ -152,7 +152,7 @@ def attack_observed(cfg: Any, run: Any, *, progress: bool = False) -> tuple[Any,
     else:
         images, labels = dataset_tensors(run.train, res.observed_indices)
         sc = Scenario.from_config(cfg, model=model, data=run.train, victim=(images, labels))
-    obs = sc.observe(res.observed, setup=res.observed_setup)
+    obs = sc.observe(res.observed, setup=res.observed_setup, mixing=res.observed_mixing)
     return sc.score(sc.reconstruct(obs, progress=progress)), images
 
 
