@@ -25,6 +25,10 @@ def test_a_key_without_effect_gets_one_warning(recwarn):
             if "client.batch_size=4 has no effect with client.protocol=fedsgd" in str(w.message)]
     assert len(said) == 1
 
+    assert main(["check", *SMALL, "client.mix_k=2"]) == 0
+    assert any("client.mix_k=2 has no effect with client.mix=none" in str(w.message)
+               for w in recwarn)
+
 
 def test_check_refuses_what_the_audit_could_not_use(tmp_path, capsys):
     net = tmp_path / "net.py"

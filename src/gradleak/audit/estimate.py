@@ -23,6 +23,8 @@ ZOO_KEYS = ("model.width", "model.depth", "model.norm", "model.activation",
                     "model.pooling", "model.kernel_size", "model.padding", "model.hidden",
                     "model.small_input", "model.skip_cuts", "model.dense_connections")
 
+MIX_KEYS = ("client.mix_k", "client.mix_lower", "client.mix_upper", "threat.knows_mixing")
+
 
 def ineffective_keys(setup: Setup, given: dict[str, Any]) -> list[str]:
     """One warning line per key the user set that has no effect in this setup."""
@@ -32,6 +34,9 @@ def ineffective_keys(setup: Setup, given: dict[str, Any]) -> list[str]:
             if key in given:
                 out.append(f"{key}={given[key]} has no effect with client.protocol=fedsgd (one "
                            "gradient on all data.num_samples samples); use client.protocol=fedavg")
+    if cfg.client.mix == "none":
+        out += [f"{key}={given[key]} has no effect with client.mix=none (the client does not "
+                "mix); set client.mix=mixup or instahide" for key in MIX_KEYS if key in given]
     if ".py:" in cfg.model.name:
         out += [f"{key} has no effect on your own model (model.name={cfg.model.name}): it "
                 "configures gradleak's model zoo" for key in ZOO_KEYS if key in given]
