@@ -222,6 +222,9 @@ def _mixed(local: nn.Module, images: torch.Tensor, labels: torch.Tensor,
            plan: MixPlan) -> tuple[torch.Tensor, Mixed]:
     """The encodings of ``plan`` and their mixed labels (InstaHide reflects about the model's
     input mean, 0.5 for a model without one)."""
+    if images.ndim != 4 or not images.is_floating_point():
+        raise GradleakError(f"client.mix={plan.kind} mixes images [N, C, H, W]; this client's "
+                            f"inputs are {images.dtype} of shape {tuple(images.shape)}")
     mean = getattr(local, "input_mean", None)
     plan = plan.to(images.device)
     return (encode(images, plan, 0.5 if mean is None else mean),
