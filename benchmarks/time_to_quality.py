@@ -226,6 +226,27 @@ def summarise(name: str, per_seed: list[dict], variants: list[str]) -> dict:
     return row
 
 
+def versus_default(row: dict) -> dict:
+    """Per non-default variant, paired over seeds against gradleak's ``default`` (the decision
+    rule for making ``stop``/``race`` defaults: ΔPSNR within ±0.5 dB and ΔLPIPS within ±0.01,
+    or better): the differences with their 95 % intervals and the total-time ratio."""
+    out = {}
+    seeds = row["per_seed"]
+    if not seeds or "default" not in seeds[0]["ours"]:
+        return out
+    base = [p["ours"]["default"] for p in seeds]
+    for v in seeds[0]["ours"]:
+        if v == "default":
+            continue
+        mine = [p["ours"][v] for p in seeds]
+        out[v] = {"psnr": vb.paired_difference([m["psnr"] for m in mine], [b["psnr"] for b in base]),
+                  "lpips": None if any(x["lpips"] is None for x in mine + base) else
+                  vb.paired_difference([m["lpips"] for m in mine], [b["lpips"] for b in base]),
+                  "time": log_ratio_interval([m["seconds"] for m in mine],
+                                             [b["seconds"] for b in base])}
+    return out
+
+
 def print_row(row: dict) -> None:
     b = row["breaching"]
     print(f"{row['case']:16} breaching: PSNR {b['psnr']:.2f}  total {b['seconds']:.2f}s  "
@@ -239,6 +260,12 @@ def print_row(row: dict) -> None:
               f"total {m['seconds']:.2f}s  t_own {m['t_own']:.2f}s  its {r['iterations_used']:.0f}  "
               f"t_own ratio {own['ratio']:.2f} [{_fmt(own['low'])}, {_fmt(own['high'])}]  "
               f"total ratio {tot['ratio']:.2f} [{_fmt(tot['low'])}, {_fmt(tot['high'])}]", flush=True)
+    for v, d in row.get("versus_default", {}).items():
+        lp = d["lpips"] or {"mean": math.nan, "half_width": None}
+        print(f"{'':16} {v:13} vs default: dPSNR {d['psnr']['mean']:+.2f} +- "
+              f"{_fmt(d['psnr']['half_width'])}  dLPIPS {lp['mean']:+.4f} +- "
+              f"{_fmt(lp['half_width'], '.4f')}  time ratio {d['time']['ratio']:.2f} "
+              f"[{_fmt(d['time']['low'])}, {_fmt(d['time']['high'])}]", flush=True)
 
 
 def main() -> None:
@@ -301,6 +328,7 @@ def main() -> None:
             row = summarise(name, per_seed, args.variants)
             row["compile_s"] = compile_s
             row["cuda_s_per_it"] = cuda_seconds_per_iteration(name, args)
+            row["versus_default"] = versus_default(row)
             rows.append(row)
             print_row(row)
             if args.json is not None:
