@@ -153,3 +153,13 @@ def bn_train(msg: Message, ctx: Context) -> Message:
     """FedSGD with BN in train mode: one full-batch step on the client's samples."""
     images, labels = data_fn(msg, ctx)
     return bn_train_steps(msg, images, labels)[0]
+
+
+NODES = {101: 0, 202: 1}  # node id -> partition (client data)
+
+
+class StubGrid:
+    """What FedAvg.configure_train asks of a Grid: the connected node ids."""
+
+    def get_node_ids(self):
+        return list(NODES)

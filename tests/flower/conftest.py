@@ -37,3 +37,14 @@ def leaked_flags(monkeypatch):
         monkeypatch.setattr(Scenario, "score", score)
 
     return install
+
+
+@pytest.fixture
+def server_identity():
+    """A ServerApp process has a task identity; messages built outside one need it set."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

@@ -13,7 +13,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from flwr.app import Array, ArrayRecord, ConfigRecord  # noqa: E402
 from flwr.serverapp.strategy import FedAdam, FedAvg  # noqa: E402
-from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from gradleak.cli import main  # noqa: E402
 from gradleak.errors import GradleakError  # noqa: E402
@@ -24,23 +23,8 @@ from gradleak.scenario import Scenario  # noqa: E402
 from tests.flower import apps  # noqa: E402
 
 ITERATIONS = 150
-NODES = {101: 0, 202: 1}  # node id -> partition (client data)
-
-
-class StubGrid:
-    """What FedAvg.configure_train asks of a Grid: the connected node ids."""
-
-    def get_node_ids(self):
-        return list(NODES)
-
-
-@pytest.fixture(autouse=True)
-def server_identity():
-    """A ServerApp process has a task identity; messages built outside one need it set."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+NODES, StubGrid = apps.NODES, apps.StubGrid
+pytestmark = pytest.mark.usefixtures("server_identity")
 
 
 def truth(server_round, reply):

@@ -15,7 +15,6 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
-from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from gradleak.config import load_config  # noqa: E402
 from gradleak.data import build_dataset  # noqa: E402
@@ -30,7 +29,8 @@ from tests.flower import apps  # noqa: E402
 L = 12
 MODEL = ["model.name=gpt2-tiny", "model.hidden_size=64", "model.layers=2", "model.heads=2",
          "model.lora_rank=16"]
-NODES = {101: 0, 202: 1}
+NODES, StubGrid = apps.NODES, apps.StubGrid
+pytestmark = pytest.mark.usefixtures("server_identity")
 
 
 @functools.cache
@@ -71,19 +71,6 @@ def train(msg: Message, ctx: Context) -> Message:
     metrics = MetricRecord({"num-examples": 1, "partition-id": int(ctx.node_config["partition-id"])})
     return Message(RecordDict({"arrays": ArrayRecord(adapters(net)), "metrics": metrics}),
                    reply_to=msg)
-
-
-class StubGrid:
-    def get_node_ids(self):
-        return list(NODES)
-
-
-@pytest.fixture(autouse=True)
-def server_identity():
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 def truth(server_round, reply):
