@@ -12,9 +12,8 @@ one so that every command, experiment kind, analysis and integration calls the s
     score = sc.score(sc.reconstruct(obs))           # Score: psnr, ssim, lpips, brr, wsrr, ...
 
 or ``sc.run()`` for all of it. The threat check happens once, when the scenario is built.
-
 Randomness comes from independent streams derived from ``cfg.seed`` (:class:`SeedStreams`): the
-victim selection, the client's local training (shuffling), the defense's noise and the attack's
+victim selection, the client's local training, the defense's noise and the attack's
 initialisation never share a generator, and the attack only ever sees its own seed.
 """
 
@@ -203,9 +202,11 @@ class Scenario:
     @classmethod
     def from_config(cls, cfg: Config, *, model: nn.Module | None = None,
                     data: Dataset | None = None,
-                    victim: tuple[torch.Tensor, torch.Tensor] | None = None) -> Scenario:
-        """Build the scenario of ``cfg``; ``model``/``data`` replace what ``cfg.model``/``cfg.data``
-        would build, ``victim=(images [N, C, H, W], labels [N])`` replaces the victim selection."""
+                    victim: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    victim_indices: list[int] | None = None) -> Scenario:
+        """The scenario of ``cfg``; ``model``/``data`` replace what ``cfg`` would build,
+        ``victim=(images [N, C, H, W], labels [N])`` the victim selection, ``victim_indices``
+        their dataset rows (which the leak criterion's reference pool never draws)."""
         device = resolve_device(cfg.device)
         seeds = SeedStreams.from_seed(cfg.seed)
         seed_everything(cfg.seed)  # the global RNG initialises the model (server side)
@@ -222,7 +223,7 @@ class Scenario:
         if victim is None:
             images, labels, indices = select_victim_samples(dataset, cfg.data, seed=seeds.victim)
         else:
-            images, labels, indices = victim[0], victim[1].long(), []
+            images, labels, indices = victim[0], victim[1].long(), list(victim_indices or [])
         setup = ClientSetup.from_config(cfg.client, num_samples=len(labels))
         user_model = None
         if not text:
@@ -257,9 +258,8 @@ class Scenario:
     def observe(self, update: SharedUpdate, *, bn_statistics: list | None = None,
                 labels: torch.Tensor | None = None, setup: ClientSetup | None = None,
                 mixing: list | None = None) -> Observation:
-        """What the server sees of ``update``, filtered by the threat model. ``labels`` default to
-        the victim's (passed on only when granted); ``setup`` to the victim's client setup;
-        ``mixing``: the round's MixUp/InstaHide plans (passed on only when granted)."""
+        """What the server sees of ``update``, filtered by the threat model: ``labels`` (default:
+        the victim's), ``setup`` (the victim's) and the round's MixUp/InstaHide ``mixing``."""
         return observe(model=self.model, update=update, threat=self.threat,
                        setup=setup or self.setup,
                        labels=self.labels if labels is None else labels,

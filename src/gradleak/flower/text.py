@@ -76,10 +76,9 @@ def text_scenario(cfg: Config, model: TextModel, ids: torch.Tensor, labels: torc
                                               "classification" else 1)))
     dataset = TextDataset("flower-client", texts, [int(v) for v in labels.tolist()] +
                           [0] * (len(texts) - ids.shape[0]), classes)
-    sc = Scenario.from_config(cfg, model=model, data=dataset, victim=(ids, labels))
     # The victims are the dataset's first rows: the reference pool then never holds them.
-    sc.indices = list(range(ids.shape[0]))
-    return sc
+    return Scenario.from_config(cfg, model=model, data=dataset, victim=(ids, labels),
+                                victim_indices=list(range(ids.shape[0])))
 
 
 def placeholder_batch(n: int, shape: Sequence[int]) -> torch.Tensor:

@@ -146,12 +146,13 @@ def attack_observed(cfg: Any, run: Any, *, progress: bool = False) -> tuple[Any,
     if getattr(run.train, "modality", None) == "text":  # TextTargets over the tokenized sentences
         tokenized = run.train.dataset
         images, labels = tokenized.tensors(res.observed_indices)  # ids and class labels
-        sc = Scenario.from_config(cfg, model=model, data=tokenized.source, victim=(images, labels))
         # The victims are these rows of the dataset: the reference pool must not hold them.
-        sc.indices = list(res.observed_indices)
+        sc = Scenario.from_config(cfg, model=model, data=tokenized.source, victim=(images, labels),
+                                  victim_indices=list(res.observed_indices))
     else:
         images, labels = dataset_tensors(run.train, res.observed_indices)
-        sc = Scenario.from_config(cfg, model=model, data=run.train, victim=(images, labels))
+        sc = Scenario.from_config(cfg, model=model, data=run.train, victim=(images, labels),
+                                  victim_indices=list(res.observed_indices))
     obs = sc.observe(res.observed, setup=res.observed_setup, mixing=res.observed_mixing)
     return sc.score(sc.reconstruct(obs, progress=progress)), images
 
