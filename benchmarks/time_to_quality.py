@@ -9,10 +9,19 @@ is excluded). From those trajectories the script reports, per side:
   convergence), and the total wall time of the attack;
 - ``t_ref``: seconds until PSNR reaches breaching's final PSNR - 0.5 dB (a common bar; None if
   never reached);
-- ``t_lpips``: seconds until LPIPS <= 0.1 (None if never).
+- ``t_lpips``: seconds until LPIPS <= 0.1 (None if never);
+- ``t_result``: the run's total seconds when its *returned* result is at breaching's final
+  quality (PSNR - 0.5 dB and LPIPS + 0.01), else None: what a user waits for.
+
+With ``--restarts R`` both sides run R restarts (breaching: ``restarts.num_trials``, trial r
+starting from gradleak's restart r initial images); the trajectories then hold every restart's
+iterates, so ``t_ref``/``t_own`` are the first time *any* restart got there (an oracle bound).
+Per case the script also pairs each variant with gradleak's ``default`` (``versus_default``:
+ΔPSNR, ΔLPIPS and the time ratio), the rule for making ``stop``/``race`` defaults.
 
 gradleak runs in several variants (``--variants``): ``default`` (the fixed budget),
-``stop`` (``attack.stop``), ``compile`` (``attack.compile``) and ``compile+stop``. A compiled
+``stop`` (``attack.stop``), ``race`` (``attack.race``), ``race+stop``, ``compile``
+(``attack.compile``) and ``compile+stop``. A compiled
 variant is warmed up once per case before its timed runs (a 2-iteration attack with the same
 shapes fills the compile cache); that warm-up's seconds are reported apart as ``compile_s``.
 Per case it prints medians over the seeds and, paired over seeds, the geometric-mean ratio
