@@ -158,3 +158,19 @@ def test_a_switch_is_judged_by_its_breaking_attack_once(monkeypatch):
     assert precode == {"attack.name": "precode-analytic"}
     assert search.attacker_keys(GridPoint("topk", "sparsity", 0.9), foes[-1]) == {
         "attack.adaptive": True}
+
+
+@pytest.mark.parametrize("sigma", [0.5, 2.0])
+def test_a_dp_sgd_setting_reaches_the_run_whatever_its_alias_says(sigma):
+    # The base config holds both names of the DP keys (defense.dp_* and fl.dp_*): the grid's
+    # value must win over the stale alias, or every DP-SGD setting would run the default sigma.
+    from gradleak.audit.ladder import level_config, load_ladder, read_setup
+    from gradleak.audit.search import defense_keys
+    from gradleak.defenses.grid import GridPoint
+
+    setup = read_setup(None, ["model.name=mlp", "model.hidden=[8]", "data.resolution=8"])
+    ladder = load_ladder().for_setup(setup)
+    level = next(lv for lv in ladder.levels if lv.level == 0)
+    keys = defense_keys(GridPoint("dpsgd", "dp_noise_multiplier", sigma), setup)
+    cfg = level_config(ladder, level, setup, ladder.budget("quick"), seed=0, extra=keys)
+    assert cfg.defense.dp_noise_multiplier == sigma and cfg.fl.dp_noise_multiplier == sigma

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from gradleak.config import Config, flatten, load_config, parse_override, unflatten
+from gradleak.config import ALIASES, Config, flatten, load_config, parse_override, unflatten
 from gradleak.data.sampling import select_victim_samples
 from gradleak.errors import GradleakError
 from gradleak.scenario import SeedStreams
@@ -230,6 +230,9 @@ def level_config(ladder: Ladder, level: Level, setup: Setup, budget: dict[str, A
     elif level.labels != "known":  # nothing to infer labels from: granted (see LABELS_GRANTED)
         items.update({"attack.labels": "known", "threat.knows_labels": True})
     items.update(extra or {})
+    # The base holds both names of an aliased key (defense.dp_* and fl.dp_*): a key set here
+    # sets its alias too, or the stale one could win when the tree is read back.
+    items.update({ALIASES[k]: v for k, v in (extra or {}).items() if k in ALIASES})
     items["seed"] = seed
     try:
         return load_config(base=unflatten(items), trusted_base=True)  # the user's own input
