@@ -91,12 +91,15 @@ class MixDecode(GradientMatchingAttack):
     encodes_inputs = True  # predict() mixes its inputs: no functional fast path
     _plan: MixPlan | None = None
     _mean: torch.Tensor | None = None
+    _matrix: torch.Tensor | None = None  # L, built once per run (predict runs every iteration)
 
     def needs(self) -> frozenset[Knowledge]:
         return super().needs() | {Knowledge.MIXING, Knowledge.LABELS}
 
     def run(self, obs: Observation, *, seed: int, progress: bool) -> Reconstruction:
         self._plan, self._mean = _granted_plan(obs), _input_mean(obs)
+        device = next(obs.model.parameters()).device
+        self._matrix = mixing_matrix(self._plan).float().to(device)
         found = super().run(obs, seed=seed, progress=progress)
         # the candidates are the originals, in the client's order: their labels are the granted
         # ones (the engine reports the argmax of the soft labels it matched)
@@ -120,8 +123,7 @@ class MixDecode(GradientMatchingAttack):
                 labels: torch.Tensor, order: list[torch.Tensor] | None) -> list[torch.Tensor]:
         """MixUp: the gradient of the originals' encodings ``L P``; InstaHide: of the encodings."""
         if self._plan is not None and self._plan.kind == "mixup":
-            matrix = mixing_matrix(self._plan).to(images.device, images.dtype)
-            images = torch.einsum("nm,mchw->nchw", matrix, images)
+            images = torch.einsum("nm,mchw->nchw", self._matrix.to(images.dtype), images)
         return super().predict(setup, obs, images, labels, order)
 
     def project(self, images: torch.Tensor) -> torch.Tensor:
