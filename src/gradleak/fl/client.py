@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -170,19 +170,23 @@ def capture_bn_statistics(model: nn.Module, images: torch.Tensor) -> list[tuple[
 
 
 def client_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                  setup: ClientSetup, *, seed: int) -> SharedUpdate:
+                  setup: ClientSetup, *, seed: int, plans: list[MixPlan] | None = None
+                  ) -> SharedUpdate:
     """Run the client's local training on a copy of ``model``; ``images [N, C, H, W]``.
 
-    ``seed`` seeds the client's own shuffling and augmentation (never shared with the attack).
+    ``seed`` seeds the client's own shuffling, augmentation and mixing (never shared with the
+    attack); ``plans``: its :func:`mixing_plans` when the caller already drew them.
     """
+    if plans is None:
+        plans = mixing_plans(setup, tuple(images.shape[1:]), seed=seed)
     local = copy.deepcopy(model)
     set_bn_mode(local, setup.bn_mode)
     names = [n for n, p in local.named_parameters() if p.requires_grad]
     try:
         if setup.protocol == "fedsgd":
-            tensors = local_gradient(local, names, images, labels, setup, seed=seed)
+            tensors = local_gradient(local, names, images, labels, setup, seed=seed, plans=plans)
             return SharedUpdate("gradient", tensors, setup.num_samples)
-        tensors = local_training(local, names, images, labels, setup, seed=seed)
+        tensors = local_training(local, names, images, labels, setup, seed=seed, plans=plans)
     except ValueError as exc:  # torch's BatchNorm on a single value per channel
         if "more than 1 value per channel" not in str(exc):
             raise
@@ -259,19 +263,21 @@ def _loss(local: nn.Module, x: torch.Tensor, labels: torch.Tensor | Mixed,
 
 
 def local_gradient(local: nn.Module, names: list[str], images: torch.Tensor,
-                   labels: torch.Tensor, setup: ClientSetup, *, seed: int) -> dict[str, torch.Tensor]:
+                   labels: torch.Tensor, setup: ClientSetup, *, seed: int,
+                   plans: Sequence[MixPlan] = ()) -> dict[str, torch.Tensor]:
     """FedSGD: dL/dW of the mean loss over all N samples (augmented once if the client augments)."""
     wanted = set(names)
     params = [p for n, p in local.named_parameters() if n in wanted]
     x = training.augment(images, setup.augment, client_generators(seed)[1])
-    for plan in mixing_plans(setup, tuple(images.shape[1:]), seed=seed):
+    for plan in plans:  # FedSGD: one epoch, at most one plan
         x, labels = _mixed(local, x, labels, plan)
     grads = torch.autograd.grad(_loss(local, x, labels, setup), params)
     return {n: g.detach().clone() for n, g in zip(names, grads, strict=True)}
 
 
 def local_training(local: nn.Module, names: list[str], images: torch.Tensor,
-                   labels: torch.Tensor, setup: ClientSetup, *, seed: int) -> dict[str, torch.Tensor]:
+                   labels: torch.Tensor, setup: ClientSetup, *, seed: int,
+                   plans: Sequence[MixPlan] = ()) -> dict[str, torch.Tensor]:
     """FedAvg: ``W_local - W_global`` after U steps of ``setup``'s ``torch.optim`` optimiser
     (``local`` is trained in place), or after the user's ``setup.local_train``."""
     order_gen, aug_gen = client_generators(seed)
@@ -283,7 +289,6 @@ def local_training(local: nn.Module, names: list[str], images: torch.Tensor,
     optimizer = training.make_optimizer(params, optimizer=setup.optimizer, lr=setup.lr,
                                         momentum=setup.momentum, nesterov=setup.nesterov,
                                         weight_decay=setup.weight_decay)
-    plans = mixing_plans(setup, tuple(images.shape[1:]), seed=seed)
     for step, batch in enumerate(client_batch_order(setup, order_gen)):
         optimizer.zero_grad(set_to_none=True)
         if plans:  # GradAttack augments the whole set once per epoch, then mixes
@@ -320,5 +325,6 @@ def client_round(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     local = copy.deepcopy(model)
     set_bn_mode(local, setup.bn_mode)
     stats = capture_bn_statistics(local, images)
-    return ClientRound(client_update(model, images, labels, setup, seed=seed), stats,
-                       mixing_plans(setup, tuple(images.shape[1:]), seed=seed))
+    plans = mixing_plans(setup, tuple(images.shape[1:]), seed=seed)
+    return ClientRound(client_update(model, images, labels, setup, seed=seed, plans=plans), stats,
+                       plans)

@@ -211,8 +211,10 @@ def _train_clients(model: nn.Module, sampled: Sequence[int],
             continue
         setup = local_setup(client, len(y))
         cseed = client_seed(seed, round_, k)
+        out.mixing[k] = mixing_plans(setup, tuple(x.shape[1:]), seed=cseed)
         if dp is None:
-            update = client_update(model, x.to(device), y.to(device), setup, seed=cseed)
+            update = client_update(model, x.to(device), y.to(device), setup, seed=cseed,
+                                   plans=out.mixing[k])
         else:
             acct = accountants.setdefault(k, make_accountant())
             update = dp_client_update(model, x.to(device), y.to(device), setup, dp, seed=cseed,
@@ -221,7 +223,6 @@ def _train_clients(model: nn.Module, sampled: Sequence[int],
                                generator=torch.Generator().manual_seed(cseed + 1))
         out.uploads.append((len(y), update))
         out.updates[k], out.setups[k] = update, setup
-        out.mixing[k] = mixing_plans(setup, tuple(x.shape[1:]), seed=cseed)
     return out
 
 
