@@ -100,11 +100,11 @@ def test_a_setting_only_the_adaptive_attack_leaks_is_broken_by_it(monkeypatch):
     leaks = {0: (False, True), 1: (True, True), 2: (False, False)}  # (plain, adaptive) per trial
     monkeypatch.setattr(Probe, "_evidence_of", lambda self, i, rows: [
         SimpleNamespace(run_leaked=v) for v in leaks[i]])
-    leaked_by, broken_by = probe._leaks_by_attacker({}, [plain, adaptive])
+    leaked_by, broken_by = probe._leaks_by_attacker({}, [0, 1])
     assert leaked_by == {"L0-basic": 1, "L0-basic+adaptive": 2}
     assert broken_by == ["L0-basic+adaptive"]  # trial 0: only the adaptive attack leaked
     leaks[0] = (True, True)
-    assert probe._leaks_by_attacker({}, [plain, adaptive])[1] == []
+    assert probe._leaks_by_attacker({}, [0, 1])[1] == []
 
 
 def _switch_setup(**kw):
@@ -120,13 +120,16 @@ def test_model_and_training_switches_are_searched_where_they_apply():
 
     names = ["qsgd", "precode", "mixup", "instahide"]
     points, skipped = switch_points(names, {}, _switch_setup())
-    assert [p.key for p in points] == ["precode-beta=0.001", "mixup-k=4", "instahide-k=4"]
+    assert [p.key for p in points] == ["precode-beta=0.001", "mixup-k=2", "mixup-k=4",
+                                       "instahide-k=2", "instahide-k=4"]  # GradAttack's 4, and 2
     assert skipped == {}
     _, skipped = switch_points(names, {}, _switch_setup(fedavg=True, num_samples=2))
     assert set(skipped) == {"mixup", "instahide"} and "FedSGD" in skipped["mixup"]
-    points, skipped = switch_points(names, {"mixup": [2, 4]}, _switch_setup(num_samples=2))
-    assert [p.key for p in points] == ["precode-beta=0.001", "mixup-k=2"]
+    points, skipped = switch_points(names, {"instahide": [4]}, _switch_setup(num_samples=3))
+    assert [p.key for p in points] == ["precode-beta=0.001", "mixup-k=2"]  # k <= 3 samples
     assert "fewer than client.mix_k" in skipped["instahide"]
+    _, skipped = switch_points(names, {}, _switch_setup(num_samples=1))
+    assert "holds 1 sample, fewer than client.mix_k (at least 2)" in skipped["mixup"]
     _, skipped = switch_points(names, {}, _switch_setup(model="my.py:Net"))
     assert "gradleak's own models" in skipped["precode"]
     assert set(switch_points(names, {}, _switch_setup(text=True))[1]) == {"precode", "mixup",
@@ -174,3 +177,76 @@ def test_a_dp_sgd_setting_reaches_the_run_whatever_its_alias_says(sigma):
     keys = defense_keys(GridPoint("dpsgd", "dp_noise_multiplier", sigma), setup)
     cfg = level_config(ladder, level, setup, ladder.budget("quick"), seed=0, extra=keys)
     assert cfg.defense.dp_noise_multiplier == sigma and cfg.fl.dp_noise_multiplier == sigma
+
+
+def _breaker_search(monkeypatch, leaks):
+    """A Search over stubbed runs: ``leaks[(key, foe)]`` says whether that attacker leaks."""
+    from types import SimpleNamespace
+
+    from gradleak.audit.search import Attacker, Probe, Search
+    from gradleak.audit.verdict import RunEvidence, VerdictRule
+    from gradleak.defenses.grid import GridPoint
+
+    staged = []
+
+    def stage(self, ladder, setup, budget, trials, foe, rows):
+        todo = [i for i in range(self.done) if (i, self.foes[foe].label) not in self.runs]
+        for i in todo:
+            self.runs[(i, self.foes[foe].label)] = SimpleNamespace(run_id=f"{self.point.key}/{foe}/{i}")
+        staged.append((self.point.key, foe))
+        return [self.runs[(i, self.foes[foe].label)] for i in todo]
+
+    def evidence(self, i, rows):
+        out = []
+        for foe, a in enumerate(self.foes):
+            spec = self.runs.get((i, a.label))
+            leaked = leaks.get((self.point.key, foe), False)
+            out.append(None if spec is None or spec.run_id not in rows else RunEvidence(
+                seed=i, psnr=[30.0 if leaked else 10.0], lpips=[0.01 if leaked else 0.5],
+                thresholds={}, leaked=[leaked]))
+        return out
+
+    monkeypatch.setattr(Probe, "stage", stage)
+    monkeypatch.setattr(Probe, "_evidence_of", evidence)
+    l0, l1 = SimpleNamespace(name="L0-basic"), SimpleNamespace(name="L1-priors")
+    foes = [Attacker(l0, False, "ig"), Attacker(l0, True, "ig (adaptive)"),
+            Attacker(l1, False, "ig"), Attacker(l1, True, "ig (adaptive)")]
+    srch = Search(None, None, {}, list(range(15)), [l0, l1], VerdictRule(),
+                  sweep=lambda batch, title, exp: {r.run_id: {} for r in batch}, train=False)
+    for point in [GridPoint("soteria", "soteria_rate", 0.9), GridPoint("qsgd", "bits", 2),
+                  GridPoint("precode", "beta", 1e-3)]:
+        probe = srch.probes[point.key] = Probe(point, foes)
+        srch.run_round([probe], "screen", foes=1)
+    return srch, staged
+
+
+def test_a_heuristic_that_passed_the_screen_meets_its_breaking_attack(monkeypatch):
+    leaks = {("soteria-soteria_rate=0.9", 1): True}  # only L0's adaptive attack (Soteria's layer left out)
+    srch, staged = _breaker_search(monkeypatch, leaks)
+    assert all(p.result["runs_leaked"] == 0 for p in srch.probes.values())
+    staged.clear()
+    srch.try_breakers({"soteria", "precode"})
+    # the adaptive attackers only, of the listed heuristics only, on the screened trials
+    assert sorted(staged) == [("precode-beta=0.001", 1), ("precode-beta=0.001", 3),
+                              ("soteria-soteria_rate=0.9", 1), ("soteria-soteria_rate=0.9", 3)]
+    soteria = srch.probes["soteria-soteria_rate=0.9"].result
+    assert soteria["verdict"] == "leaks" and soteria["runs_leaked"] == 3
+    assert soteria["broken_by"] == ["L0-basic+adaptive"]
+    assert soteria["broken_by_attack"] == ["ig (adaptive)"] and not soteria["confirmed"]
+    precode = srch.probes["precode-beta=0.001"].result
+    assert precode["verdict"] == "inconclusive" and precode["broken_by"] == []
+    assert precode["attackers"] == ["L0-basic", "L0-basic+adaptive", "L1-priors+adaptive"]
+    assert srch.probes["qsgd-bits=2"].result["attackers"] == ["L0-basic"]  # not a heuristic
+    from gradleak.report.audit_verdict import _against
+
+    assert "broken by ig (adaptive)" in _against(soteria)
+    assert "held against L0-basic+adaptive, L1-priors+adaptive in 3 runs" in _against(precode)
+
+
+def test_a_setting_rejected_or_confirmed_is_not_attacked_again(monkeypatch):
+    leaks = {("soteria-soteria_rate=0.9", 0): True}  # the plain attack already rejects it
+    srch, staged = _breaker_search(monkeypatch, leaks)
+    srch.probes["precode-beta=0.001"].result["confirmed"] = True
+    staged.clear()
+    srch.try_breakers({"soteria", "precode"})
+    assert staged == []

@@ -19,6 +19,11 @@ lightly).
 * **Model and training switches** (:mod:`gradleak.audit.switches`): PRECODE, MixUp and
   InstaHide, each judged against its breaking attack as the adaptive attacker; one that cannot
   apply to the setup is listed in ``skipped`` with the reason.
+* **Breaking attacks** (``recommend.breaking_attacks``): the heuristics that published adaptive
+  attacks break (Soteria, Outpost and the switches) meet their adaptive attackers on the screened
+  trials even when they are not confirmed (:meth:`~gradleak.audit.search.Search.try_breakers`),
+  so the listing says "broken by <attack>" or that the screen held against it, never only what
+  the plain attack saw.
 * **Text models** also search LoRA configurations (``recommend.lora_ranks``, or a budget's
   ``grids.lora``; ranks below the client's own): the client trains and shares only rank-r
   adapters (``model.lora_rank``), judged and costed like a defense setting (key ``lora-rank=r``).
@@ -234,6 +239,7 @@ def recommend(ladder: Ladder, setup: Setup, budget: dict[str, Any], trials: list
     srch = Search(ladder, setup, budget, trials, leaking, rule, sweep, train=options.train)
     srch.screen(grid)
     confirm_cheapest(srch, grid, max_drop=max_drop, limit=int(rec.get("confirmations", 3)))
+    srch.try_breakers(set(rec.get("breaking_attacks") or ()))
     found = srch.found(grid)
     costs(found, train=options.train, max_drop=max_drop)
     cost = COST_ACCURACY if options.train else COST_DISTORTION

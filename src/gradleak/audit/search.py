@@ -8,12 +8,13 @@ trials, run in rounds until decided (:class:`Probe`). Each defense's grid, weake
 is bisected on a screen (one round of trials, the first attacker only: a leak rejects a setting
 soundly) for its weakest setting in which no trial leaked (:class:`Bisection`, all probes of a
 round in one sweep); :meth:`Search.confirm` then runs every attacker on a passing setting, and
-more rounds, until its verdict is decided.
+more rounds, until its verdict is decided; :meth:`Search.try_breakers` runs the adaptive
+attackers of a heuristic's unconfirmed passing settings on their screened trials.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from gradleak.runs.spec import RunSpec
 
 EXPERIMENT = "audit-recommend"
 Sweep = Callable[[list[RunSpec], str, str], dict[str, dict]]
+Foes = int | Sequence[int] | None  # the first n attackers of a probe, the given indices, or all
 
 
 def adaptive_for(attack_name: str, defense: str) -> bool:
@@ -76,6 +78,7 @@ class Attacker:
 
     level: Level
     adaptive: bool
+    attack: str = ""  # the attack in words: "ig", "ig (adaptive)", a breaking attack's name
 
     @property
     def label(self) -> str:
@@ -93,10 +96,11 @@ def attackers(ladder: Ladder, setup: Setup, budget: dict[str, Any], leaking: lis
     # are GIA-O's): it replaces the attack, whatever the level's prior knowledge.
     breaker = next((lv.name for lv in leaking if names[lv.name] == "ig"), None)
     for level in leaking:
-        out.append(Attacker(level, False))
-        if (level.name == breaker if is_switch(defense)
-                else adaptive_for(names[level.name], defense)):
-            out.append(Attacker(level, True))
+        out.append(Attacker(level, False, names[level.name]))
+        if is_switch(defense) and level.name == breaker:
+            out.append(Attacker(level, True, breaker_keys(defense)["attack.name"]))
+        elif not is_switch(defense) and adaptive_for(names[level.name], defense):
+            out.append(Attacker(level, True, f"{names[level.name]} (adaptive)"))
     return out
 
 
@@ -203,14 +207,16 @@ class Probe:
                        if spec is not None and spec.run_id in rows else None)
         return out
 
-    def _leaks_by_attacker(self, rows: dict[str, dict], used: list[Attacker]
+    def _leaks_by_attacker(self, rows: dict[str, dict], idx: list[int]
                            ) -> tuple[dict[str, int], list[str]]:
-        """Trials each attacker leaked, and the adaptive attackers that leaked a trial no
-        non-adaptive one did: the attacks that *break* the defense (Balunovic et al. 2022)."""
+        """Trials each of the attackers ``idx`` leaked, and the adaptive ones that leaked a trial
+        no non-adaptive one did: the attacks that *break* the defense (Balunovic et al. 2022)."""
+        used = [self.foes[j] for j in idx]
         leaked_by = {a.label: 0 for a in used}
         broken: set[str] = set()
         for i in range(self.done):
-            ev = self._evidence_of(i, rows)[:len(used)]
+            every = self._evidence_of(i, rows)
+            ev = [every[j] for j in idx]
             hits = {a.label for a, e in zip(used, ev, strict=True) if e is not None and e.run_leaked}
             for label in hits:
                 leaked_by[label] += 1
@@ -221,25 +227,37 @@ class Probe:
     def _leaked(self, i: int, rows: dict[str, dict]) -> bool:
         return any(e is not None and e.run_leaked for e in self._evidence_of(i, rows))
 
+    def chosen(self, foes: Foes) -> list[int]:
+        """The indices of ``foes``: the first ``n`` attackers, the given ones, or all."""
+        if foes is None:
+            return list(range(len(self.foes)))
+        if isinstance(foes, int):
+            return list(range(min(foes, len(self.foes))))
+        return sorted({i for i in foes if 0 <= i < len(self.foes)})
+
     def evaluate(self, rows: dict[str, dict], rule: VerdictRule, *, more: bool,
-                 foes: int | None = None) -> dict[str, Any]:
-        """The verdict over the opened trials, a trial being the union of the first ``foes``
-        attackers' runs (all by default: only then can the verdict be "does not leak")."""
-        used = self.foes[:foes or len(self.foes)]
-        decided = level_verdict([merge(self._evidence_of(i, rows)[:len(used)])
+                 foes: Foes = None) -> dict[str, Any]:
+        """The verdict over the opened trials, a trial being the union of the chosen attackers'
+        runs (all by default: only then can the verdict be "does not leak")."""
+        idx = self.chosen(foes)
+        used = [self.foes[i] for i in idx]
+        decided = level_verdict([merge([self._evidence_of(i, rows)[j] for j in idx])
                                  for i in range(self.done)], rule, more=more)
         if len(used) < len(self.foes) and decided["verdict"] == SAFE:
             decided = decided | {"verdict": INCONCLUSIVE, "reason": decided["reason"] + (
-                f"; screened by {used[0].label} only, not confirmed against every attacker")}
+                f"; screened by {', '.join(a.label for a in used)} only, not confirmed "
+                "against every attacker")}
         mine = [rows[r.run_id] for r in self.runs.values() if r.run_id in rows]
         dist = [r["distortion"] for r in mine if isinstance(r.get("distortion"), (int, float))]
         p = self.point
         if is_switch(p.defense):  # the update is not post-processed: no distortion to compare
             dist = []
-        leaked_by, broken_by = self._leaks_by_attacker(rows, used)
+        leaked_by, broken_by = self._leaks_by_attacker(rows, idx)
         self.result = {"key": p.key, "defense": p.defense, "param": p.param, "value": p.value,
                        "attackers": [a.label for a in used], "leaked_by": leaked_by,
-                       "broken_by": broken_by} | {k: decided[k] for k in (
+                       "broken_by": broken_by, "broken_by_attack": sorted(
+                           {a.attack or a.label for a in used if a.label in broken_by})} | {
+                       k: decided[k] for k in (
                            "verdict", "reason", "at_risk_share", "leaked_share", "runs",
                            "runs_leaked", "run_leak_rate", "bound")} | {
                        "distortion": sum(dist) / len(dist) if dist else None,
@@ -281,17 +299,17 @@ class Search:
                                                             self.leaking, point.defense))
         return self.probes[point.key]
 
-    def run_round(self, probes: list[Probe], title: str, *, foes: int | None = None,
+    def run_round(self, probes: list[Probe], title: str, *, foes: Foes = None,
                   new: bool = True, staged: bool = True) -> None:
-        """A round for ``probes`` (``new``: open the next trials first): the first ``foes``
-        attackers (default all), then evaluate. ``staged``: one attacker after another, one
-        sweep each, skipping trials already leaked (cheap when settings leak); otherwise every
-        attacker in one sweep (parallel, for a setting that is expected to hold)."""
+        """A round for ``probes`` (``new``: open the next trials first): the chosen attackers
+        (:meth:`Probe.chosen`; default all), then evaluate. ``staged``: one attacker after
+        another, one sweep each, skipping trials already leaked (cheap when settings leak);
+        otherwise every attacker in one sweep (parallel, for a setting expected to hold)."""
         if new:
             probes = [p for p in probes if p.next_round(self.rule.round_size, len(self.trials))]
         batch: list[RunSpec] = []
         for foe in range(max((len(p.foes) for p in probes), default=0)):
-            batch += [s for p in probes if foe < min(len(p.foes), foes or len(p.foes))
+            batch += [s for p in probes if foe in p.chosen(foes)
                       for s in p.stage(self.ladder, self.setup, self.budget, self.trials, foe,
                                        self.rows)]
             if batch and staged:
@@ -328,6 +346,22 @@ class Search:
                 batch += self.utility[pt.key]
         if batch:
             self.rows |= self.sweep(batch, "audit recommendation: utility", EXPERIMENT)
+
+    def try_breakers(self, defenses: set[str]) -> None:
+        """The adaptive attackers of every setting of ``defenses`` that passed the screen but was
+        not confirmed, on the screened trials (one sweep): a heuristic that its published attack
+        breaks (Soteria, Outpost, PRECODE, MixUp, InstaHide) is then listed as "broken by
+        <attack>" rather than as an untested candidate. It stays unconfirmed either way."""
+        todo = [(p, [0] + [i for i, a in enumerate(p.foes) if a.adaptive])
+                for p in self.probes.values()
+                if p.point.defense in defenses and p.result and p.result["runs_leaked"] == 0
+                and not p.result["confirmed"] and any(a.adaptive for a in p.foes)]
+        batch = [s for p, idx in todo for i in idx[1:]
+                 for s in p.stage(self.ladder, self.setup, self.budget, self.trials, i, self.rows)]
+        if batch:
+            self.rows |= self.sweep(batch, "audit recommendation: breaking attacks", EXPERIMENT)
+        for p, idx in todo:
+            p.evaluate(self.rows, self.rule, more=p.done < len(self.trials), foes=idx)
 
     def confirm(self, probe: Probe) -> dict[str, Any]:
         """Every attacker on the screened trials, then more rounds of ``probe`` until its

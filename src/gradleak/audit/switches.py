@@ -10,8 +10,8 @@ leaking level that runs IG; the mixing attack also knows the labels, as GradAtta
 switch     setting (grid value)                 breaking attack
 =========  ===================================  ==================================================
 precode    ``model.precode_beta`` (KL weight)   ``precode-analytic`` (Balunović et al., ICLR 2022)
-mixup      ``client.mix_k`` (samples mixed)     ``mix-decode`` with ``threat.knows_mixing``
-instahide  ``client.mix_k``                     ``mix-decode`` with ``threat.knows_mixing``
+mixup      ``client.mix_k`` (2, 4 mixed)        ``mix-decode`` with ``threat.knows_mixing``
+instahide  ``client.mix_k`` (2, 4)              ``mix-decode`` with ``threat.knows_mixing``
 =========  ===================================  ==================================================
 
 Where a switch cannot apply it is left out of the search, with the reason in
@@ -27,7 +27,8 @@ from typing import Any
 from gradleak.defenses.grid import GridPoint
 
 PRECODE, MIXUP, INSTAHIDE = "precode", "mixup", "instahide"
-SWITCHES = {PRECODE: ("beta", [1e-3]), MIXUP: ("k", [4]), INSTAHIDE: ("k", [4])}
+# MixUp/InstaHide: GradAttack's k 4, and k 2 for a victim with 2-3 samples (weakest first).
+SWITCHES = {PRECODE: ("beta", [1e-3]), MIXUP: ("k", [2, 4]), INSTAHIDE: ("k", [2, 4])}
 # GradAttack's attacker on mixing is an upper bound: it knows the partners, the coefficients and
 # the labels, whatever the level grants.
 _MIX_BREAKER = {"attack.name": "mix-decode", "threat.knows_mixing": True,
@@ -53,10 +54,11 @@ def switch_points(names: list[str], grids: dict[str, list[Any]], setup: Any
         param, values = SWITCHES[name]
         values = list(grids.get(name, values))
         if name != PRECODE:  # k distinct samples of the victim's own
-            values = [v for v in values if int(v) <= setup.num_samples]
+            n, fewest = setup.num_samples, min((int(v) for v in values), default=0)
+            values = [v for v in values if int(v) <= n]
             if not values:
-                skipped[name] = (f"the victim holds {setup.num_samples} samples, fewer than "
-                                 "client.mix_k")
+                skipped[name] = (f"the victim holds {n} sample{'' if n == 1 else 's'}, fewer "
+                                 f"than client.mix_k (at least {fewest})")
                 continue
         points += [GridPoint(name, param, v) for v in values]
     return points, skipped

@@ -52,6 +52,18 @@ LEVEL_HEAD = ["level", "server knows", "server", "verdict", "runs leaked", "run 
               "samples leaked", "samples at risk", "runs x samples", "best LPIPS / PSNR", "why"]
 
 
+def _against(p: dict[str, Any]) -> str:
+    """What the adaptive attackers did to setting ``p``: broke it, or held in its screen."""
+    if p.get("broken_by"):
+        attacks = p.get("broken_by_attack") or []
+        return (f" (broken by {', '.join(attacks)}: {', '.join(p['broken_by'])})" if attacks
+                else f" (broken by {', '.join(p['broken_by'])})")
+    adaptive = [a for a in p.get("attackers") or [] if a.endswith("+adaptive")]
+    if adaptive and p.get("verdict") == "inconclusive":
+        return f" (held against {', '.join(adaptive)} in {p.get('runs', '?')} runs)"
+    return ""
+
+
 def recommendation_lines(verdict: dict[str, Any]) -> list[str]:
     """The recommendation and the vulnerable layers, as Markdown lines."""
     rec = verdict.get("recommendation") or {}
@@ -65,7 +77,8 @@ def recommendation_lines(verdict: dict[str, Any]) -> list[str]:
                  "plain attack of the strongest leaking level on one round of runs (a leak "
                  "rejects it); a passing one is confirmed against every leaking level, "
                  f"non-adaptive and adaptive where possible ({foes}), and a run leaks when any "
-                 "of them leaks (column `confirmed`). Undefended accuracy: "
+                 "of them leaks (column `confirmed`); a heuristic that a published attack "
+                 "breaks meets that attack on its screened runs either way. Undefended accuracy: "
                  f"{_share(rec.get('accuracy_without_defense'))}.")
     for brk in rec.get("monotonic_breaks") or []:
         lines.append(f"Not monotonic: {brk}.")
@@ -82,8 +95,7 @@ def recommendation_lines(verdict: dict[str, Any]) -> list[str]:
     for p in rec.get("settings", []):
         ci = p.get("accuracy_drop_interval")
         ci_text = f"[{_num(ci[0])}, {_num(ci[1])}]" if ci else "-"
-        shown = p["verdict"] + (f" (broken by {', '.join(p['broken_by'])})"
-                                if p.get("broken_by") else "")
+        shown = p["verdict"] + _against(p)
         lines.append(f"| {p['key']} | {shown} | {'yes' if p.get('confirmed') else 'no'} "
                      f"| {p.get('runs_leaked', '?')} of "
                      f"{p.get('runs', '?')} | {_bound(p)} | {_num(p.get('cost'))} | {ci_text} | "
