@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import skimage.data
 import skimage.transform
@@ -9,6 +11,9 @@ import torch
 
 # One thread: OpenMP spin-waiting makes 2 threads catastrophically slow on a shared, noisy box.
 torch.set_num_threads(1)
+# The audit's default of 2 jobs spawns a worker pool per sweep: seconds of start-up each, more
+# than a tiny test run takes. Tests that need workers pass --jobs / jobs= themselves.
+os.environ.setdefault("GRADLEAK_JOBS", "1")
 
 
 def photo(name: str, size: int = 32) -> torch.Tensor:

@@ -200,7 +200,8 @@ def _breaker_search(monkeypatch, leaks):
         out = []
         for foe, a in enumerate(self.foes):
             spec = self.runs.get((i, a.label))
-            leaked = leaks.get((self.point.key, foe), False)
+            hit = leaks.get((self.point.key, foe), False)  # a bool, or the trials it leaks
+            leaked = i in hit if isinstance(hit, set) else bool(hit)
             out.append(None if spec is None or spec.run_id not in rows else RunEvidence(
                 seed=i, psnr=[30.0 if leaked else 10.0], lpips=[0.01 if leaked else 0.5],
                 thresholds={}, leaked=[leaked]))
@@ -221,16 +222,22 @@ def _breaker_search(monkeypatch, leaks):
 
 
 def test_a_heuristic_that_passed_the_screen_meets_its_breaking_attack(monkeypatch):
-    leaks = {("soteria-soteria_rate=0.9", 1): True}  # only L0's adaptive attack (Soteria's layer left out)
+    # only L0's adaptive attack (Soteria's layer left out) leaks: 2 of 3 screened trials, then
+    # 2 of the next 3 (4 of 6 decides "leaks")
+    leaks = {("soteria-soteria_rate=0.9", 1): {0, 1, 3, 4}}
     srch, staged = _breaker_search(monkeypatch, leaks)
     assert all(p.result["runs_leaked"] == 0 for p in srch.probes.values())
     staged.clear()
     srch.try_breakers({"soteria", "precode"})
-    # the adaptive attackers only, of the listed heuristics only, on the screened trials
-    assert sorted(staged) == [("precode-beta=0.001", 1), ("precode-beta=0.001", 3),
-                              ("soteria-soteria_rate=0.9", 1), ("soteria-soteria_rate=0.9", 3)]
+    # the adaptive attackers only, of the listed heuristics only, on the screened trials; then
+    # the broken one's attackers (plain first) on new trials until its "leaks" is decided
+    first = [("precode-beta=0.001", 1), ("precode-beta=0.001", 3),
+             ("soteria-soteria_rate=0.9", 1), ("soteria-soteria_rate=0.9", 3)]
+    assert sorted(staged[:4]) == first
+    assert staged[4:] == [("soteria-soteria_rate=0.9", i) for i in (0, 1, 3)]
+    assert srch.probes["soteria-soteria_rate=0.9"].decided
     soteria = srch.probes["soteria-soteria_rate=0.9"].result
-    assert soteria["verdict"] == "leaks" and soteria["runs_leaked"] == 3
+    assert soteria["verdict"] == "leaks" and (soteria["runs_leaked"], soteria["runs"]) == (4, 6)
     assert soteria["broken_by"] == ["L0-basic+adaptive"]
     assert soteria["broken_by_attack"] == ["ig (adaptive)"] and not soteria["confirmed"]
     precode = srch.probes["precode-beta=0.001"].result
@@ -240,7 +247,9 @@ def test_a_heuristic_that_passed_the_screen_meets_its_breaking_attack(monkeypatc
     from gradleak.report.audit_verdict import _against
 
     assert "broken by ig (adaptive)" in _against(soteria)
-    assert "held against L0-basic+adaptive, L1-priors+adaptive in 3 runs" in _against(precode)
+    assert precode["attacks"] == ["ig", "ig (adaptive)", "ig (adaptive)"]
+    assert ("held against ig (adaptive): L0-basic+adaptive, ig (adaptive): L1-priors+adaptive "
+            "in 3 runs") in _against(precode)
 
 
 def test_a_setting_rejected_or_confirmed_is_not_attacked_again(monkeypatch):

@@ -157,6 +157,34 @@ def test_threads_per_worker_divides_cores_and_respects_omp(monkeypatch):
     assert threads_per_worker(1, cores=8) == 1
 
 
+def test_default_jobs_is_two_where_two_cores_exist_and_the_environment_overrides(monkeypatch):
+    from gradleak.errors import GradleakError
+    from gradleak.runs.sweep import default_jobs
+
+    monkeypatch.delenv("GRADLEAK_JOBS", raising=False)
+    assert default_jobs(cores=1) == 1 and default_jobs(cores=2) == 2 and default_jobs(cores=16) == 2
+    monkeypatch.setenv("GRADLEAK_JOBS", "3")
+    assert default_jobs(cores=2) == 3
+    monkeypatch.setenv("GRADLEAK_JOBS", "two")
+    with pytest.raises(GradleakError, match="GRADLEAK_JOBS='two'"):
+        default_jobs()
+
+
+def test_a_lone_run_runs_in_this_process_with_every_core(tmp_path, monkeypatch):
+    # jobs=2 for one run would spawn a pool (seconds of start-up) and leave a core idle
+    from gradleak.runs import sweep
+
+    seen = {}
+    monkeypatch.setattr(sweep, "_local", lambda todo, out, kw, jobs, threads, put: seen.update(
+        jobs=jobs, threads=threads))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(sweep.os, "cpu_count", lambda: 2)
+    plan = make_plan(write_spec(tmp_path, TINY), "quick")
+    plan.runs[:] = plan.runs[:1]
+    run_sweep(plan, tmp_path / "one", jobs=2, progress=False)
+    assert seen == {"jobs": 1, "threads": 2}
+
+
 def test_killed_sweep_resumes_without_losing_or_repeating_runs(tmp_path):
     spec = {**TINY, "seeds": [0, 1, 2]}
     spec["base"] = {**TINY["base"], "attack.iterations": 60}

@@ -92,8 +92,19 @@ def calibrate(ladder: Ladder, setup: Setup, budget: dict[str, Any]) -> dict[str,
 
 def estimate(ladder: Ladder, setup: Setup, budget: dict[str, Any], rule: Any, *,
              jobs: int = 1) -> dict[str, Any]:
-    """The calibration and the audit's rough wall time (first round; every level to the cap)."""
-    cal = calibrate(ladder, setup, budget)
+    """The calibration and the audit's rough wall time (first round; every level to the cap),
+    calibrated at the torch threads a worker of ``jobs`` gets (one run per core on 2 cores is
+    slower than one run on both, so dividing a 2-thread time by ``jobs`` would flatter it)."""
+    import torch
+
+    from gradleak.runs.sweep import threads_per_worker
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads_per_worker(jobs))
+    try:
+        cal = calibrate(ladder, setup, budget)
+    finally:
+        torch.set_num_threads(before)
     attack = budget.get("attack") or {}
     iters = int(setup.user_attack.get("attack.iterations", attack.get("iterations", 0)) or 0)
     restarts = int(setup.user_attack.get("attack.restarts", attack.get("restarts", 1)) or 1)

@@ -75,11 +75,14 @@ class AuditOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> AuditOptions:
+        from gradleak.runs.sweep import default_jobs
+
         options = cls(out=Path(args.out), config=args.config, overrides=list(args.overrides),
                       budget=args.budget, seeds=args.seeds,
                       max_seeds=getattr(args, "max_seeds", None),
                       max_accuracy_drop=args.max_accuracy_drop, train=not args.no_train,
-                      recommend=not args.no_recommend, jobs=args.jobs, rerun=args.rerun,
+                      recommend=not args.no_recommend, jobs=args.jobs or default_jobs(),
+                      rerun=args.rerun,
                       progress=not args.quiet)
         load_ladder().budget(options.budget)  # an unknown budget fails before any work
         if options.seeds and options.max_seeds and options.max_seeds < options.seeds:

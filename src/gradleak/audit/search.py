@@ -254,7 +254,8 @@ class Probe:
             dist = []
         leaked_by, broken_by = self._leaks_by_attacker(rows, idx)
         self.result = {"key": p.key, "defense": p.defense, "param": p.param, "value": p.value,
-                       "attackers": [a.label for a in used], "leaked_by": leaked_by,
+                       "attackers": [a.label for a in used],
+                       "attacks": [a.attack or a.label for a in used], "leaked_by": leaked_by,
                        "broken_by": broken_by, "broken_by_attack": sorted(
                            {a.attack or a.label for a in used if a.label in broken_by})} | {
                        k: decided[k] for k in (
@@ -351,17 +352,22 @@ class Search:
         """The adaptive attackers of every setting of ``defenses`` that passed the screen but was
         not confirmed, on the screened trials (one sweep): a heuristic that its published attack
         breaks (Soteria, Outpost, PRECODE, MixUp, InstaHide) is then listed as "broken by
-        <attack>" rather than as an untested candidate. It stays unconfirmed either way."""
+        <attack>" rather than as an untested candidate. A broken setting gets further rounds
+        of the same attackers until its ``leaks`` is decided; one that held stays unconfirmed."""
         todo = [(p, [0] + [i for i, a in enumerate(p.foes) if a.adaptive])
                 for p in self.probes.values()
                 if p.point.defense in defenses and p.result and p.result["runs_leaked"] == 0
                 and not p.result["confirmed"] and any(a.adaptive for a in p.foes)]
+        title = "audit recommendation: breaking attacks"
         batch = [s for p, idx in todo for i in idx[1:]
                  for s in p.stage(self.ladder, self.setup, self.budget, self.trials, i, self.rows)]
         if batch:
-            self.rows |= self.sweep(batch, "audit recommendation: breaking attacks", EXPERIMENT)
+            self.rows |= self.sweep(batch, title, EXPERIMENT)
         for p, idx in todo:
             p.evaluate(self.rows, self.rule, more=p.done < len(self.trials), foes=idx)
+        for p, idx in todo:
+            while p.result["broken_by"] and not p.decided and p.done < len(self.trials):
+                self.run_round([p], title, foes=idx)
 
     def confirm(self, probe: Probe) -> dict[str, Any]:
         """Every attacker on the screened trials, then more rounds of ``probe`` until its

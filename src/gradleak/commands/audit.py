@@ -66,8 +66,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--truth", default=None, metavar="FILE.npz",
                    help="with --update: the samples the client trained on (x, y), to score "
                         "the reconstructions")
-    p.add_argument("--jobs", type=int_at_least(1, 1024), default=1,
-                   help="parallel runs (threads = cores / jobs)")
+    p.add_argument("--jobs", type=int_at_least(1, 1024), default=None,
+                   help="parallel runs (threads = cores / jobs); default $GRADLEAK_JOBS, else "
+                        "2 where there are 2 cores or more")
     p.add_argument("--rerun", action="store_true", help="redo runs that already finished")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -129,7 +130,7 @@ def _plan(args: argparse.Namespace) -> int:
     from gradleak.audit.plan import load_audit_plan
     from gradleak.audit.scenarios import copy_scenario_folders, scenarios_plan
     from gradleak.report.audit import render_audit
-    from gradleak.runs.sweep import run_sweep
+    from gradleak.runs.sweep import default_jobs, run_sweep
 
     plan = load_audit_plan(args.plan)
     sweep_plan = scenarios_plan(plan, args.overrides)
@@ -137,7 +138,8 @@ def _plan(args: argparse.Namespace) -> int:
         print(f"[{i}/{len(plan['scenarios'])}] {s.get('title', s['name'])}  ({spec.run_id})",
               flush=True)
     out = Path(args.out)
-    swept = run_sweep(sweep_plan, out, jobs=args.jobs, progress=not args.quiet, rerun=args.rerun,
+    swept = run_sweep(sweep_plan, out, jobs=args.jobs or default_jobs(), progress=not args.quiet,
+                      rerun=args.rerun,
                       log=lambda m: print(m, flush=True))
     copy_scenario_folders(out, plan, sweep_plan, set(swept.ok))
     md, page = render_audit(out, plan["scenarios"])

@@ -25,7 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="runs per round (as gradleak audit --seeds)")
     p.add_argument("--max-seeds", type=int_at_least(1, 1000), default=None,
                    help="the most runs per level (as gradleak audit --max-seeds)")
-    p.add_argument("--jobs", type=int_at_least(1, 1024), default=1, help="parallel runs")
+    p.add_argument("--jobs", type=int_at_least(1, 1024), default=None,
+                   help="parallel runs (as gradleak audit --jobs; default the audit's)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="your setup")
     p.set_defaults(func=run)
 
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from gradleak.audit.run import AuditOptions
     from gradleak.config import load_config
     from gradleak.config_check import check_files
+    from gradleak.runs.sweep import default_jobs
 
     check_files(load_config(args.config, args.overrides))  # paths and NAME, before any import
     setup = read_setup(args.config, args.overrides)
@@ -77,11 +79,12 @@ def run(args: argparse.Namespace) -> int:
     ladder = load_ladder().for_setup(setup)
     check_user_attack_keys(ladder, setup)
     budget = {**ladder.budget(args.budget), "name": args.budget or ladder.default_budget}
+    jobs = args.jobs or default_jobs()
     options = AuditOptions(out=Path("."), config=args.config, overrides=list(args.overrides),
                            budget=args.budget, seeds=args.seeds, max_seeds=args.max_seeds,
-                           jobs=args.jobs)
+                           jobs=jobs)
     rule = options.rule(ladder, budget)
     for line in describe(setup, ladder, budget, rule):
         print(line)
-    print(estimate_line(estimate(ladder, setup, budget, rule, jobs=args.jobs)))
+    print(estimate_line(estimate(ladder, setup, budget, rule, jobs=jobs)))
     return 0

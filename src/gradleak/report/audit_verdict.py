@@ -58,7 +58,9 @@ def _against(p: dict[str, Any]) -> str:
         attacks = p.get("broken_by_attack") or []
         return (f" (broken by {', '.join(attacks)}: {', '.join(p['broken_by'])})" if attacks
                 else f" (broken by {', '.join(p['broken_by'])})")
-    adaptive = [a for a in p.get("attackers") or [] if a.endswith("+adaptive")]
+    labels = p.get("attackers") or []
+    named = dict(zip(labels, p.get("attacks") or labels, strict=False))
+    adaptive = [f"{named.get(a, a)}: {a}" for a in labels if a.endswith("+adaptive")]
     if adaptive and p.get("verdict") == "inconclusive":
         return f" (held against {', '.join(adaptive)} in {p.get('runs', '?')} runs)"
     return ""

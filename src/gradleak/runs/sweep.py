@@ -69,6 +69,21 @@ def threads_per_worker(jobs: int, cores: int | None = None) -> int:
     return min(threads, int(cap)) if cap.isdigit() and int(cap) > 0 else threads
 
 
+DEFAULT_JOBS = 2  # measured on 2 cores (docs/audit.md, "Budget and time"): 2 jobs beat 1
+
+
+def default_jobs(cores: int | None = None) -> int:
+    """The ``--jobs`` of ``gradleak audit`` and ``check`` when none is given: ``$GRADLEAK_JOBS``
+    when set, else :data:`DEFAULT_JOBS` capped by the cores (one run per core at one thread each
+    on 2 cores: the measured win)."""
+    given = os.environ.get("GRADLEAK_JOBS", "").strip()
+    if given:
+        if not given.isdigit() or int(given) < 1:
+            raise GradleakError(f"bad GRADLEAK_JOBS={given!r}: a whole number >= 1")
+        return int(given)
+    return max(1, min(DEFAULT_JOBS, cores or os.cpu_count() or 1))
+
+
 def save_plan(plan: Plan, out: Path) -> Path:
     """Write the resolved plan (every run, the settings, provenance) next to the store."""
     data = plan.to_dict()
@@ -268,7 +283,9 @@ def run_sweep(plan: Plan, out: str | Path, *, jobs: int = 1, executor: str = "lo
             if executor == "ray":
                 _ray(todo, str(out), kwargs, jobs, address, gpus_per_task, retries, put)
             else:
-                _local(todo, str(out), kwargs, jobs, threads_per_worker(jobs), put)
+                # never more workers than runs: a lone run gets every core, in this process
+                local_jobs = max(1, min(jobs, len(todo)))
+                _local(todo, str(out), kwargs, local_jobs, threads_per_worker(local_jobs), put)
         finally:
             bar.close()
     return result
