@@ -21,10 +21,14 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# Wait for a dpkg lock another apt holds (an unattended upgrade, a second checkout's install)
+# instead of failing at once.
+APT := apt-get -o DPkg::Lock::Timeout=600
+
 # The report test renders HTML in Debian's headless Chromium; install it when missing.
 browser:
-	@command -v chromium >/dev/null 2>&1 || apt-get install -y -q chromium >/dev/null 2>&1 \
-		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null) \
+	@command -v chromium >/dev/null 2>&1 || $(APT) install -y -q chromium >/dev/null 2>&1 \
+		|| ($(APT) update -q >/dev/null && $(APT) install -y -q chromium >/dev/null) \
 		|| echo "warning: could not install chromium (needs root and Debian's packages)"
 
 # Fashion-MNIST (the real labelled set of the training experiments' quick profiles and of the
@@ -33,11 +37,11 @@ browser:
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 WORDNET := /usr/share/wordnet/data.noun
 datasets:
-	@test -f $(FASHION_MNIST) || apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
-		|| (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null) \
+	@test -f $(FASHION_MNIST) || $(APT) install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+		|| ($(APT) update -q >/dev/null && $(APT) install -y -q dataset-fashion-mnist >/dev/null) \
 		|| echo "warning: could not install dataset-fashion-mnist (needs root and Debian's packages)"
-	@test -f $(WORDNET) || apt-get install -y -q wordnet-base >/dev/null 2>&1 \
-		|| (apt-get update -q >/dev/null && apt-get install -y -q wordnet-base >/dev/null) \
+	@test -f $(WORDNET) || $(APT) install -y -q wordnet-base >/dev/null 2>&1 \
+		|| ($(APT) update -q >/dev/null && $(APT) install -y -q wordnet-base >/dev/null) \
 		|| echo "warning: could not install wordnet-base (needs root and Debian's packages)"
 
 demo: $(STAMP)

@@ -20,7 +20,9 @@ Per case the script also pairs each variant with gradleak's ``default`` (``versu
 ΔPSNR, ΔLPIPS and the time ratio), the rule for making ``stop``/``race`` defaults.
 
 gradleak runs in several variants (``--variants``): ``default`` (the fixed budget),
-``stop`` (``attack.stop``), ``race`` (``attack.race``), ``race+stop``, ``compile``
+``stop`` (``attack.stop``), ``race`` (``attack.race``), ``race+stop``, ``race-late`` and
+``race-late-1`` (the first cut at 0.4 of the budget, after the first lr decay; keeping half,
+or only the leader), ``compile``
 (``attack.compile``) and ``compile+stop``. A compiled
 variant is warmed up once per case before its timed runs (a 2-iteration attack with the same
 shapes fills the compile cache); that warm-up's seconds are reported apart as ``compile_s``.
@@ -60,7 +62,11 @@ from gradleak import metrics  # noqa: E402
 
 VARIANTS = {"default": {}, "stop": {"stop": True}, "compile": {"compile": True},
             "compile+stop": {"compile": True, "stop": True}, "race": {"race": True},
-            "race+stop": {"race": True, "stop": True}}
+            "race+stop": {"race": True, "stop": True},
+            # the first cut after the schedule's first lr decay (3/8 of the budget), where the
+            # default cut (1/8) ranks the restarts before it; keep half, or only the leader
+            "race-late": {"race": True, "race_first_at": 0.4},
+            "race-late-1": {"race": True, "race_first_at": 0.4, "race_keep": 0.25}}
 
 # breaching's loop, instrumented: after every scheduler step the current iterate (boxed to the
 # image range, as breaching's own projection right after it does) is recorded every k steps.
@@ -139,7 +145,7 @@ def run_ours(case: dict, options: dict, snapshots: int, iterations: int) -> dict
     if not trace or trace[-1][1] != sum(recon.iterations_used):  # the stopped run's last iterate
         trace.append((seconds, sum(recon.iterations_used), recon.images.clone()))
     return {"images": recon.images, "seconds": seconds, "trace": trace,
-            "iterations_used": recon.iterations_used}
+            "iterations_used": recon.iterations_used, "loss": recon.losses[0] if recon.losses else None}
 
 
 def warm_up(name: str, args: argparse.Namespace, options: dict) -> float:
@@ -323,6 +329,9 @@ def main() -> None:
                     else:
                         opts = {**VARIANTS[side], "stop_window": args.stop_window,
                                 "stop_tolerance": args.stop_tolerance}
+                        if "race_first_at" in opts:
+                            at = opts.pop("race_first_at")
+                            opts["race_first"] = max(1, math.ceil(args.iterations * at))
                         if opts.get("compile") and side not in compile_s:
                             compile_s[side] = warm_up(name, args, opts)
                         entry["ours"][side] = run_ours(case, opts, args.snapshots, args.iterations)
@@ -331,7 +340,7 @@ def main() -> None:
                 ref = quality(theirs["images"], truth)
                 entry["breaching"] = timings(theirs, truth, ref)
                 for side, run in entry["ours"].items():
-                    used = {"iterations_used": run["iterations_used"]}
+                    used = {"iterations_used": run["iterations_used"], "loss": run["loss"]}
                     entry["ours"][side] = timings(run, truth, ref) | used
                 per_seed.append(entry)
             row = summarise(name, per_seed, args.variants)
