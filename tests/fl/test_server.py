@@ -117,6 +117,25 @@ def test_aggregation_is_the_data_weighted_mean_of_client_models(protocol):
     torch.testing.assert_close(_flat(res.final_state), _flat(weighted), atol=1e-6, rtol=0)
 
 
+def test_a_client_too_small_to_mix_is_refused_before_any_training(monkeypatch):
+    ds, parts, model = _toy([6, 2, 0, 5])
+    client = ClientConfig(protocol="fedsgd", mix="mixup", mix_k=4)
+    fl = FLConfig(clients=4, fraction=1.0, rounds=3)
+    import gradleak.fl.server as server
+
+    def no_training(*_a, **_k):
+        raise AssertionError("a client trained before the setup was checked")
+
+    monkeypatch.setattr(server, "_train_clients", no_training)
+    with pytest.raises(GradleakError, match="client.mix_k=4 .* client 1 holds 2 \\(1 such"):
+        train_federated(model, ds, parts, client=client, fl=fl, seed=0)
+    # k within every non-empty client's size passes the check (and trains)
+    monkeypatch.undo()
+    ok = train_federated(model, ds, parts, client=ClientConfig(protocol="fedsgd", mix="mixup",
+                                                               mix_k=2), fl=fl, seed=0)
+    assert len(ok.accuracy) == 4
+
+
 def test_secure_aggregation_shows_the_attack_only_the_aggregate(monkeypatch):
     sizes = [2, 5, 9]
     ds, parts, model = _toy(sizes, seed=1)

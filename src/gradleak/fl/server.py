@@ -170,13 +170,21 @@ def save_state(path: Path, model: nn.Module) -> Path:
     return path
 
 
-def _checked(parts: Sequence[Sequence[int]], fl: FLConfig,
-             dp: DPSettings | None) -> tuple[int, DPSettings | None]:
+def _checked(parts: Sequence[Sequence[int]], fl: FLConfig, dp: DPSettings | None,
+             client: ClientConfig) -> tuple[int, DPSettings | None]:
     """Refuse a bad setup before training; returns the attack round and the DP settings."""
     if len(parts) != fl.clients:
         raise GradleakError(f"got {len(parts)} client partitions but fl.clients={fl.clients}")
     if not parts[VICTIM]:
         raise GradleakError("the victim client (client 0) holds no samples")
+    if client.mix != "none":  # else the first client too small to mix fails mid-training
+        small = [k for k, p in enumerate(parts) if 0 < len(p) < client.mix_k]
+        if small:
+            raise GradleakError(
+                f"client.mix_k={client.mix_k} needs at least {client.mix_k} samples on every "
+                f"client (it mixes k distinct ones of a client's own), but client {small[0]} "
+                f"holds {len(parts[small[0]])} ({len(small)} such clients); lower client.mix_k or give "
+                "the clients more samples (fl.clients, fl.partition, fl.alpha)")
     attack_round = fl.attack_round if fl.attack_round is not None else fl.rounds
     if not 1 <= attack_round <= fl.rounds:
         raise GradleakError(f"bad value {fl.attack_round!r} for fl.attack_round: must be in "
@@ -242,7 +250,7 @@ def train_federated(model: nn.Module, train: ImageDataset, parts: Sequence[Seque
     ``checkpoint_dir`` if given. Empty clients are skipped when sampled.
     """
     started = time.perf_counter()
-    attack_round, dp = _checked(parts, fl, dp)
+    attack_round, dp = _checked(parts, fl, dp, client)
     defense = defense or (lambda u, **_kw: u)
     data = [train.tensors(p) for p in parts]
     test_x, test_y = (test.tensors(test_indices) if test is not None
