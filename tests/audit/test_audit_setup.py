@@ -108,6 +108,11 @@ def test_a_leaking_setup_gets_a_recommendation_and_fails(tmp_path, capsys):
     assert 1 <= len(layers["layers"]) <= 4 and "not measured" in layers["defend_only_these"]
     md = (out / "report.md").read_text()
     assert "## Recommendation" in md and "Audited: model mlp" in md and "lr 0.1" in md
+    for p in rec["settings"]:  # every DP-SGD setting says its ε, or why it has none
+        if p["defense"] == "dpsgd":
+            said = (f"{p['key']}: client-level DP-SGD with ε = {p['epsilon']:.3g}"
+                    if p["epsilon"] is not None else f"{p['key']}: ε not computed")
+            assert said in md, p["key"]
     st = verdict["setup"]  # self-describing: what exactly was audited
     assert st["model_class"] and st["parameters"] > 0 and st["data"]["size"] > 0
     assert st["levels_run"][:2] == ["L0-basic", "L1-priors"] and st["gradleak_version"]

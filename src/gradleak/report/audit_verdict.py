@@ -88,6 +88,9 @@ def recommendation_lines(verdict: dict[str, Any]) -> list[str]:
         if p.get("epsilon") is not None:
             lines.append(f"{p['key']}: client-level DP-SGD with ε = {p['epsilon']:.3g} "
                          "(the largest client's, RDP accountant) over the utility trainings.")
+        elif p.get("defense") == "dpsgd":  # ε comes from the utility trainings, never guessed
+            lines.append(f"{p['key']}: ε not computed: only a setting that passes the screen "
+                         "gets the utility trainings it is read from.")
     if choice is None and rec.get("best_available"):
         b = rec["best_available"]
         lines.append(f"Best available: {b['key']} ({b['verdict']}, runs leaked "
