@@ -22,7 +22,8 @@ Per case the script also pairs each variant with gradleak's ``default`` (``versu
 gradleak runs in several variants (``--variants``): ``default`` (the fixed budget),
 ``stop`` (``attack.stop``), ``race`` (``attack.race``), ``race+stop``, ``race-late`` and
 ``race-late-1`` (the first cut at 0.4 of the budget, after the first lr decay; keeping half,
-or only the leader), ``compile``
+or only the leader), ``batch``, ``batch+compile`` and ``batch+race`` (the restarts as one
+vmapped problem, ``attack.batch_restarts=on``), ``compile``
 (``attack.compile``) and ``compile+stop``. A compiled
 variant is warmed up once per case before its timed runs (a 2-iteration attack with the same
 shapes fills the compile cache); that warm-up's seconds are reported apart as ``compile_s``.
@@ -66,7 +67,10 @@ VARIANTS = {"default": {}, "stop": {"stop": True}, "compile": {"compile": True},
             # the first cut after the schedule's first lr decay (3/8 of the budget), where the
             # default cut (1/8) ranks the restarts before it; keep half, or only the leader
             "race-late": {"race": True, "race_first_at": 0.4},
-            "race-late-1": {"race": True, "race_first_at": 0.4, "race_keep": 0.25}}
+            "race-late-1": {"race": True, "race_first_at": 0.4, "race_keep": 0.25},
+            # the restarts as one vmapped batch (attack.batch_restarts), eager or compiled
+            "batch": {"batch_restarts": "on"}, "batch+compile": {"batch_restarts": "on", "compile": True},
+            "batch+race": {"batch_restarts": "on", "race": True}}
 
 # breaching's loop, instrumented: after every scheduler step the current iterate (boxed to the
 # image range, as breaching's own projection right after it does) is recorded every k steps.
