@@ -16,6 +16,7 @@ from gradleak.cli import main
 from gradleak.config import ClientConfig, DefenseConfig, FLConfig, ModelConfig, load_config
 from gradleak.data.base import TensorImageDataset
 from gradleak.errors import GradleakError
+from gradleak.fl import server as fl_server
 from gradleak.fl.client import client_update
 from gradleak.fl.partition import label_histogram, partition_indices
 from gradleak.fl.server import (
@@ -121,12 +122,11 @@ def test_a_client_too_small_to_mix_is_refused_before_any_training(monkeypatch):
     ds, parts, model = _toy([6, 2, 0, 5])
     client = ClientConfig(protocol="fedsgd", mix="mixup", mix_k=4)
     fl = FLConfig(clients=4, fraction=1.0, rounds=3)
-    import gradleak.fl.server as server
 
     def no_training(*_a, **_k):
         raise AssertionError("a client trained before the setup was checked")
 
-    monkeypatch.setattr(server, "_train_clients", no_training)
+    monkeypatch.setattr(fl_server, "_train_clients", no_training)
     with pytest.raises(GradleakError, match="client.mix_k=4 .* client 1 holds 2 \\(1 such"):
         train_federated(model, ds, parts, client=client, fl=fl, seed=0)
     # k within every non-empty client's size passes the check (and trains)
